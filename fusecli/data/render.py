@@ -1,0 +1,83 @@
+"""Render a dialogue with a chat template and mark which tokens are response (assistant) tokens.
+
+Every model sees the same text: the dialogue rendered with the *pivot's* chat template (method.md,
+notation). A token is a response token when its first character lies inside an assistant turn's
+span; the span covers the assistant content and the template's end-of-turn marker, so the model
+also learns to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusecli.errors import FusecliError
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    spans: tuple[tuple[int, int], ...]  # [start, end) character spans of assistant turns
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: np.ndarray  # int64 [T]
+    offsets: np.ndarray  # int32 [T, 2] character offsets into the rendered text
+    label_mask: np.ndarray  # bool [T]: token t is a response token (predicted from position t-1)
+
+
+def _template(tokenizer: object, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "the tokenizer")
+        raise FusecliError(
+            f"{name} has no chat template: set tokenizer.chat_template in its tokenizer_config.json"
+        )
+    return tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def render(tokenizer: object, messages: Sequence[Message]) -> Rendered:
+    """Render `messages`; assistant spans are found by rendering each prefix with a generation prompt."""
+    if not any(m["role"] == "assistant" for m in messages):
+        raise FusecliError("dialogue has no assistant turn: every row needs at least one assistant message")
+    text = _template(tokenizer, messages, add_generation_prompt=False)
+    spans = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = _template(tokenizer, messages[:k], add_generation_prompt=True)
+        upto = _template(tokenizer, messages[: k + 1], add_generation_prompt=False)
+        if not (text.startswith(prefix) and text.startswith(upto)):
+            raise FusecliError("chat template is not prefix-stable: cannot locate assistant turns")
+        spans.append((len(prefix), len(upto)))
+    return Rendered(text=text, spans=tuple(spans))
+
+
+def prompt_text(tokenizer: object, messages: Sequence[Message]) -> str:
+    """The prompt for generation: every message up to the last assistant turn, plus the generation prompt."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return _template(tokenizer, messages[:last], add_generation_prompt=True)
+
+
+def tokenize(tokenizer: object, rendered: Rendered, max_length: int | None = None) -> Tokenized:
+    """Tokenize rendered text (no extra special tokens: the template has them) with character offsets."""
+    enc = tokenizer(  # type: ignore[operator]
+        rendered.text, add_special_tokens=False, return_offsets_mapping=True
+    )
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int32).reshape(-1, 2)
+    if max_length is not None:
+        ids, offsets = ids[:max_length], offsets[:max_length]
+    starts = offsets[:, 0]
+    mask = np.zeros(len(ids), dtype=bool)
+    for a, b in rendered.spans:
+        mask |= (starts >= a) & (starts < b)
+    if len(mask):
+        mask[0] = False  # the first token has no preceding position to predict it
+    return Tokenized(input_ids=ids, offsets=offsets, label_mask=mask)
