@@ -82,7 +82,10 @@ class StoreWriter:
         if manifest.exists():
             old = json.loads(manifest.read_text())
             if old.get("meta") == meta:
-                writer.shards = old["shards"]
+                for shard in old["shards"]:  # keep the prefix of shards whose files are intact
+                    if shard["file"] is not None and not (root / shard["file"]).exists():
+                        break
+                    writer.shards.append(shard)
         for stale in root.glob("shard-*.safetensors"):
             if stale.name not in {s["file"] for s in writer.shards}:
                 stale.unlink()
@@ -93,8 +96,10 @@ class StoreWriter:
         return sum(s["records"] for s in self.shards)
 
     def write(self, records: list[Record]) -> None:
-        name = _shard_name(len(self.shards))
-        atomic_write_bytes(self.root / name, encode_shard(records))
+        """Write one shard; an empty one (every record dropped) is listed without a file."""
+        name = _shard_name(len(self.shards)) if records else None
+        if name is not None:
+            atomic_write_bytes(self.root / name, encode_shard(records))
         self.shards.append({"file": name, "records": len(records)})
         self._manifest(complete=False)
 
@@ -132,4 +137,5 @@ def iter_records(root: str | Path) -> Iterator[Record]:
     """Stream records shard by shard, in write order, holding one shard in memory at a time."""
     root = Path(root)
     for shard in read_manifest(root)["shards"]:
-        yield from decode_shard(load_file(root / shard["file"]))
+        if shard["file"] is not None:
+            yield from decode_shard(load_file(root / shard["file"]))

@@ -1,0 +1,138 @@
+"""The evaluate stage: greedy exact match and response-token CE per model and domain, on held-out data.
+
+Each model is scored with its own tokenizer and chat template (a source is not penalised for the
+pivot's template). Generation is batched with left padding so evaluation does not dominate the demo.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from rich.progress import Progress
+
+from fusecli.data.render import prompt_text, render, tokenize
+from fusecli.errors import FusecliError
+from fusecli.extract.run import _batches, extract_batch
+from fusecli.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    batch_size: int = 64
+    max_new_tokens: int = 16
+    max_length: int = 2048
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise FusecliError("evaluate.batch_size and evaluate.max_new_tokens must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalModel:
+    name: str  # pivot, source:<slug>, sft_baseline, fused:<slug>, merged
+    path: str
+    trust_remote_code: bool = False
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.strip().split()).lower()
+
+
+@torch.no_grad()
+def greedy_answers(model, tok, prompts: list[str], params: EvalParams, device: torch.device) -> list[str]:  # noqa: ANN001
+    tok.padding_side = "left"
+    out: list[str] = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: dict[int, str] = {}
+    for s in range(0, len(order), params.batch_size):
+        idx = order[s : s + params.batch_size]
+        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        gen = model.generate(
+            **enc,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers.update(zip(idx, texts, strict=True))
+    out = [answers[i] for i in range(len(prompts))]
+    return out
+
+
+@torch.no_grad()
+def response_ce(model, tok, dialogues: list, params: EvalParams, device: torch.device) -> list[np.ndarray]:  # noqa: ANN001
+    """Per-token CE of every response token, rendered with the model's own template."""
+    items = [tokenize(tok, render(tok, d), params.max_length) for d in dialogues]
+    lengths = [len(it.input_ids) for it in items]
+    result: dict[int, np.ndarray] = {}
+    budget = max(lengths) * params.batch_size
+    usable = [i for i in range(len(items)) if items[i].label_mask.any()]
+    for batch in _batches(usable, lengths, budget):
+        for i, (_, _, ce) in zip(batch, extract_batch(model, [items[i] for i in batch], 1, device, 4096), strict=True):
+            result[i] = ce
+    return [result.get(i, np.zeros(0)) for i in range(len(items))]
+
+
+def score_model(m: EvalModel, df: pl.DataFrame, params: EvalParams) -> dict[str, dict[str, float | None]]:
+    device = resolve_device(params.device)
+    dtype = resolve_dtype(params.dtype, device)
+    tok = load_tokenizer(m.path, m.trust_remote_code)
+    model = load_model(m.path, device, dtype, m.trust_remote_code).eval()
+    dialogues = [json.loads(x) for x in df["messages"].to_list()]
+    ces = response_ce(model, tok, dialogues, params, device)
+    checkable = [i for i, a in enumerate(df["answer"].to_list()) if a is not None]
+    preds = greedy_answers(model, tok, [prompt_text(tok, dialogues[i]) for i in checkable], params, device)
+    hits = {i: normalise(p) == normalise(df["answer"][i]) for i, p in zip(checkable, preds, strict=True)}
+    by_domain: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(df["domain"].to_list()):
+        by_domain[d].append(i)
+    scores: dict[str, dict[str, float | None]] = {}
+    for domain, rows in sorted(by_domain.items()):
+        tokens = np.concatenate([ces[i] for i in rows])
+        em_rows = [hits[i] for i in rows if i in hits]
+        scores[domain] = {
+            "em": float(np.mean(em_rows)) if em_rows else None,
+            "ce": float(tokens.mean()) if len(tokens) else None,
+        }
+    return scores
+
+
+def evaluate(models: list[EvalModel], data: str | Path, params: EvalParams) -> dict:
+    df = pl.read_parquet(data)
+    if df.height == 0:
+        raise FusecliError(f"{data} holds no evaluation rows: check dataset.eval_fraction / the eval split")
+    results: dict[str, dict] = {}
+    with Progress() as progress:
+        task = progress.add_task("evaluate", total=len(models))
+        for m in models:
+            progress.update(task, description=f"evaluate {m.name}")
+            results[m.name] = score_model(m, df, params)
+            progress.advance(task)
+    return {"models": results}
+
+
+def report_markdown(metrics: dict) -> str:
+    """A table per metric: models as rows, domains as columns."""
+    models = metrics["models"]
+    domains = sorted({d for s in models.values() for d in s})
+    lines = ["# fusecli evaluation", ""]
+    for key, title in (("em", "Greedy exact match (higher is better)"), ("ce", "Response-token CE (lower is better)")):
+        lines += [f"## {title}", "", "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+        for name, scores in models.items():
+            cells = []
+            for d in domains:
+                v = scores.get(d, {}).get(key)
+                cells.append("-" if v is None else f"{v:.3f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)

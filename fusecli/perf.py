@@ -1,0 +1,38 @@
+"""Throughput accounting: FLOPs per token and MFU (achieved FLOP/s over the card's dense bf16 peak)."""
+
+from __future__ import annotations
+
+import torch
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The card's dense bf16 peak, or None where it is unknown (CPU): MFU is then not reported."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_BF16.items():
+        if key in name:
+            return peak
+    return None
+
+
+def flops_per_token(n_params: int, n_layers: int, hidden: int, context: int, training: bool) -> float:
+    """PaLM appendix B / nanoGPT: 2N per token forward plus attention 2*L*H*T (x3 with backward)."""
+    forward = 2 * n_params + 2 * n_layers * hidden * context
+    return 3 * forward if training else forward
+
+
+def model_flops_per_token(model: torch.nn.Module, n_params: int, context: int, training: bool) -> float:
+    cfg = model.config
+    text = getattr(cfg, "text_config", None) or cfg
+    return flops_per_token(n_params, text.num_hidden_layers, text.hidden_size, context, training)
+
+
+def mfu(tokens_per_s: float, flops_per_tok: float, device: torch.device, n_devices: int = 1) -> float | None:
+    peak = peak_flops(device)
+    if peak is None:
+        return None
+    return tokens_per_s * flops_per_tok / (peak * n_devices)

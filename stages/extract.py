@@ -1,0 +1,35 @@
+"""Stage extract_pivot / extract@<slug>: top-K next-token distributions of one model."""
+
+from __future__ import annotations
+
+import argparse
+
+from fusecli.config import load_section
+from fusecli.errors import fail_cleanly
+from fusecli.extract.run import ExtractParams, ModelRef, extract
+from fusecli.hashing import verify_entry
+from fusecli.lock import read_lock
+
+
+@fail_cleanly
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--lock", default="models.lock")
+    ap.add_argument("--model", required=True, help="'pivot' or a source slug")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    params = load_section(ExtractParams, "extract", args.params)
+    lock = read_lock(args.lock)
+    entry = lock.pivot if args.model == "pivot" else lock.source(args.model)
+    for e in {id(lock.pivot): lock.pivot, id(entry): entry}.values():
+        verify_entry(e)
+    pivot = ModelRef(lock.pivot.path, lock.pivot.trust_remote_code, lock.pivot.allow_pickle)
+    model = ModelRef(entry.path, entry.trust_remote_code, entry.allow_pickle)
+    summary = extract(args.data, model, pivot, args.out, params)
+    print(f"extract {args.model}: {summary['tokens']:,} tokens at {summary['tokens_per_s']:,.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()

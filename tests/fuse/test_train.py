@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from fusecli.extract.run import ExtractParams, ModelRef, extract
+from fusecli.fuse import train as train_mod
+from fusecli.fuse.data import build_examples
+from fusecli.fuse.train import FuseParams, train
+from fusecli.store import StoreWriter, iter_records
+from tests.tiny import write_dataset, write_model
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A pivot, its extract store, and an 'aligned source' that is a sharper copy of the pivot's teacher."""
+    d = tmp_path_factory.mktemp("fuse")
+    write_dataset(d / "train.parquet", 16)
+    write_model(d / "pivot", "qwen2", 300)
+    ref = ModelRef(str(d / "pivot"))
+    extract(d / "train.parquet", ref, ref, d / "extract", ExtractParams(k=4, max_length=64, batch_tokens=512))
+    w = StoreWriter.open(d / "align", {"test": 1})
+    records = []
+    for r in iter_records(d / "extract"):
+        gold = r["input_ids"][np.nonzero(r["label_mask"])[0]]
+        ids = np.full_like(r["topk_ids"], -1)
+        ids[:, 0] = gold  # the source is a confident expert: one-hot on the gold token
+        lp = np.full(ids.shape, -np.inf, dtype=np.float32)
+        lp[:, 0] = 0.0
+        records.append(
+            {"seq_index": r["seq_index"], "topk_ids": ids, "topk_logprobs": lp,
+             "mapped": np.ones(len(ids), np.uint8), "seq_ce": 0.01}
+        )
+    w.write_all(records)
+    w.close()
+    return d
+
+
+def params(d, **kw):
+    base = dict(learning_rate=3e-3, epochs=1.0, max_steps=12, global_batch_size=8, micro_batch_size=4,
+                save_steps=4, logging_steps=2, scratch=str(d / "scratch"), seed=3)
+    return FuseParams(**{**base, **kw})
+
+
+def fusion_loss(model_dir, d):
+    from transformers import AutoModelForCausalLM
+
+    from fusecli.fuse.data import collate
+    from fusecli.fuse.loss import sparse_losses
+    from fusecli.extract.topk import final_hidden
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    examples, _ = build_examples(d / "extract", d / "align", d / "train.parquet", "mince", 1.0, 10_000)
+    b = collate([{"input_ids": e.input_ids, "positions": e.positions, "ids": e.target_ids,
+                  "probs": e.target_probs} for e in examples])
+    with torch.no_grad():
+        h = final_hidden(model, b["input_ids"], b["attention_mask"])
+        _, fuse = sparse_losses(h[b["row_batch"], b["row_pos"] - 1], model.get_output_embeddings(),
+                                b["input_ids"][b["row_batch"], b["row_pos"]], b["target_ids"], b["target_probs"])
+    return float(fuse)
+
+
+def test_training_lowers_fusion_loss_and_writes_hf_folder(pair):
+    stats = train(str(pair / "pivot"), str(pair / "extract"), str(pair / "align"), str(pair / "train.parquet"),
+                  str(pair / "fused"), str(pair / "logs"), params(pair))
+    assert fusion_loss(pair / "fused", pair) < fusion_loss(pair / "pivot", pair) - 0.1
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (pair / "fused").iterdir()}
+    assert not list((pair / "fused").glob("*.bin"))
+    # the source is far more confident than the random pivot, so MinCE chose it everywhere
+    assert stats["source_share"] == {"capital": 1.0, "currency": 1.0, "region": 1.0}
+    assert (pair / "logs" / "metrics.json").exists()
+
+
+class Killer(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 7:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_kill_reaches_identical_weights(pair, monkeypatch):
+    args = (str(pair / "pivot"), str(pair / "extract"), str(pair / "align"), str(pair / "train.parquet"))
+    train(*args, str(pair / "straight"), str(pair / "logs_a"), params(pair))
+    original = train_mod.FusionTrainer.__init__
+
+    def with_killer(self, *a, **kw):
+        original(self, *a, **kw)
+        self.add_callback(Killer())
+
+    monkeypatch.setattr(train_mod.FusionTrainer, "__init__", with_killer)
+    with pytest.raises(KeyboardInterrupt):
+        train(*args, str(pair / "resumed"), str(pair / "logs_b"), params(pair))
+    assert not (pair / "resumed").exists()
+    monkeypatch.setattr(train_mod.FusionTrainer, "__init__", original)
+    train(*args, str(pair / "resumed"), str(pair / "logs_b"), params(pair))
+    a = load_file(pair / "straight" / "model.safetensors")
+    b = load_file(pair / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
