@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fusecli.config import load_section
-from fusecli.errors import fail_cleanly
+from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.extract.run import ExtractParams, ModelRef, extract
 from fusecli.hashing import verify_entry
 from fusecli.lock import read_lock
@@ -22,9 +22,11 @@ def main() -> None:
     args = ap.parse_args()
     params = load_section(ExtractParams, "extract", args.params)
     lock = read_lock(args.lock)
-    entry = lock.pivot if args.model == "pivot" else lock.source(args.model)
-    for e in {id(lock.pivot): lock.pivot, id(entry): entry}.values():
-        verify_entry(e)
+    if args.model != "pivot" and args.model not in lock.sources:
+        raise FusecliError(f"no source {args.model!r} in {args.lock}: add it with fusecli add-source")
+    entry = lock.pivot if args.model == "pivot" else lock.sources[args.model]
+    for e in {lock.pivot.name: lock.pivot, entry.name: entry}.values():
+        verify_entry(e, ".")  # weights changed on disk after pinning: stop before any work
     pivot = ModelRef(lock.pivot.path, lock.pivot.trust_remote_code, lock.pivot.allow_pickle)
     model = ModelRef(entry.path, entry.trust_remote_code, entry.allow_pickle)
     summary = extract(args.data, model, pivot, args.out, params)

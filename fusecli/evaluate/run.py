@@ -49,7 +49,6 @@ def normalise(text: str) -> str:
 @torch.no_grad()
 def greedy_answers(model, tok, prompts: list[str], params: EvalParams, device: torch.device) -> list[str]:  # noqa: ANN001
     tok.padding_side = "left"
-    out: list[str] = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: dict[int, str] = {}
     for s in range(0, len(order), params.batch_size):
@@ -65,8 +64,7 @@ def greedy_answers(model, tok, prompts: list[str], params: EvalParams, device: t
         )
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         answers.update(zip(idx, texts, strict=True))
-    out = [answers[i] for i in range(len(prompts))]
-    return out
+    return [answers[i] for i in range(len(prompts))]
 
 
 @torch.no_grad()

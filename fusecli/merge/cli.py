@@ -1,0 +1,94 @@
+"""`fusecli merge`: merge model folders from the command line (the lead registers `merge_command`).
+
+fusecli merge --method ties --base pivot --model a --model b --out merged --set density=0.5
+Options come from the same MergeParams as params.yaml: `--set KEY=VALUE` sets any of its fields
+(VALUE is read as YAML, so `--set weight=[0.5,0.3]` gives a list).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from fusecli.config import from_dict
+from fusecli.errors import FusecliError
+from fusecli.io import atomic_write_text
+from fusecli.merge.io import ModelFolder
+from fusecli.merge.mergekit import mergekit_yaml
+from fusecli.merge.params import MergeParams
+from fusecli.merge.run import merge_models
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs -> a mapping, each VALUE parsed as YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FusecliError(f"--set {pair!r} is not KEY=VALUE: e.g. --set density=0.5")
+        if key.strip() in ("method", "device"):
+            raise FusecliError(f"--set {key.strip()}=... : use --{key.strip()} instead")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise FusecliError(f"--set {pair!r}: {value!r} is not a valid value") from None
+    return out
+
+
+def model_labels(models: list[Path]) -> list[tuple[str, Path]]:
+    """Label each model by its folder name, or by its path when two folder names collide."""
+    names = [m.name or str(m) for m in models]
+    if len(set(names)) != len(names):
+        names = [str(m) for m in models]
+    return list(zip(names, models, strict=True))
+
+
+def _base_dtype(base: Path) -> str | None:
+    with ModelFolder(base) as folder:
+        floating = [n for n in folder.names() if folder.dtype(n).startswith(("F", "BF"))]
+        return folder.dtype(floating[0]) if floating else None
+
+
+def run_merge_command(
+    method: str,
+    base: Path,
+    models: list[Path],
+    out: Path,
+    sets: list[str],
+    device: str | None,
+    export_mergekit: Path | None,
+) -> str:
+    values = {"method": method, **parse_sets(sets)}
+    if device is not None:
+        values["device"] = device
+    params = from_dict(MergeParams, values, "merge")
+    export = mergekit_yaml(params, base, models, _base_dtype(base)) if export_mergekit else None
+    result = merge_models(base, model_labels(models), params, out)
+    if export_mergekit is not None and export is not None:
+        atomic_write_text(export_mergekit, export)
+    cropped = len(result.report["cropped"])
+    note = f" ({cropped} grown-vocabulary tensors cropped, see merge_report.json)" if cropped else ""
+    return f"merged {len(models)} models onto {base} with {method} -> {out}{note}"
+
+
+def merge_command(
+    method: Annotated[str, typer.Option(help="sce, varm, linear, task_arithmetic, ties, dare_linear, dare_ties")],
+    base: Annotated[Path, typer.Option(help="Base (pivot) model folder; task vectors are relative to it.")],
+    model: Annotated[list[Path], typer.Option(help="A model folder to merge; repeat for each model.")],
+    out: Annotated[Path, typer.Option(help="Output folder (written atomically).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE method option, e.g. density=0.5.")] = None,
+    device: Annotated[str | None, typer.Option(help="Where the arithmetic runs: cpu or cuda.")] = None,
+    export_mergekit: Annotated[
+        Path | None, typer.Option(help="Also write the equivalent mergekit YAML to this file.")
+    ] = None,
+) -> None:
+    """Merge model folders onto a base with one of fusecli's merge methods."""
+    try:
+        message = run_merge_command(method, base, model, out, set_ or [], device, export_mergekit)
+    except FusecliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(message)

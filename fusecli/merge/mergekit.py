@@ -1,0 +1,61 @@
+"""Export a merge as the equivalent mergekit YAML, so a result can be reproduced with mergekit.
+
+Only methods that mergekit also has are exported. fusecli's default SCE (`release`, the authors'
+code) is not mergekit's `sce` (the `sparse` variant) unless tau = 1, so it is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fusecli.errors import FusecliError
+from fusecli.merge.params import MergeParams
+from fusecli.merge.registry import get_method
+
+PER_MODEL = ("weight", "density")  # mergekit takes these under each model's `parameters`
+DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def mergekit_yaml(params: MergeParams, base: Path, models: Sequence[Path], dtype: str | None = None) -> str:
+    """mergekit config for merging `models` onto `base` with `params` (model order as given)."""
+    method = get_method(params.method)
+    if method.mergekit is None:
+        raise FusecliError(
+            f"mergekit has no {method.name!r} method, so --export-mergekit cannot describe this merge: "
+            "drop --export-mergekit or pick linear, task_arithmetic, ties, dare_linear, dare_ties or sce"
+        )
+    if method.name == "sce" and params.sce_variant == "release" and params.select_topk < 1:
+        raise FusecliError(
+            "mergekit's sce is fusecli's sce_variant=sparse: --set sce_variant=sparse to export "
+            "(or select_topk=1, where both variants agree)"
+        )
+    resolved = method.resolve(params, len(models))
+    per_model = [key for key in method.options if key in PER_MODEL]
+    config: dict[str, Any] = {"merge_method": method.mergekit}
+    if method.name != "linear":
+        config["base_model"] = str(Path(base).resolve())
+    entries = []
+    for i, model in enumerate(models):
+        entry: dict[str, Any] = {"model": str(Path(model).resolve())}
+        options = {key: _value(getattr(resolved, key), i) for key in per_model}
+        if options:
+            entry["parameters"] = options
+        entries.append(entry)
+    config["models"] = entries
+    shared = {key: getattr(resolved, key) for key in method.options if key in ("normalize", "select_topk")}
+    if shared:
+        config["parameters"] = shared
+    if dtype in DTYPES:
+        config["dtype"] = DTYPES[dtype]
+    header = f"# mergekit config written by `fusecli merge --method {method.name}`\n"
+    if method.name.startswith("dare"):
+        header += "# mergekit draws its own random DARE masks: results match fusecli in distribution only\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def _value(value: Any, i: int) -> Any:
+    return value[i] if isinstance(value, tuple) else value

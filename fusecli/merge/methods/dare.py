@@ -1,0 +1,49 @@
+"""DARE (arXiv 2311.03099): drop each task-vector entry with probability 1 - density, rescale the
+survivors by 1 / density, then merge linearly (`dare_linear`) or with TIES sign consensus
+(`dare_ties`). FuseChat baseline: density 0.6, weight 0.2, normalise.
+
+The drop masks are seeded by (seed, tensor name, model index) and drawn on the CPU, so a merge is
+reproducible and does not depend on the device, the tensor order or the other tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+
+from fusecli.merge.methods.common import combine, task_vectors
+from fusecli.merge.params import MergeParams
+from fusecli.merge.registry import register
+
+OPTIONS = ("weight", "density", "normalize", "seed")
+
+
+def dare_mask(shape: torch.Size | tuple[int, ...], density: float, seed: int, name: str, index: int) -> Tensor:
+    """Keep-mask for model `index` on tensor `name`: each entry kept with probability `density`."""
+    digest = hashlib.sha256(f"{seed}\0{name}\0{index}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.rand(shape, generator=generator) < density
+
+
+def dare_deltas(base: Tensor, models: list[Tensor], params: MergeParams, name: str) -> Tensor:
+    deltas = task_vectors(base, models)
+    if params.density >= 1:
+        return deltas
+    masks = [dare_mask(base.shape, params.density, params.seed, name, i) for i in range(len(models))]
+    return deltas * torch.stack(masks).to(deltas.device) / params.density
+
+
+@register("dare_linear", options=OPTIONS, weight=0.2, normalize=True, mergekit="dare_linear")
+def dare_linear(base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
+    """DARE-linear: randomly dropped, rescaled task vectors, weighted sum."""
+    deltas = dare_deltas(base, models, params, name)
+    return combine(base, deltas, params.weight, consensus=False, normalize=params.normalize), None
+
+
+@register("dare_ties", options=OPTIONS, weight=0.2, normalize=True, mergekit="dare_ties")
+def dare_ties(base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
+    """DARE-TIES: randomly dropped, rescaled task vectors, merged where signs agree."""
+    deltas = dare_deltas(base, models, params, name)
+    return combine(base, deltas, params.weight, consensus=True, normalize=params.normalize), None

@@ -1,0 +1,273 @@
+"""Plan and run a merge, tensor by tensor, into an atomically written HF model folder.
+
+plan: check every model against the base (architecture, tensor names, shapes) before writing
+anything; grown vocabularies are cropped to the base, tied embeddings stand in for a missing
+lm_head. run: for each base tensor, read it and the models' tensors (memory-mapped), merge with
+the registered method, append to the current output shard. Peak memory is one tensor per model
+plus one output shard.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from fusecli import __version__
+from fusecli.errors import FusecliError
+from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
+from fusecli.merge.io import ModelFolder, ShardedWriter, copy_side_files, parse_size
+from fusecli.merge.params import MergeParams
+from fusecli.merge.registry import MergeMethod, get_method
+
+REPORT = "merge_report.json"
+COEFFICIENTS_CSV = "merge_coefficients.csv"
+CARD = "README.md"
+LM_HEAD = "lm_head.weight"
+EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+VOCAB_SUFFIXES = (*EMBEDDING_SUFFIXES, LM_HEAD, "embed_out.weight")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str  # the tensor in the base and in the output
+    sources: tuple[str, ...]  # the tensor read from each model (a tied model's embedding for lm_head)
+    rows: tuple[int | None, ...]  # rows to read from each model: the base's rows when cropping
+    merge: bool  # floating point tensors are merged; others are copied from the base
+
+
+@dataclass
+class MergePlan:
+    tensors: list[TensorPlan]
+    cropped: list[dict[str, Any]] = field(default_factory=list)
+    tied: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    out: Path
+    report: dict[str, Any]
+
+
+def _architecture(config: dict[str, Any]) -> str:
+    return f"{'/'.join(config.get('architectures') or ['?'])} ({config.get('model_type', '?')})"
+
+
+def _embedding(model: ModelFolder) -> str | None:
+    found = [n for n in model.weight_map if n.endswith(EMBEDDING_SUFFIXES)]
+    return found[0] if len(found) == 1 else None
+
+
+def plan_merge(base: ModelFolder, models: dict[str, ModelFolder]) -> MergePlan:
+    """Check the models against the base and decide, per base tensor, what to read from each model."""
+    arch = _architecture(base.config)
+    for label, model in models.items():
+        if _architecture(model.config) != arch:
+            raise FusecliError(
+                f"model {label} ({model.path}) is {_architecture(model.config)} but the base is {arch}: "
+                "every merged model must share the base's architecture (merge the pair-fused targets)"
+            )
+    plan = MergePlan(tensors=[])
+    base_names = set(base.weight_map)
+    for label, model in models.items():
+        extra = sorted(set(model.weight_map) - base_names)
+        if LM_HEAD in extra and _embedding(base) is not None:
+            extra.remove(LM_HEAD)
+            plan.ignored.append({"model": label, "tensor": LM_HEAD, "why": "the base ties lm_head to its embedding"})
+        if extra:
+            raise FusecliError(
+                f"model {label} ({model.path}) has tensor {extra[0]!r} that the base lacks: "
+                "merged models must have the base's architecture"
+            )
+    for name in base.names():
+        shape, sources, rows = base.shape(name), [], []
+        for label, model in models.items():
+            source = name
+            if name not in model.weight_map:
+                tied = _embedding(model) if name == LM_HEAD else None
+                if tied is None:
+                    raise FusecliError(
+                        f"model {label} ({model.path}) lacks tensor {name!r}: "
+                        "merged models must have the base's architecture"
+                    )
+                source = tied
+                plan.tied.append({"model": label, "tensor": name, "source": tied})
+            got, crop = model.shape(source), None
+            if got != shape:
+                grown = len(got) == len(shape) > 0 and got[1:] == shape[1:] and got[0] > shape[0]
+                if not (grown and name.endswith(VOCAB_SUFFIXES)):
+                    raise FusecliError(
+                        f"tensor {name!r} of model {label} has shape {list(got)} but the base has "
+                        f"{list(shape)}: only grown vocabularies (embeddings, lm_head) can be cropped"
+                    )
+                crop = shape[0]
+                plan.cropped.append({"model": label, "tensor": name, "from": list(got), "to": list(shape)})
+            sources.append(source)
+            rows.append(crop)
+        floating = base.dtype(name).startswith(("F", "BF"))
+        plan.tensors.append(TensorPlan(name, tuple(sources), tuple(rows), floating))
+    return plan
+
+
+def open_models(
+    base: Path, models: Sequence[tuple[str, Path]], out: Path
+) -> tuple[ModelFolder, dict[str, ModelFolder]]:
+    for path in (base, *(p for _, p in models)):
+        if out.resolve() in (path.resolve(), *path.resolve().parents):
+            raise FusecliError(f"--out {out} would replace the input {path}: write the merge elsewhere")
+    if not models:
+        raise FusecliError("no models to merge: pass at least one model")
+    labels = [label for label, _ in models]
+    if len(set(labels)) != len(labels):
+        raise FusecliError(f"model name {labels[0]!r} is given twice: name each model once")
+    resolved = [Path(path).resolve() for _, path in models]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise FusecliError(f"model {models[i][1]} is given twice: list each model once")
+    return ModelFolder(base), {label: ModelFolder(path) for label, path in models}
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FusecliError("merge.device = cuda but no CUDA device is visible: use device: cpu")
+    return torch.device(name)
+
+
+def merge_models(
+    base_path: str | Path,
+    models: Sequence[tuple[str, str | Path]],
+    params: MergeParams,
+    out: str | Path,
+) -> MergeResult:
+    """Merge `models` (label, folder) onto the base with `params.method`; write the folder `out`.
+
+    On any error nothing is left at `out` (an existing `out` is kept until the new one is complete).
+    """
+    method = get_method(params.method)
+    resolved = method.resolve(params, len(models))
+    device, max_bytes = _device(params.device), parse_size(params.max_shard_size)
+    base, folders = open_models(Path(base_path), [(label, Path(path)) for label, path in models], Path(out))
+    try:
+        plan = plan_merge(base, folders)
+        with atomic_dir(out) as tmp:
+            kind, coefficients = _merge_tensors(
+                method, resolved, base, folders, plan, ShardedWriter(tmp, max_bytes), device
+            )
+            copy_side_files(base.path, tmp)
+            report = _report(method, resolved, base, folders, plan, kind, coefficients)
+            atomic_write_json(tmp / REPORT, report)
+            if kind is not None:
+                atomic_write_text(tmp / COEFFICIENTS_CSV, _coefficients_csv(kind, coefficients))
+            atomic_write_text(tmp / CARD, model_card(method, resolved, base, folders, plan, Path(out).name))
+    finally:
+        for folder in (base, *folders.values()):
+            folder.close()
+    return MergeResult(Path(out), report)
+
+
+def _merge_tensors(
+    method: MergeMethod,
+    params: MergeParams,
+    base: ModelFolder,
+    models: dict[str, ModelFolder],
+    plan: MergePlan,
+    writer: ShardedWriter,
+    device: torch.device,
+) -> tuple[str | None, dict[str, dict[str, float]]]:
+    """The streaming loop: one tensor of each model in memory at a time."""
+    kind: str | None = None
+    coefficients: dict[str, dict[str, float]] = {}
+    labels = list(models)
+    for t in plan.tensors:
+        merged = base.tensor(t.name)
+        if t.merge:
+            inputs = [
+                models[label].tensor(source, rows).to(device)
+                for label, source, rows in zip(labels, t.sources, t.rows, strict=True)
+            ]
+            merged, coefs = method(merged.to(device), inputs, params, name=t.name)
+            del inputs
+            if coefs:
+                (kind, values), *_ = coefs.items()
+                coefficients[t.name] = dict(zip(labels, values, strict=True))
+        writer.add(t.name, merged)
+    writer.close()
+    return kind, coefficients
+
+
+def _report(
+    method: MergeMethod,
+    params: MergeParams,
+    base: ModelFolder,
+    models: dict[str, ModelFolder],
+    plan: MergePlan,
+    kind: str | None,
+    coefficients: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    return {
+        "fusecli_version": __version__,
+        "options": method.describe(params),
+        "base": str(base.path),
+        "models": {label: str(m.path) for label, m in models.items()},
+        "num_tensors": len(plan.tensors),
+        "cropped": plan.cropped,
+        "tied": plan.tied,
+        "ignored": plan.ignored,
+        "coefficient": kind,
+        "coefficients": coefficients,
+    }
+
+
+def _coefficients_csv(kind: str, coefficients: dict[str, dict[str, float]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["tensor", "model", kind])
+    for tensor, per_model in coefficients.items():
+        for label, value in per_model.items():
+            writer.writerow([tensor, label, repr(value)])
+    return buf.getvalue()
+
+
+def model_card(
+    method: MergeMethod,
+    params: MergeParams,
+    base: ModelFolder,
+    models: dict[str, ModelFolder],
+    plan: MergePlan,
+    title: str,
+) -> str:
+    """README.md of the merged folder: which method, which options, which models."""
+    options = yaml.safe_dump(method.describe(params), sort_keys=False).strip()
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"tags: [merge, fusecli, {method.name}]",
+        "---",
+        f"# {title}",
+        "",
+        f"Merged with fusecli {__version__} using **{method.name}**: {method.doc}",
+        "",
+        "## Options",
+        "",
+        "```yaml",
+        options,
+        "```",
+        "",
+        "## Models",
+        "",
+        f"- base: `{base.path}`",
+        *(f"- {label}: `{m.path}`" for label, m in models.items()),
+    ]
+    notes = [f"- `{c['tensor']}` of {c['model']} cropped from {c['from']} to {c['to']}" for c in plan.cropped]
+    notes += [f"- `{t['tensor']}` of {t['model']} read from its tied `{t['source']}`" for t in plan.tied]
+    notes += [f"- `{i['tensor']}` of {i['model']} ignored: {i['why']}" for i in plan.ignored]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    return "\n".join(lines) + "\n"

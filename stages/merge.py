@@ -1,0 +1,33 @@
+"""DVC stage `merge`: the pivot plus every locked source's pair-fused target -> one merged model.
+
+python stages/merge.py --params params.yaml --lock models.lock --fused-dir fused --base PATH --out merged
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fusecli.config import load_section
+from fusecli.errors import fail_cleanly
+from fusecli.merge import MergeParams
+from fusecli.merge.stage import merge_fused
+
+
+@fail_cleanly
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--lock", type=Path, default=Path("models.lock"))
+    parser.add_argument("--fused-dir", type=Path, default=Path("fused"))
+    parser.add_argument("--base", type=Path, required=True, help="the pivot model folder")
+    parser.add_argument("--out", type=Path, default=Path("merged"))
+    args = parser.parse_args(argv)
+    params = load_section(MergeParams, "merge", args.params)
+    result = merge_fused(params, args.lock, args.fused_dir, args.base, args.out)
+    models = ", ".join(result.report["models"])
+    print(f"merged {models} onto {args.base} with {params.method} -> {result.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from fusecli.data.render import prompt_text, render, tokenize
+from fusecli.errors import FusecliError
+from fusecli.evaluate.run import EvalModel, EvalParams, evaluate, greedy_answers, report_markdown, response_ce
+from fusecli.models import load_tokenizer
+from tests.tiny import write_dataset, write_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    write_dataset(d / "eval.parquet", 9)
+    write_model(d / "m", "llama", 300, seed=5)
+    return d
+
+
+def test_batched_left_padded_greedy_equals_one_by_one(tiny):
+    tok = load_tokenizer(tiny / "m")
+    model = AutoModelForCausalLM.from_pretrained(tiny / "m").eval()
+    df = pl.read_parquet(tiny / "eval.parquet")
+    prompts = [prompt_text(tok, json.loads(m)) for m in df["messages"]]
+    params = EvalParams(batch_size=4, max_new_tokens=5)
+    batched = greedy_answers(model, tok, prompts, params, torch.device("cpu"))
+    single = [greedy_answers(model, tok, [p], params, torch.device("cpu"))[0] for p in prompts]
+    assert batched == single
+
+
+def test_response_ce_equals_naive_mean_over_response_tokens(tiny):
+    tok = load_tokenizer(tiny / "m")
+    model = AutoModelForCausalLM.from_pretrained(tiny / "m").eval()
+    dialogues = [json.loads(m) for m in pl.read_parquet(tiny / "eval.parquet")["messages"]]
+    ces = response_ce(model, tok, dialogues, EvalParams(batch_size=3), torch.device("cpu"))
+    for d, ce in zip(dialogues, ces, strict=True):
+        it = tokenize(tok, render(tok, d))
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.as_tensor(it.input_ids[None])).logits[0], -1)
+        t = np.nonzero(it.label_mask)[0]
+        np.testing.assert_allclose(ce, -logp[t - 1, it.input_ids[t]].numpy(), atol=1e-5)
+
+
+def test_metrics_shape_and_ce_only_domains(tiny, tmp_path):
+    df = pl.read_parquet(tiny / "eval.parquet")
+    df = df.with_columns(pl.when(pl.col("domain") == "region").then(None).otherwise(pl.col("answer")).alias("answer"))
+    df.write_parquet(tmp_path / "eval.parquet")
+    metrics = evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "eval.parquet", EvalParams(batch_size=4))
+    scores = metrics["models"]["pivot"]
+    assert set(scores) == {"capital", "currency", "region"}
+    assert scores["region"]["em"] is None and scores["region"]["ce"] > 0
+    assert 0.0 <= scores["capital"]["em"] <= 1.0
+    assert "| pivot |" in report_markdown(metrics)
+
+
+def test_empty_eval_set_is_a_clear_error(tiny, tmp_path):
+    pl.read_parquet(tiny / "eval.parquet").head(0).write_parquet(tmp_path / "e.parquet")
+    with pytest.raises(FusecliError, match="no evaluation rows"):
+        evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "e.parquet", EvalParams())

@@ -1,0 +1,72 @@
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fusecli.errors import FusecliError
+from fusecli.merge.stage import locked_slugs
+
+from . import reference
+
+STAGE = Path(__file__).resolve().parents[2] / "stages" / "merge.py"
+
+
+def stage_main():
+    spec = importlib.util.spec_from_file_location("merge_stage", STAGE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture
+def workspace(tiny, tmp_path):
+    for slug, path in (("beta", tiny.m1), ("alpha", tiny.m2), ("gamma", tiny.m3)):
+        shutil.copytree(path, tmp_path / "fused" / slug)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"merge": {"method": "ties", "weight": [0.5, 0.3]}}))
+    return tmp_path
+
+
+def write_lock(path, slugs):
+    path.write_text(
+        yaml.safe_dump({"version": 1, "sources": {s: {"repo": f"org/{s}"} for s in slugs}}, sort_keys=False)
+    )
+    return path
+
+
+def run(workspace, tiny, lock, out):
+    argv = ["--params", str(workspace / "params.yaml"), "--lock", str(lock), "--fused-dir", str(workspace / "fused")]
+    stage_main()(argv + ["--base", str(tiny.base), "--out", str(workspace / out)])
+    return workspace / out
+
+
+def test_merges_exactly_the_locked_sources_in_sorted_order(workspace, tiny, capsys):
+    a = run(workspace, tiny, write_lock(workspace / "a.lock", ["beta", "alpha"]), "a")
+    b = run(workspace, tiny, write_lock(workspace / "b.lock", ["alpha", "beta"]), "b")
+    assert reference.files(a) == reference.files(b)
+    report = yaml.safe_load((a / "merge_report.json").read_text())
+    assert list(report["models"]) == ["alpha", "beta"]  # gamma is in fused/ but not locked
+    assert report["options"]["weight"] == [0.5, 0.3]
+    assert "merged alpha, beta onto" in capsys.readouterr().out
+
+
+def test_missing_fused_model_fails_clearly(workspace, tiny, capsys):
+    lock = write_lock(workspace / "models.lock", ["alpha", "delta"])
+    with pytest.raises(SystemExit) as exc:
+        run(workspace, tiny, lock, "merged")
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "fused/delta not found" in err and "dvc repro fuse@delta" in err
+    assert not (workspace / "merged").exists()
+
+
+@pytest.mark.parametrize(
+    "text,match", [("sources: {}\n", "lists no sources"), ("[1, 2\n", "not valid YAML"), ("version: 1\n", "no sources")]
+)
+def test_bad_lock_files(tmp_path, text, match):
+    (tmp_path / "models.lock").write_text(text)
+    with pytest.raises(FusecliError, match=match):
+        locked_slugs(tmp_path / "models.lock")
+    with pytest.raises(FusecliError, match="not found"):
+        locked_slugs(tmp_path / "other.lock")
