@@ -4,27 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from fusecli.errors import FusecliError
+from fusecli.lock import read_lock
 from fusecli.merge.params import MergeParams
 from fusecli.merge.run import MergeResult, merge_models
 
 
 def locked_slugs(lock: str | Path) -> list[str]:
-    """Source slugs in models.lock (top-level `sources`: slug -> entry), sorted so that the order
-    of the lock file never changes the merge."""
-    lock = Path(lock)
-    if not lock.is_file():
-        raise FusecliError(f"{lock} not found: run `fusecli lock` first")
-    try:
-        data = yaml.safe_load(lock.read_text()) or {}
-    except yaml.YAMLError:
-        raise FusecliError(f"{lock} is not valid YAML: regenerate it with `fusecli lock`") from None
-    sources = data.get("sources") if isinstance(data, dict) else None
-    if not isinstance(sources, dict) or not sources:
-        raise FusecliError(f"{lock} lists no sources under `sources`: add a source and re-lock")
-    return sorted(str(slug) for slug in sources)
+    """Source slugs in models.lock, sorted so that the order of the lock file never changes the merge."""
+    slugs = sorted(read_lock(lock).sources)
+    if not slugs:
+        raise FusecliError(f"{lock} lists no sources: add one with fusecli add-source")
+    return slugs
 
 
 def merge_fused(

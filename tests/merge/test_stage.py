@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from fusecli.errors import FusecliError
+from fusecli.lock import Lock, ModelEntry, dump_lock
 from fusecli.merge.stage import locked_slugs
 
 from . import reference
@@ -28,10 +29,14 @@ def workspace(tiny, tmp_path):
     return tmp_path
 
 
+def entry(name):
+    return ModelEntry(name=name, origin="local", path=f"m/{name}", repo=None, revision=None,
+                      content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=64, dtype="float32",
+                      chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
+
+
 def write_lock(path, slugs):
-    path.write_text(
-        yaml.safe_dump({"version": 1, "sources": {s: {"repo": f"org/{s}"} for s in slugs}}, sort_keys=False)
-    )
+    path.write_text(dump_lock(Lock(pivot=entry("base"), sources={s: entry(s) for s in slugs})))
     return path
 
 
@@ -61,12 +66,10 @@ def test_missing_fused_model_fails_clearly(workspace, tiny, capsys):
     assert not (workspace / "merged").exists()
 
 
-@pytest.mark.parametrize(
-    "text,match", [("sources: {}\n", "lists no sources"), ("[1, 2\n", "not valid YAML"), ("version: 1\n", "no sources")]
-)
-def test_bad_lock_files(tmp_path, text, match):
-    (tmp_path / "models.lock").write_text(text)
-    with pytest.raises(FusecliError, match=match):
+def test_bad_lock_files(tmp_path):
+    write_lock(tmp_path / "models.lock", [])
+    with pytest.raises(FusecliError, match="lists no sources"):
         locked_slugs(tmp_path / "models.lock")
-    with pytest.raises(FusecliError, match="not found"):
-        locked_slugs(tmp_path / "other.lock")
+    (tmp_path / "models.lock").write_text("[1, 2\n")
+    with pytest.raises(FusecliError, match="YAML"):
+        locked_slugs(tmp_path / "models.lock")

@@ -1,0 +1,214 @@
+"""The `fusecli` command line: pin models into models.lock, then `dvc repro` does the rest.
+
+Every command is a plain Typer function; errors are handled once, in `FusecliGroup`, so a command added
+elsewhere is one line: `app.command("merge")(merge)`. A command that needs the workspace takes
+`ctx: typer.Context` and calls `workspace_of(ctx)`.
+Every failure is one line on stderr, `error: <problem>: <fix>`, with exit status 1, and models.lock
+is only ever replaced whole (temp file + rename), so a failing command leaves it byte-for-byte as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from fusecli import hashing, sources, workspace
+from fusecli.errors import FusecliError
+from fusecli.lock import DVC_PINNED, Lock, ModelEntry, locked_update, read_lock
+
+SHORT = 8  # characters of a commit sha or content hash shown in tables (like git's short sha)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo("error: " + " ".join(message.split()), err=True)  # one line, whatever the message held
+    raise typer.Exit(1)
+
+
+class FusecliGroup(TyperGroup):
+    """Turns every expected failure of any subcommand into one `error:` line and exit status 1."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FusecliError as exc:
+            _fail(str(exc))
+        except typer.TyperException as exc:  # usage errors (missing argument, bad value) carry a message
+            if not hasattr(exc, "format_message"):
+                raise
+            sub = getattr(exc, "ctx", None)
+            command = sub.command_path if sub is not None else "fusecli"
+            _fail(f"{exc.format_message().rstrip('.')}: see `{command} --help`")
+        except OSError as exc:
+            _fail(f"{exc}: check the path and its permissions")
+
+
+app = typer.Typer(
+    cls=FusecliGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Pin chat models for FuseChat-style knowledge fusion; `dvc repro` runs the pipeline.",
+)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    lock: Path  # models.lock
+
+
+def workspace_of(ctx: typer.Context) -> Workspace:
+    return ctx.find_root().obj
+
+
+def _console() -> Console:
+    return Console()  # built per call: rich reads the terminal width (COLUMNS) when it is created
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    workspace_dir: Path = typer.Option(Path("."), "--workspace", metavar="DIR", help="Workspace root (dvc.yaml)."),
+    lock: Path = typer.Option(Path("models.lock"), "--lock", help="Lock file, relative to the workspace."),
+) -> None:
+    root = workspace_dir.expanduser().resolve()
+    if not root.is_dir():
+        raise FusecliError(f"workspace {workspace_dir} is not a folder: pass an existing --workspace DIR")
+    ctx.obj = Workspace(root=root, lock=root / lock)
+
+
+def _check_slug_free(lock: Lock, slug: str, replace: bool) -> None:
+    if slug == lock.pivot.name:
+        raise FusecliError(f"{slug!r} is the pivot's name: pass --name to pick another slug for this source")
+    if slug in lock.sources and not replace:
+        raise FusecliError(
+            f"source {slug!r} is already in models.lock: pass --name OTHER to add it under another slug, "
+            "or --replace to re-pin it"
+        )
+
+
+def _summary(entry: ModelEntry) -> str:
+    pinned = f"revision {entry.revision[:SHORT]}" if entry.revision else _short_hash(entry)
+    return f"{entry.architecture}, vocab {entry.vocab_size}, {entry.dtype}, {entry.path} ({pinned})"
+
+
+def _short_hash(entry: ModelEntry) -> str:
+    return "dvc.lock" if entry.content_hash == DVC_PINNED else entry.content_hash.removeprefix("sha256:")[:SHORT]
+
+
+@app.command("add-source")
+def add_source(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Local model folder, hub repo id (owner/name) or paper alias."),
+    name: str | None = typer.Option(None, "--name", help="Slug for this source (default: from the folder/repo)."),
+    revision: str | None = typer.Option(None, "--revision", help="Hub branch, tag or commit (pinned to a sha)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the repo."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle (.bin) weights."),
+    replace: bool = typer.Option(False, "--replace", help="Re-pin an existing source (after its files changed)."),
+) -> None:
+    """Pin a source model into models.lock (its extract/align/fuse stages are added)."""
+    ws = workspace_of(ctx)
+    located = sources.locate(ref, ws.root, name, revision, trust_remote_code)
+    _check_slug_free(read_lock(ws.lock), located.slug, replace)  # fail before a long download
+    entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle)
+    with locked_update(ws.lock) as update:
+        assert update.lock is not None
+        _check_slug_free(update.lock, entry.name, replace)  # another process may have added it meanwhile
+        update.lock = update.lock.with_source(entry)
+    _console().print(f"[green]pinned[/] sources.{entry.name}: {_summary(entry)}; run `dvc repro`")
+
+
+@app.command("remove-source")
+def remove_source(
+    ctx: typer.Context,
+    slug: str = typer.Argument(..., help="Slug of the source to remove."),
+) -> None:
+    """Drop a source from models.lock and delete its outputs and DVC records."""
+    ws = workspace_of(ctx)
+    with locked_update(ws.lock) as update:
+        lock = update.lock
+        assert lock is not None
+        if slug == lock.pivot.name:
+            raise FusecliError(f"{slug!r} is the pivot: set another pivot with `fusecli set-pivot REF` first")
+        if slug not in lock.sources:
+            pinned = ", ".join(lock.sources) or "none"
+            raise FusecliError(f"no source {slug!r} in models.lock: pinned sources are {pinned}")
+        # Clean first: if it fails, the entry stays and rerunning remove-source finishes the job.
+        removed = workspace.clean_source(ws.root, slug)
+        update.lock = lock.without_source(slug)
+    console = _console()
+    console.print(f"[green]removed[/] sources.{slug}")
+    for item in removed:
+        console.print(f"  deleted {item}")
+
+
+@app.command("set-pivot")
+def set_pivot(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Local model folder, hub repo id (owner/name) or paper alias."),
+    name: str | None = typer.Option(None, "--name", help="Slug for the pivot (default: from the folder/repo)."),
+    revision: str | None = typer.Option(None, "--revision", help="Hub branch, tag or commit (pinned to a sha)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the repo."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle (.bin) weights."),
+) -> None:
+    """Pin the pivot (the merge base); creates models.lock if there is none."""
+    ws = workspace_of(ctx)
+    located = sources.locate(ref, ws.root, name, revision, trust_remote_code)
+    if ws.lock.exists() and located.slug in read_lock(ws.lock).sources:
+        raise FusecliError(f"{located.slug!r} is already a source: pass --name to pick another slug for the pivot")
+    entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle)
+    with locked_update(ws.lock, create=True) as update:
+        if update.lock is None:
+            update.lock = Lock(pivot=entry, sources={})
+        elif entry.name in update.lock.sources:
+            raise FusecliError(f"{entry.name!r} is already a source: pass --name to pick another slug for the pivot")
+        else:
+            update.lock = update.lock.with_pivot(entry)
+    _console().print(f"[green]pinned[/] pivot {entry.name}: {_summary(entry)}; run `dvc repro`")
+
+
+@app.command("list")
+def list_models(ctx: typer.Context) -> None:
+    """Show the pinned pivot and sources."""
+    lock = read_lock(workspace_of(ctx).lock)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("role", "slug", "origin", "architecture", "vocab", "revision", "hash"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "vocab" else "left")
+    for role, entry in [("pivot", lock.pivot), *(("source", e) for e in lock.sources.values())]:
+        revision = entry.revision[:SHORT] if entry.revision else "-"
+        table.add_row(role, entry.name, entry.origin, entry.architecture, str(entry.vocab_size), revision,
+                      _short_hash(entry))
+    _console().print(table)
+
+
+@app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Validate models.lock, check pinned files are unchanged, and list stages `dvc repro` would run."""
+    ws = workspace_of(ctx)
+    lock = read_lock(ws.lock)
+    console = _console()
+    console.print(f"{ws.lock.name}: valid (pivot {lock.pivot.name}, {len(lock.sources)} source(s))")
+    cache = ws.root / hashing.CACHE_FILE
+    hashing.verify_entry(lock.pivot, ws.root, cache, is_pivot=True)
+    for entry in lock.sources.values():
+        hashing.verify_entry(entry, ws.root, cache)
+    console.print("pinned files: unchanged")
+    stale = workspace.stale_stages(ws.root)
+    if not stale:
+        console.print("[green]pipeline up to date[/]")
+        return
+    table = Table("stage", "why", box=box.SIMPLE, title="stages `dvc repro` will run")
+    for stage, why in stale.items():
+        table.add_row(stage, why)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,136 @@
+"""Content hash of a model folder: what pins a local or downloaded model in models.lock.
+
+The hash covers exactly the files that define the model's outputs (weights, config, tokenizer, chat
+template) and nothing else, so a README edit does not rerun the pipeline. Per-file digests are cached
+by (size, mtime_ns) in `.fusecli/hash-cache.json`, so re-checking a 140 GB model costs a few stats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fusecli.errors import FusecliError
+from fusecli.io import atomic_write_json
+from fusecli.lock import DVC_PINNED, ModelEntry
+
+CACHE_FILE = Path(".fusecli") / "hash-cache.json"
+CONFIG_FILES = frozenset({"config.json", "generation_config.json"})
+TOKENIZER_FILES = frozenset({
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+    "tokenizer.model", "chat_template.jinja", "added_tokens.json",
+})
+SAFETENSORS_SUFFIXES = (".safetensors", ".safetensors.index.json")
+# Pickled weights count only when a folder has no safetensors (transformers prefers safetensors).
+PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".pt", ".pth", ".ckpt")
+CHUNK = 1 << 24
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SAFETENSORS_SUFFIXES))
+
+
+def pickle_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
+
+
+def hashed_files(folder: Path) -> list[Path]:
+    """Top-level files only: the loader reads nothing else (`.cache/` of snapshot_download is skipped)."""
+    weights = safetensors_files(folder) or pickle_files(folder)
+    named = [p for p in folder.iterdir() if p.is_file() and p.name in CONFIG_FILES | TOKENIZER_FILES]
+    return sorted(weights + named)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_cache(cache_file: Path | None) -> dict[str, Any]:
+    if cache_file is None or not cache_file.exists():
+        return {}
+    try:
+        data = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}  # a cache is disposable: a corrupt one is rebuilt
+    return data if isinstance(data, dict) else {}
+
+
+def _save_cache(cache_file: Path, cache: dict[str, Any]) -> None:
+    live = {k: v for k, v in cache.items() if os.path.exists(k)}
+    try:
+        atomic_write_json(cache_file, live)
+    except OSError:
+        pass  # read-only workspace: hashing still works, only slower next time
+
+
+def content_hash(folder: str | Path, cache_file: str | Path | None = None) -> str:
+    """sha256 over the sorted (relative path, sha256 of file) lines of the model's defining files."""
+    folder = Path(folder)
+    files = hashed_files(folder)
+    if not files:
+        raise FusecliError(f"{folder} has no weight, config or tokenizer files to hash: check the folder")
+    cache_file = Path(cache_file) if cache_file is not None else None
+    cache = _load_cache(cache_file)
+    changed = False
+    lines = []
+    for path in files:
+        st = path.stat()
+        key = str(path.resolve())
+        hit = cache.get(key)
+        if isinstance(hit, list) and hit[:2] == [st.st_size, st.st_mtime_ns]:
+            digest = hit[2]
+        else:
+            digest = file_sha256(path)
+            cache[key] = [st.st_size, st.st_mtime_ns, digest]
+            changed = True
+        lines.append(f"{path.relative_to(folder).as_posix()}\t{digest}\n")
+    if changed and cache_file is not None:
+        _save_cache(cache_file, cache)
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def chat_template_hash(folder: str | Path) -> str | None:
+    """Hash of the chat template text (chat_template.jinja, else tokenizer_config.json's), None if absent."""
+    folder = Path(folder)
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        text = jinja.read_text(encoding="utf-8")
+    else:
+        config = folder / "tokenizer_config.json"
+        try:
+            template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        except (OSError, ValueError):
+            template = None
+        if not template:
+            return None
+        # Some tokenizers ship a list of named templates; hash their canonical JSON.
+        text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def verify_entry(entry: ModelEntry, root: str | Path, cache_file: str | Path | None = None,
+                 is_pivot: bool = False) -> None:
+    """Fail if the pinned files changed since add-source / set-pivot (demo models are pinned by dvc.lock)."""
+    where = "pivot" if is_pivot else f"sources.{entry.name}"
+    ref = f"{entry.repo} --revision {entry.revision}" if entry.origin == "hub" else entry.path
+    if is_pivot:
+        repin = f"fusecli set-pivot {ref} --name {entry.name}"
+    else:
+        repin = f"fusecli add-source {ref} --name {entry.name} --replace"
+    if entry.content_hash == DVC_PINNED:
+        return
+    folder = entry.folder(root)
+    if not folder.is_dir():
+        raise FusecliError(f"{where}: model folder {entry.path} is missing: restore the files or re-pin with {repin}")
+    actual = content_hash(folder, cache_file)
+    if actual != entry.content_hash:
+        raise FusecliError(
+            f"{where}: weights changed on disk after pinning ({entry.path}): re-pin with {repin} or restore the files"
+        )

@@ -1,0 +1,255 @@
+"""models.lock: the pinned pivot and sources, the one file that says which models the pipeline fuses.
+
+YAML despite the extension (DVC reads it as `vars:` and as a `params:` file). `sources` is a mapping
+keyed by slug, never a list: a list would name stages by index (`fuse@0`), so removing one source would
+rerun every later one, and DVC splits param keys on dots, so raw repo ids cannot be keys.
+
+Every read validates every field (one-line errors naming it); every write is atomic (temp + rename)
+under a file lock, so a reader never sees half a file and two writers never lose each other's entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from filelock import FileLock, Timeout
+
+from fusecli.errors import FusecliError
+from fusecli.io import atomic_write_text
+
+VERSION = 1
+ORIGINS = ("demo", "local", "hub")
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
+SHA_RE = re.compile(r"[0-9a-f]{40}")
+DVC_PINNED = "dvc"  # content_hash of demo models: the build_demo stage's outputs are pinned by dvc.lock
+LOCK_TIMEOUT_S = 60.0
+HEADER = "# Pinned models for the fusion pipeline. Edit with: fusecli set-pivot | add-source | remove-source\n"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One pinned model: everything that defines what the pipeline computes from it."""
+
+    name: str  # the slug (the key under `sources`, or the pivot's `name`)
+    origin: str  # demo | local | hub
+    path: str  # folder the stages read: workspace-relative (posix) inside the workspace, else absolute
+    repo: str | None  # hub repo id (origin hub)
+    revision: str | None  # resolved commit sha (origin hub)
+    content_hash: str  # sha256:... of weights + config + tokenizer files; "dvc" for origin demo
+    architecture: str
+    vocab_size: int
+    dtype: str
+    chat_template_hash: str | None  # None: the model has no chat template (fine for a source)
+    trust_remote_code: bool
+    allow_pickle: bool
+
+    def folder(self, root: str | Path) -> Path:
+        """The model folder on disk, `path` resolved against the workspace root."""
+        return Path(root) / self.path
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(ModelEntry))
+
+
+@dataclass(frozen=True)
+class Lock:
+    pivot: ModelEntry
+    sources: Mapping[str, ModelEntry]  # slug -> entry, in the order they were added
+    version: int = VERSION
+
+    def names(self) -> list[str]:
+        return [self.pivot.name, *self.sources]
+
+    def with_source(self, entry: ModelEntry) -> Lock:
+        """Add or replace a source (a replaced one keeps its position: reordering reruns nothing anyway)."""
+        return dataclasses.replace(self, sources={**self.sources, entry.name: entry})
+
+    def without_source(self, slug: str) -> Lock:
+        return dataclasses.replace(self, sources={k: v for k, v in self.sources.items() if k != slug})
+
+    def with_pivot(self, entry: ModelEntry) -> Lock:
+        return dataclasses.replace(self, pivot=entry)
+
+
+def validate_slug(slug: str, what: str = "slug") -> str:
+    if not isinstance(slug, str) or not SLUG_RE.fullmatch(slug):
+        raise FusecliError(
+            f"invalid {what} {slug!r}: use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        )
+    return slug
+
+
+class _Invalid(Exception):
+    """A field-level problem; read_lock turns it into one FusecliError line naming file and field."""
+
+
+def _entry(data: Any, where: str, slug: str | None) -> ModelEntry:
+    if not isinstance(data, dict):
+        raise _Invalid(f"{where} must be a mapping of {', '.join(FIELDS)}")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise _Invalid(f"{where}: unknown key {unknown[0]!r} (valid keys: {', '.join(FIELDS)})")
+    data = dict(data)
+    if slug is not None:  # a source's name is its key; an explicit `name` must agree
+        if data.setdefault("name", slug) != slug:
+            raise _Invalid(f"{where}.name must equal its key {slug!r}, got {data['name']!r}")
+    missing = [f for f in FIELDS if f not in data]
+    if missing:
+        raise _Invalid(f"{where}.{missing[0]} is missing")
+
+    def check(field: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise _Invalid(f"{where}.{field} must be {expected}, got {data[field]!r}")
+
+    def is_str(v: Any) -> bool:
+        return isinstance(v, str) and v != ""
+
+    check("name", isinstance(data["name"], str) and bool(SLUG_RE.fullmatch(data["name"])), "a slug [a-z0-9][a-z0-9_-]*")
+    check("origin", data["origin"] in ORIGINS, f"one of {', '.join(ORIGINS)}")
+    origin = data["origin"]
+    check("path", is_str(data["path"]), "a non-empty path")
+    path = PurePosixPath(data["path"])
+    check("path", "\\" not in data["path"] and ".." not in path.parts, "a path without '..' or backslashes")
+    if origin == "hub":
+        check("repo", is_str(data["repo"]) and data["repo"].count("/") == 1, "a hub repo id 'owner/name'")
+        check("revision", isinstance(data["revision"], str) and bool(SHA_RE.fullmatch(data["revision"])),
+              "a 40-character commit sha")
+    else:
+        check("repo", data["repo"] is None, f"null for origin {origin}")
+        check("revision", data["revision"] is None, f"null for origin {origin}")
+    if origin == "demo":
+        check("content_hash", data["content_hash"] == DVC_PINNED, f"'{DVC_PINNED}' for origin demo")
+    else:
+        check("content_hash", isinstance(data["content_hash"], str) and bool(HASH_RE.fullmatch(data["content_hash"])),
+              "'sha256:' followed by 64 hex digits")
+    check("architecture", is_str(data["architecture"]), "a non-empty string")
+    vocab = data["vocab_size"]
+    check("vocab_size", isinstance(vocab, int) and not isinstance(vocab, bool), "an int")
+    check("vocab_size", vocab > 0, "positive")
+    check("dtype", is_str(data["dtype"]), "a dtype name such as float32")
+    cth = data["chat_template_hash"]
+    check("chat_template_hash", cth is None or (isinstance(cth, str) and bool(HASH_RE.fullmatch(cth))),
+          "null or 'sha256:' followed by 64 hex digits")
+    check("trust_remote_code", isinstance(data["trust_remote_code"], bool), "true or false")
+    check("allow_pickle", isinstance(data["allow_pickle"], bool), "true or false")
+    return ModelEntry(**{f: data[f] for f in FIELDS})
+
+
+def parse_lock(text: str, name: str = "models.lock") -> Lock:
+    """Validate the YAML text of a lock file; every problem is one line naming the field."""
+    fix = "fix the file or re-pin with fusecli set-pivot / add-source"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise FusecliError(f"{name} is not valid YAML{where}: {fix}") from None
+    try:
+        if not isinstance(data, dict):
+            raise _Invalid("must hold a mapping with version, pivot and sources")
+        unknown = sorted(set(data) - {"version", "pivot", "sources"})
+        if unknown:
+            raise _Invalid(f"unknown top-level key {unknown[0]!r} (valid keys: version, pivot, sources)")
+        if data.get("version") != VERSION or isinstance(data.get("version"), bool):
+            raise _Invalid(f"version must be {VERSION}, got {data.get('version')!r}")
+        if "pivot" not in data:
+            raise _Invalid("pivot is missing")
+        pivot = _entry(data["pivot"], "pivot", None)
+        raw = data.get("sources", {})
+        if not isinstance(raw, dict):
+            raise _Invalid("sources must be a mapping keyed by slug (not a list)")
+        sources = {}
+        for slug, entry in raw.items():
+            if not isinstance(slug, str) or not SLUG_RE.fullmatch(slug):
+                raise _Invalid(f"sources key {slug!r} must be a slug [a-z0-9][a-z0-9_-]*")
+            if slug == pivot.name:
+                raise _Invalid(f"sources.{slug} has the pivot's name: slugs must be unique")
+            sources[slug] = _entry(entry, f"sources.{slug}", slug)
+    except _Invalid as exc:
+        raise FusecliError(f"{name}: {exc}: {fix}") from None
+    return Lock(pivot=pivot, sources=sources)
+
+
+def read_lock(path: str | Path) -> Lock:
+    path = Path(path)
+    if not path.exists():
+        raise FusecliError(f"{path.name} not found in {path.parent}: create it with fusecli set-pivot REF")
+    return parse_lock(path.read_text(encoding="utf-8"), path.name)
+
+
+def _entry_dict(entry: ModelEntry, with_name: bool) -> dict[str, Any]:
+    d = dataclasses.asdict(entry)
+    if not with_name:
+        del d["name"]
+    return d
+
+
+def dump_lock(lock: Lock) -> str:
+    data = {
+        "version": lock.version,
+        "pivot": _entry_dict(lock.pivot, with_name=True),
+        "sources": {slug: _entry_dict(e, with_name=False) for slug, e in lock.sources.items()},
+    }
+    return HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def _file_lock(path: Path) -> FileLock:
+    return FileLock(str(path.with_name(path.name + ".lock")), timeout=LOCK_TIMEOUT_S)
+
+
+def _write(path: Path, lock: Lock) -> None:
+    text = dump_lock(lock)
+    parse_lock(text, path.name)  # never write a file that the next read would reject
+    atomic_write_text(path, text)
+
+
+def write_lock(path: str | Path, lock: Lock) -> None:
+    """Atomically replace the lock file (temp + rename) while holding `<name>.lock`."""
+    path = Path(path)
+    try:
+        with _file_lock(path):
+            _write(path, lock)
+    except Timeout:
+        raise FusecliError(_busy(path)) from None
+
+
+def _busy(path: Path) -> str:
+    return f"{path.name} is held by another fusecli process ({path.name}.lock): wait for it to finish and retry"
+
+
+@dataclass
+class Update:
+    """What `locked_update` yields: read `lock`, assign a new one to have it written."""
+
+    lock: Lock | None
+
+
+@contextmanager
+def locked_update(path: str | Path, create: bool = False) -> Iterator[Update]:
+    """Read, let the caller change, write: all under the file lock, so concurrent updates serialise.
+
+    The file is written only when the body finishes without an exception and changed the lock; with
+    `create`, a missing file yields `lock=None` instead of failing.
+    """
+    path = Path(path)
+    file_lock = _file_lock(path)
+    try:
+        file_lock.acquire()
+    except Timeout:
+        raise FusecliError(_busy(path)) from None
+    try:
+        before = read_lock(path) if (path.exists() or not create) else None
+        update = Update(before)
+        yield update
+        if update.lock is not None and update.lock != before:
+            _write(path, update.lock)
+    finally:
+        file_lock.release()

@@ -1,0 +1,190 @@
+"""DVC interop: where a source's outputs live, cleaning up after a removed source, and what is stale.
+
+Removing a source from models.lock is not enough: DVC keeps its outputs, their .gitignore lines and its
+`*@slug` entries in dvc.lock, and the merge stage (which depends on the whole `fused/` folder) would
+silently keep using the stale pair output. `dvc remove` refuses parametrized stages, so we clean up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fusecli.errors import FusecliError
+from fusecli.io import atomic_write_text
+
+SOURCE_STAGES = ("extract", "align", "fuse")  # foreach-over-sources stages in dvc.yaml: `<stage>@<slug>`
+SOURCE_OUTPUTS = ("extract/sources/{slug}", "align/{slug}", "fused/{slug}", "logs/fuse/{slug}")
+
+
+def source_outputs(slug: str) -> list[str]:
+    return [p.format(slug=slug) for p in SOURCE_OUTPUTS]
+
+
+def source_stages(slug: str) -> list[str]:
+    return [f"{stage}@{slug}" for stage in SOURCE_STAGES]
+
+
+@contextmanager
+def dvc_repo_lock(root: Path) -> Iterator[None]:
+    """Hold DVC's own workspace lock, so we never clean up under a running `dvc repro`."""
+    if not (root / ".dvc").is_dir():
+        yield
+        return
+    from dvc.exceptions import DvcException
+    from dvc.lock import LockError
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(root))
+    except DvcException as exc:
+        raise FusecliError(f"cannot open the DVC workspace {root}: {exc}: fix .dvc/config") from None
+    try:
+        repo.lock.lock()
+    except LockError:
+        repo.close()
+        raise FusecliError(f"DVC is running in {root} (.dvc/tmp/lock is held): wait for it, then retry") from None
+    try:
+        yield
+    finally:
+        repo.lock.unlock()
+        repo.close()
+
+
+def _safe_relative(path: str) -> PurePosixPath | None:
+    """A workspace-relative path that cannot escape the workspace, or None."""
+    p = PurePosixPath(path)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return None
+    return p
+
+
+def _drop_gitignore_line(root: Path, out: PurePosixPath) -> bool:
+    """DVC ignores an out `a/b/c` with the line `/c` in `a/b/.gitignore`; it deletes the file once empty."""
+    gitignore = root / out.parent / ".gitignore"
+    if not gitignore.is_file():
+        return False
+    lines = gitignore.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() != f"/{out.name}"]
+    if len(kept) == len(lines):
+        return False
+    if any(line.strip() for line in kept):
+        atomic_write_text(gitignore, "\n".join(kept) + "\n")
+    else:
+        gitignore.unlink()
+    return True
+
+
+def _lock_outs(stage: Any) -> list[str]:
+    outs = stage.get("outs", []) if isinstance(stage, dict) else []
+    return [o["path"] for o in outs if isinstance(o, dict) and isinstance(o.get("path"), str)]
+
+
+def clean_source(root: str | Path, slug: str) -> list[str]:
+    """Delete a source's outputs, their .gitignore lines and its dvc.lock entries; returns what went.
+
+    Idempotent, so a clean-up interrupted half-way is finished by running it again. The outputs are
+    the standard ones plus whatever dvc.lock records for the source's stages (if dvc.yaml adds more).
+    """
+    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
+
+    root = Path(root).resolve()
+    removed: list[str] = []
+    with dvc_repo_lock(root):
+        dvc_lock = root / "dvc.lock"
+        data: Any = None
+        stages = source_stages(slug)
+        outs = source_outputs(slug)
+        if dvc_lock.is_file():
+            try:
+                # Round-trip parsing keeps DVC's own formatting of the entries we do not touch.
+                data = parse_yaml_for_update(dvc_lock.read_text(encoding="utf-8"), str(dvc_lock))
+            except Exception:
+                raise FusecliError("dvc.lock is not valid YAML: restore it from git (git checkout dvc.lock)") from None
+            entries = data.get("stages") if isinstance(data, dict) else None
+            if isinstance(entries, dict):
+                for name in stages:
+                    outs += _lock_outs(entries.get(name))
+        for out in dict.fromkeys(outs):
+            rel = _safe_relative(out)
+            if rel is None:
+                continue
+            path = root / rel
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                removed.append(rel.as_posix())
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+                removed.append(rel.as_posix())
+            if _drop_gitignore_line(root, rel) and rel.as_posix() not in removed:
+                removed.append(rel.as_posix())
+        if data is not None and isinstance(data.get("stages"), dict):
+            pruned = [name for name in stages if name in data["stages"]]
+            for name in pruned:
+                del data["stages"][name]
+            if pruned:
+                atomic_write_text(dvc_lock, dumps_yaml(data))
+                removed += [f"dvc.lock:{name}" for name in pruned]
+    return removed
+
+
+def _dvc(root: Path, *args: str) -> str:
+    """Run the DVC of this interpreter's environment in the workspace; its failure is one line."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    except OSError as exc:
+        raise FusecliError(f"cannot run dvc: {exc}: install dvc in this environment") from None
+    if proc.returncode != 0:
+        lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        why = lines[0] if lines else f"exit status {proc.returncode}"
+        raise FusecliError(f"dvc {' '.join(args)} failed in {root}: {why}: run it there for details")
+    return proc.stdout
+
+
+def _downstream(dot: str) -> dict[str, list[str]]:
+    """Edges of `dvc dag --dot` as stage -> the stages that depend on it."""
+    children: dict[str, list[str]] = {}
+    for a, b in re.findall(r'"([^"]+)"\s*->\s*"([^"]+)"', dot):
+        children.setdefault(a, []).append(b)
+    return children
+
+
+def stale_stages(root: str | Path) -> dict[str, str]:
+    """Stages that `dvc repro` would run, each with why: changed per `dvc status`, or downstream of one.
+
+    `dvc status` lists only stages whose own dependencies changed, so the stages after them (which
+    will see new inputs) are added from the DAG. `dvc repro --dry` is not used: it fails on a newly
+    added source whose first input does not exist yet.
+    """
+    root = Path(root).resolve()
+    if not (root / ".dvc").is_dir():
+        raise FusecliError(f"{root} is not a DVC workspace: run `git init && dvc init` there")
+    try:
+        status = json.loads(_dvc(root, "status", "--json") or "{}")
+    except ValueError:
+        raise FusecliError("dvc status --json printed no JSON: run `dvc status` to see why") from None
+    stale: dict[str, str] = {}
+    for name, changes in status.items():
+        stage = name.removeprefix("dvc.yaml:")
+        parts = []
+        for change in changes:
+            parts += list(change) if isinstance(change, dict) else [str(change)]
+        stale[stage] = ", ".join(parts) or "changed"
+    if not stale:
+        return stale
+    children = _downstream(_dvc(root, "dag", "--dot"))
+    todo = list(stale)
+    while todo:
+        parent = todo.pop()
+        for child in children.get(parent, []):
+            if child not in stale:
+                stale[child] = f"after {parent}"
+                todo.append(child)
+    return dict(sorted(stale.items()))
