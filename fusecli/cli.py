@@ -20,8 +20,10 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from fusecli import hashing, sources, workspace
+from fusecli.align.inspect import inspect_command
 from fusecli.errors import FusecliError
 from fusecli.lock import DVC_PINNED, Lock, ModelEntry, locked_update, read_lock
+from fusecli.merge.cli import merge_command
 
 SHORT = 8  # characters of a commit sha or content hash shown in tables (like git's short sha)
 
@@ -208,6 +210,10 @@ def status(ctx: typer.Context) -> None:
     for stage, why in stale.items():
         table.add_row(stage, why)
     console.print(table)
+
+
+app.command("merge")(merge_command)
+app.command("inspect-alignment")(inspect_command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Stage align@<slug>: one source's top-K distributions mapped onto the pivot's tokens (method.md, stage 3).
+
+The two tokenizer folders come from models.lock (`--lock models.lock --source <slug>`, as dvc.yaml runs
+it) or are named directly (`--pivot-model PATH --source-model PATH [--trust-remote-code]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fusecli.align.run import AlignParams, run_align
+from fusecli.config import load_section
+from fusecli.errors import FusecliError, fail_cleanly
+from fusecli.lock import read_lock
+
+
+def _models(args: argparse.Namespace) -> tuple[str, str, tuple[bool, bool]]:
+    """(pivot folder, source folder, (pivot, source) trust_remote_code)."""
+    if args.pivot_model and args.source_model:
+        return args.pivot_model, args.source_model, (args.trust_remote_code, args.trust_remote_code)
+    if not args.source:
+        raise FusecliError("name the models: --lock models.lock --source <slug>, or --pivot-model and --source-model")
+    lock = read_lock(args.lock)
+    if args.source not in lock.sources:
+        raise FusecliError(f"{args.lock} has no source {args.source!r}: sources are {', '.join(lock.sources)}")
+    source = lock.sources[args.source]
+    return lock.pivot.path, source.path, (lock.pivot.trust_remote_code, source.trust_remote_code)
+
+
+@fail_cleanly
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--pivot-extract", required=True, help="extract/pivot")
+    ap.add_argument("--source-extract", required=True, help="extract/sources/<slug>")
+    ap.add_argument("--out", required=True, help="align/<slug>")
+    ap.add_argument("--lock", default="models.lock")
+    ap.add_argument("--source", help="the source's slug in models.lock")
+    ap.add_argument("--pivot-model", help="the pivot's model or tokenizer folder (instead of the lock)")
+    ap.add_argument("--source-model", help="the source's model or tokenizer folder (instead of the lock)")
+    ap.add_argument("--trust-remote-code", action="store_true", help="with --*-model: allow tokenizer code")
+    args = ap.parse_args(argv)
+    params = load_section(AlignParams, "align", args.params)
+    pivot_model, source_model, trust_remote_code = _models(args)
+    cov = run_align(
+        params,
+        args.pivot_extract,
+        args.source_extract,
+        pivot_model,
+        source_model,
+        args.out,
+        trust_remote_code=trust_remote_code,
+    )
+    print(
+        f"align: {cov['mapped_positions']:,}/{cov['response_positions']:,} response positions mapped "
+        f"({cov['coverage']:.1%}), {cov['pivot_only_sequences']} pivot-only sequences"
+    )
+
+
+if __name__ == "__main__":
+    main()

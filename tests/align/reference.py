@@ -1,0 +1,75 @@
+"""Plain, obviously-correct references for the alignment code, and hand-made token tables."""
+
+from __future__ import annotations
+
+import math
+
+from fusecli.align.tokens import MARKER, TokenTable
+
+
+def levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def token_cost(a: str, b: str) -> int:
+    """method.md: stripped edit distance; unstripped (markers unified) when a stripped string is empty."""
+    sa, sb = a.replace(MARKER, ""), b.replace(MARKER, "")
+    return levenshtein(sa, sb) if sa and sb else levenshtein(a, b)
+
+
+def mined_reference(cost: list[list[int]]) -> list[list[int]]:
+    """The MinED DP written out: cost[i][j] for source i, pivot j; per pivot position, its source positions."""
+    m, n = len(cost), len(cost[0])
+    d = [[math.inf] * (n + 1) for _ in range(m + 1)]
+    d[0][0] = 0
+    for i in range(1, m + 1):
+        for j in range(1, n + 1):
+            d[i][j] = cost[i - 1][j - 1] + min(d[i - 1][j], d[i][j - 1], d[i - 1][j - 1])
+    i, j, path = m, n, []
+    while (i, j) != (0, 0):
+        path.append((i - 1, j - 1))
+        moves = [(d[i - 1][j - 1], i - 1, j - 1), (d[i - 1][j], i - 1, j), (d[i][j - 1], i, j - 1)]
+        best = min(v for v, _, _ in moves)
+        _, i, j = next(mv for mv in moves if mv[0] == best)  # ties: diagonal, then up, then left
+        if (i, j) != (0, 0) and (i == 0 or j == 0):
+            raise AssertionError("the path left the table")
+    out: list[list[int]] = [[] for _ in range(n)]
+    for si, pj in reversed(path):
+        out[pj].append(si)
+    return out
+
+
+def overlap_reference(pivot_spans: list[tuple[int, int]], source_spans: list[tuple[int, int]]) -> list[list[int]]:
+    """Source tokens whose spans overlap each pivot span; an empty-handed pivot token takes the first
+    source token ending after its start (else the last one)."""
+    out = []
+    for a, b in pivot_spans:
+        hits = [k for k, (c, e) in enumerate(source_spans) if c < b and a < e]
+        if not hits:
+            after = [k for k, (_, e) in enumerate(source_spans) if e > a]
+            hits = [after[0] if after else len(source_spans) - 1]
+        out.append(hits)
+    return out
+
+
+def make_table(tokens: list[str], bos: str | None = None, eos: str | None = None, unk: str | None = None) -> TokenTable:
+    """A TokenTable from canonical token strings (index = id), as `TokenTable.from_tokenizer` would give."""
+    lookup: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        lookup.setdefault(t, i)
+    return TokenTable(
+        name="hand-made",
+        kind="metaspace",
+        canon=list(tokens),
+        stripped=[t.replace(MARKER, "") for t in tokens],
+        lookup=lookup,
+        bos_id=tokens.index(bos) if bos else None,
+        eos_id=tokens.index(eos) if eos else None,
+        unk_id=tokens.index(unk) if unk else None,
+    )
