@@ -23,7 +23,7 @@ install: $(STAMP)
 demo: install
 	dvc repro
 	fusecli list
-	cat reports/index.md
+	cat eval/report.md
 
 test: install
 	$(VENV)/bin/ruff check .

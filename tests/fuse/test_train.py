@@ -46,9 +46,9 @@ def params(d, **kw):
 def fusion_loss(model_dir, d):
     from transformers import AutoModelForCausalLM
 
+    from fusecli.extract.topk import final_hidden
     from fusecli.fuse.data import collate
     from fusecli.fuse.loss import sparse_losses
-    from fusecli.extract.topk import final_hidden
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     examples, _ = build_examples(d / "extract", d / "align", d / "train.parquet", "mince", 1.0, 10_000)

@@ -31,7 +31,8 @@ def workspace(tiny, tmp_path):
 
 def entry(name):
     return ModelEntry(name=name, origin="local", path=f"m/{name}", repo=None, revision=None,
-                      content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=64, dtype="float32",
+                      content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=64,
+                      dtype="float32",
                       chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
 
 

@@ -1,0 +1,369 @@
+"""Stage 1 (method.md): assemble the fusion dataset from local chat sources.
+
+Sources are local JSONL / JSON / parquet files in ShareGPT form (`conversations` of `from`/`value`) or
+OpenAI form (`messages` of `role`/`content`), or `demo` for the shipped country Q&A. Every source is
+normalised to `messages`, filtered by length, deduplicated across sources (before splitting, so no
+dialogue is in both splits), split into train / eval per domain, and sampled, all from a fixed seed.
+The output is `train.parquet` and `eval.parquet` with the columns of docs/architecture.md; the row
+order of each file is the `seq_index` every store uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from fusecli.errors import FusecliError
+from fusecli.io import atomic_write_bytes
+
+Message = dict[str, str]
+
+# ShareGPT speaker names seen in public dumps -> OpenAI roles.
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+ROLES = ("system", "user", "assistant")
+SPLITS = {"train": "train", "eval": "eval", "validation": "eval", "test": "eval"}
+SCHEMA = {"id": pl.String, "domain": pl.String, "messages": pl.String, "answer": pl.String}
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    path: str  # a .jsonl / .json / .parquet file, or "demo" for the shipped demo Q&A
+    name: str | None = None  # id prefix and default domain; default: the file's stem
+    domain: str | None = None  # overrides every row's `domain`
+    count: int | None = None  # training rows sampled from this source (seeded); None: all
+    eval_count: int | None = None  # evaluation rows kept from this source; None: all
+    eval_fraction: float | None = None  # overrides DatasetParams.eval_fraction for this source
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    sources: tuple[SourceParams, ...] = (SourceParams(path="demo"),)
+    seed: int = 0
+    eval_fraction: float = 0.1  # per domain, for rows that do not carry their own `split`
+    max_chars: int = 8000  # of all message contents of one row
+    long_rows: Literal["split", "truncate", "drop"] = "split"
+    dedup: bool = True
+    train_domains: tuple[str, ...] | None = None  # None: every domain
+    eval_domains: tuple[str, ...] | None = None  # None: every domain
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise FusecliError("dataset.sources is empty: list at least one source (or `path: demo`)")
+        names = [source_name(s) for s in self.sources]
+        if len(set(names)) != len(names):
+            raise FusecliError(f"dataset.sources have duplicate names {names}: set `name` on each source")
+        fractions = [self.eval_fraction] + [s.eval_fraction for s in self.sources if s.eval_fraction is not None]
+        if not all(0 <= f < 1 for f in fractions):
+            raise FusecliError("dataset eval_fraction must be in [0, 1)")
+        for s in self.sources:
+            for key in ("count", "eval_count"):
+                value = getattr(s, key)
+                if value is not None and value < 0:
+                    raise FusecliError(f"dataset source {source_name(s)}: {key} must be >= 0")
+        if self.max_chars < 1:
+            raise FusecliError("dataset.max_chars must be >= 1")
+
+
+@dataclass
+class Row:
+    id: str
+    domain: str
+    messages: list[Message]
+    answer: str | None
+    split: str | None  # "train" / "eval" when the source fixes it, else None
+
+
+@dataclass
+class SourceStats:
+    read: int = 0
+    too_long: int = 0
+    pieces: int = 0  # extra rows made by splitting long dialogues
+    duplicates: int = 0
+    domain_filtered: int = 0
+    train: int = 0
+    eval: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def source_name(source: SourceParams) -> str:
+    return source.name or ("demo" if source.path == "demo" else Path(source.path).stem)
+
+
+def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(location, record) pairs from a JSONL, JSON-array or parquet file, or the demo Q&A."""
+    if path == "demo":
+        from fusecli.demo.qa import qa_rows
+
+        for i, row in enumerate(qa_rows()):
+            yield f"demo row {i}", row
+        return
+    p = Path(path)
+    if not p.is_file():
+        raise FusecliError(f"dataset source {path} not found: fix `path` in params.yaml (relative to the workspace)")
+    if p.suffix == ".parquet":
+        for i, row in enumerate(pl.read_parquet(p).to_dicts()):
+            yield f"{path} row {i}", row
+        return
+    if p.suffix not in (".jsonl", ".json"):
+        raise FusecliError(f"dataset source {path}: unsupported file type; use .jsonl, .json or .parquet")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FusecliError(f"{path} is not valid JSON (line {exc.lineno}): fix the file") from None
+        for i, row in enumerate(records):
+            yield f"{path} item {i}", row
+        return
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{n}", json.loads(line)
+        except json.JSONDecodeError:
+            raise FusecliError(f"{path}:{n} is not valid JSON: fix or remove the line") from None
+
+
+def _content(value: Any, where: str) -> str:
+    """Message content as text; OpenAI's list-of-parts form keeps only its text parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text")
+    raise FusecliError(f"{where}: message content must be a string, got {type(value).__name__}")
+
+
+def to_messages(record: dict[str, Any], where: str) -> list[Message]:
+    """Normalise a ShareGPT or OpenAI record to `[{"role", "content"}]`, ending with an assistant turn."""
+    if not isinstance(record, dict):
+        raise FusecliError(f"{where}: expected a JSON object per row")
+    turns = record.get("messages")
+    if turns is None and record.get("conversations") is not None:
+        turns = record["conversations"]
+    if isinstance(turns, str):  # a parquet column holding JSON text
+        turns = json.loads(turns)
+    if not isinstance(turns, list):
+        raise FusecliError(f"{where}: row has no `messages` or `conversations` list: use ShareGPT or OpenAI form")
+    messages = []
+    if isinstance(record.get("system"), str) and record["system"].strip():
+        messages.append({"role": "system", "content": record["system"]})
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise FusecliError(f"{where}: every turn must be an object")
+        if "role" in turn:
+            role, content = turn["role"], turn.get("content")
+        else:
+            speaker = str(turn.get("from", "")).lower()
+            if speaker not in SHAREGPT_ROLES:
+                raise FusecliError(
+                    f"{where}: unknown ShareGPT speaker {turn.get('from')!r}: use one of {sorted(SHAREGPT_ROLES)}"
+                )
+            role, content = SHAREGPT_ROLES[speaker], turn.get("value")
+        if role not in ROLES:
+            raise FusecliError(f"{where}: unknown role {role!r}: use one of {list(ROLES)}")
+        messages.append({"role": role, "content": _content(content, where)})
+    while messages and messages[-1]["role"] != "assistant":
+        messages.pop()  # trailing prompts have no response to learn from
+    if not messages:
+        raise FusecliError(f"{where}: row has no assistant turn: every dialogue needs an assistant reply")
+    return messages
+
+
+def chars(messages: list[Message]) -> int:
+    return sum(len(m["content"]) for m in messages)
+
+
+def fit_length(messages: list[Message], max_chars: int, mode: str) -> list[list[Message]]:
+    """Pieces of a dialogue within `max_chars`: whole exchanges, each piece ending with an assistant turn.
+
+    "split" packs consecutive exchanges into as many pieces as needed (the paper splits long
+    dialogues to fit the context), "truncate" keeps the first piece, "drop" keeps nothing. Every piece
+    repeats the system message; an exchange that alone exceeds the limit is dropped.
+    """
+    if chars(messages) <= max_chars:
+        return [messages]
+    if mode == "drop":
+        return []
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    exchanges: list[list[Message]] = []
+    for m in messages[len(system) :]:
+        if not exchanges or (m["role"] != "assistant" and exchanges[-1][-1]["role"] == "assistant"):
+            exchanges.append([])
+        exchanges[-1].append(m)
+    budget = max_chars - chars(system)
+    pieces: list[list[Message]] = []
+    current: list[Message] = []
+    for ex in exchanges:
+        if chars(ex) > budget:
+            if current:
+                pieces.append(current)
+            current = []
+            continue
+        if chars(current) + chars(ex) > budget:
+            pieces.append(current)
+            current = []
+        current = current + ex
+    if current:
+        pieces.append(current)
+    pieces = [system + p for p in pieces if any(m["role"] == "assistant" for m in p)]
+    return pieces[:1] if mode == "truncate" else pieces
+
+
+def read_source(source: SourceParams, params: DatasetParams, seen: set[str], stats: SourceStats) -> list[Row]:
+    """Every usable row of one source, normalised, length-fitted and deduplicated against `seen`."""
+    name = source_name(source)
+    rows = []
+    for where, record in read_records(source.path):
+        stats.read += 1
+        messages = to_messages(record, where)
+        raw_id = record.get("id")
+        if raw_id is None:
+            raw_id = hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+        domain = source.domain or record.get("domain") or name
+        split = record.get("split")
+        if split is not None:
+            if str(split) not in SPLITS:
+                raise FusecliError(f"{where}: split {split!r} is not one of {sorted(SPLITS)}")
+            split = SPLITS[str(split)]
+        answer = record.get("answer")
+        pieces = fit_length(messages, params.max_chars, params.long_rows)
+        if not pieces:
+            stats.too_long += 1
+        stats.pieces += max(0, len(pieces) - 1)
+        for k, piece in enumerate(pieces):
+            key = json.dumps(piece, sort_keys=True, ensure_ascii=False)
+            if params.dedup and key in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(key)
+            rows.append(
+                Row(
+                    id=f"{name}:{raw_id}" + (f"#{k}" if len(pieces) > 1 else ""),
+                    domain=str(domain),
+                    messages=piece,
+                    # the gold answer belongs to the dialogue's last turn, so only its last piece keeps it
+                    answer=str(answer) if answer is not None and k == len(pieces) - 1 else None,
+                    split=split,
+                )
+            )
+    return rows
+
+
+def split_rows(rows: list[Row], fraction: float, rng: random.Random) -> tuple[list[Row], list[Row]]:
+    """Rows with a fixed split keep it; the others go to eval by `fraction`, per domain, seeded."""
+    train = [r for r in rows if r.split == "train"]
+    held = [r for r in rows if r.split == "eval"]
+    by_domain: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.split is None:
+            by_domain[r.domain].append(r)
+    for domain in sorted(by_domain):
+        group = by_domain[domain]
+        n_eval = round(fraction * len(group))
+        if fraction > 0 and len(group) > 1:
+            n_eval = max(1, n_eval)
+        picked = set(rng.sample(range(len(group)), n_eval))
+        held.extend(r for i, r in enumerate(group) if i in picked)
+        train.extend(r for i, r in enumerate(group) if i not in picked)
+    return train, held
+
+
+def sample(rows: list[Row], count: int | None, rng: random.Random) -> list[Row]:
+    """At most `count` rows, chosen by `rng`, in their original order."""
+    if count is None or count >= len(rows):
+        return rows
+    keep = set(rng.sample(range(len(rows)), count))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+def build_dataset(
+    params: DatasetParams, log: Callable[[str], None] = print
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, SourceStats]]:
+    """Train and eval frames (train shuffled by the seed, eval in source order) and per-source stats."""
+    seen: set[str] = set()
+    train: list[Row] = []
+    held: list[Row] = []
+    all_stats: dict[str, SourceStats] = {}
+    for source in params.sources:
+        name = source_name(source)
+        stats = all_stats[name] = SourceStats()
+        # A string seed is hashed with SHA-512 by `random`: stable across runs and PYTHONHASHSEED.
+        rng = random.Random(f"{params.seed}:{name}")
+        rows = read_source(source, params, seen, stats)
+        fraction = params.eval_fraction if source.eval_fraction is None else source.eval_fraction
+        tr, ev = split_rows(rows, fraction, rng)
+        n = len(tr) + len(ev)
+        if params.train_domains is not None:
+            tr = [r for r in tr if r.domain in params.train_domains]
+        if params.eval_domains is not None:
+            ev = [r for r in ev if r.domain in params.eval_domains]
+        stats.domain_filtered = n - len(tr) - len(ev)
+        for what, count, pool in (("count", source.count, tr), ("eval_count", source.eval_count, ev)):
+            if count is not None and count > len(pool):
+                stats.notes.append(f"{what} {count} > {len(pool)} rows available: took all")
+        tr, ev = sample(tr, source.count, rng), sample(ev, source.eval_count, rng)
+        stats.train, stats.eval = len(tr), len(ev)
+        log(
+            f"{name}: read {stats.read}, too long {stats.too_long}, split pieces +{stats.pieces}, "
+            f"duplicates {stats.duplicates}, domain-filtered {stats.domain_filtered} -> "
+            f"train {stats.train}, eval {stats.eval}" + "".join(f"; {note}" for note in stats.notes)
+        )
+        train.extend(tr)
+        held.extend(ev)
+    if not train:
+        raise FusecliError("dataset has no training rows after filtering: check sources, count and train_domains")
+    if not held:
+        raise FusecliError("dataset has no evaluation rows: raise eval_fraction or check eval_domains")
+    ids = [r.id for r in train + held]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise FusecliError(f"dataset row id {dup!r} is not unique: give the source's rows unique `id`s")
+    random.Random(f"{params.seed}:shuffle").shuffle(train)
+    return frame(train), frame(held), all_stats
+
+
+def frame(rows: list[Row]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "id": [r.id for r in rows],
+            "domain": [r.domain for r in rows],
+            "messages": [json.dumps(r.messages, ensure_ascii=False) for r in rows],
+            "answer": [r.answer for r in rows],
+        },
+        schema=SCHEMA,
+    )
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run(params: DatasetParams, out: str | Path, log: Callable[[str], None] = print) -> None:
+    """Build the dataset and write `out/train.parquet` and `out/eval.parquet` atomically."""
+    train, held, _ = build_dataset(params, log)
+    out = Path(out)
+    write_parquet(train, out / "train.parquet")
+    write_parquet(held, out / "eval.parquet")
+    domains = ", ".join(f"{d} {n}" for d, n in train.group_by("domain").len().sort("domain").iter_rows())
+    log(f"wrote {out}/train.parquet ({len(train)} rows: {domains}) and {out}/eval.parquet ({len(held)} rows)")

@@ -1,0 +1,146 @@
+import json
+import runpy
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from fusecli.config import from_dict
+from fusecli.data.build import DatasetParams, build_dataset, fit_length, to_messages
+from fusecli.errors import FusecliError
+
+STAGE = Path(__file__).resolve().parents[2] / "stages" / "build_dataset.py"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def sharegpt(i: int, domain: str | None = None) -> dict:
+    row = {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}
+    return {**row, "domain": domain} if domain else row
+
+
+def openai(i: int) -> dict:
+    return {
+        "id": f"m{i}",
+        "messages": [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"r{i}"}],
+    }
+
+
+def params(**kw) -> DatasetParams:
+    return from_dict(DatasetParams, kw, "dataset")
+
+
+def run_stage(tmp_path: Path, section: dict) -> Path:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": section}))
+    main = runpy.run_path(str(STAGE))["main"]
+    main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "data")])
+    return tmp_path / "data"
+
+
+def test_stage_writes_the_documented_columns(tmp_path):
+    src = write_jsonl(tmp_path / "chat.jsonl", [sharegpt(i) for i in range(20)])
+    out = run_stage(tmp_path, {"sources": [{"path": src}], "eval_fraction": 0.2})
+    train, held = pl.read_parquet(out / "train.parquet"), pl.read_parquet(out / "eval.parquet")
+    assert train.columns == held.columns == ["id", "domain", "messages", "answer"]
+    assert (len(train), len(held)) == (16, 4)
+    assert set(train["domain"]) == {"chat"} and train["answer"].null_count() == 16
+    messages = json.loads(train["messages"][0])
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert not set(train["id"]) & set(held["id"])
+
+
+def test_sharegpt_and_messages_mix_dedup_and_count(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [sharegpt(i, "math") for i in range(10)] + [sharegpt(0, "math")])
+    b_rows = [openai(i) for i in range(30)]
+    pl.DataFrame(
+        {"id": [r["id"] for r in b_rows], "messages": [json.dumps(r["messages"]) for r in b_rows]}
+    ).write_parquet(tmp_path / "b.parquet")
+    # the same dialogue as a.jsonl's first row, in OpenAI form: a cross-source duplicate
+    c = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"messages": [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"}]}],
+    )
+    p = params(
+        sources=[{"path": a}, {"path": str(tmp_path / "b.parquet"), "count": 5, "domain": "chat"}, {"path": c}],
+        eval_fraction=0.1,
+        seed=3,
+    )
+    train, held, stats = build_dataset(p, log=lambda s: None)
+    assert stats["a"].duplicates == 1 and stats["c"].duplicates == 1
+    assert (stats["a"].train, stats["a"].eval) == (9, 1)
+    assert stats["b"].train == 5 and stats["b"].eval == 3
+    assert set(train["domain"]) == {"math", "chat"}
+    assert any(i.startswith("b:m") for i in train["id"])
+    again = build_dataset(p, log=lambda s: None)
+    assert again[0].equals(train) and again[1].equals(held)
+
+
+def test_demo_uses_its_unseen_template_split(tmp_path):
+    train, held, _ = build_dataset(params(sources=[{"path": "demo"}], train_domains=["capital"]), log=lambda s: None)
+    assert set(train["domain"]) == {"capital"} and len(set(held["domain"])) == 4
+    assert all(i.endswith("-eval") for i in held["id"]) and not any(i.endswith("-eval") for i in train["id"])
+    assert held["answer"].null_count() == 0
+
+
+def test_long_dialogues_split_truncate_drop():
+    long = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "x" * 40},
+        {"role": "assistant", "content": "y" * 40},
+        {"role": "user", "content": "x" * 40},
+        {"role": "assistant", "content": "y" * 40},
+    ]
+    pieces = fit_length(long, 100, "split")
+    assert len(pieces) == 2 and all(p[0]["role"] == "system" and p[-1]["role"] == "assistant" for p in pieces)
+    assert fit_length(long, 100, "truncate") == pieces[:1]
+    assert fit_length(long, 100, "drop") == []
+    assert fit_length(long, 1000, "drop") == [long]
+
+
+def test_trailing_prompts_are_dropped_and_roles_mapped():
+    msgs = to_messages(
+        {
+            "system": "be brief",
+            "conversations": [
+                {"from": "human", "value": "hi"},
+                {"from": "gpt", "value": "hello"},
+                {"from": "human", "value": "bye"},
+            ],
+        },
+        "x",
+    )
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "section", "needle"),
+    [
+        ([{"conversations": [{"from": "human", "value": "q"}]}], {}, "no assistant turn"),
+        ([{"conversations": [{"from": "robot", "value": "q"}]}], {}, "unknown ShareGPT speaker"),
+        ([{"text": "plain"}], {}, "no `messages` or `conversations`"),
+        ([sharegpt(i) for i in range(5)], {"train_domains": ["other"]}, "no training rows"),
+        ([sharegpt(i) for i in range(5)], {"long_rows": "drop", "max_chars": 2}, "no training rows"),
+        ([sharegpt(i) for i in range(5)], {"eval_fraction": 1.5}, "eval_fraction"),
+        ([sharegpt(i) for i in range(5)], {"shuffle": True}, "unknown key 'shuffle'"),
+    ],
+)
+def test_errors_are_one_line_and_exit_1(tmp_path, capsys, rows, section, needle):
+    src = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(SystemExit) as exc:
+        run_stage(tmp_path, {"sources": [{"path": src}], **section})
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert not (tmp_path / "data" / "train.parquet").exists()
+
+
+def test_missing_source_and_bad_json(tmp_path):
+    with pytest.raises(FusecliError, match="not found"):
+        build_dataset(params(sources=[{"path": str(tmp_path / "nope.jsonl")}]))
+    (tmp_path / "bad.jsonl").write_text('{"messages": [}\n')
+    with pytest.raises(FusecliError, match="bad.jsonl:1 is not valid JSON"):
+        build_dataset(params(sources=[{"path": str(tmp_path / "bad.jsonl")}]))
