@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,eval]'
 	$(PIP) --no-build-isolation 'deepspeed>=0.15'
 	touch $@
 
@@ -23,7 +23,7 @@ install: $(STAMP)
 demo: install
 	dvc repro
 	fusecli list
-	cat eval/report.md
+	cat reports/index.md
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -24,6 +24,7 @@ from fusecli.align.inspect import inspect_command
 from fusecli.errors import FusecliError
 from fusecli.lock import DVC_PINNED, Lock, ModelEntry, locked_update, read_lock
 from fusecli.merge.cli import merge_command
+from fusecli.report.cli import report_command
 
 SHORT = 8  # characters of a commit sha or content hash shown in tables (like git's short sha)
 
@@ -214,6 +215,7 @@ def status(ctx: typer.Context) -> None:
 
 app.command("merge")(merge_command)
 app.command("inspect-alignment")(inspect_command)
+app.command("report")(report_command)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,47 @@ def mfu(tokens_per_s: float, flops_per_tok: float, device: torch.device, n_devic
     if peak is None:
         return None
     return tokens_per_s * flops_per_tok / (peak * n_devices)
+
+
+# Qwen2 shapes (the released config.json files) for benchmarks with random weights.
+QWEN2 = {
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        tie_word_embeddings=True,
+    ),
+    "1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18_944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152_064,
+        tie_word_embeddings=False,
+    ),
+}
+
+
+def random_qwen2(size: str | dict, dtype: torch.dtype, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """A Qwen2 causal LM of a size named in QWEN2 (or given shapes) with random weights, built on `device`."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    shape = QWEN2[size] if isinstance(size, str) else size
+    cfg = Qwen2Config(**shape, max_position_embeddings=32_768, rope_theta=1e6)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype)

@@ -1,4 +1,8 @@
-"""Stage evaluate: score every model the pipeline made or used, per held-out domain."""
+"""Stage evaluate: score every model the pipeline made or used, per held-out domain.
+
+python stages/evaluate.py --params params.yaml --lock models.lock --data data/eval.parquet --fused-dir fused
+  --baseline baseline/sft --merged-dir merged --out eval
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,29 @@ from pathlib import Path
 
 from fusecli.config import load_section
 from fusecli.errors import fail_cleanly
-from fusecli.evaluate.run import EvalModel, EvalParams, evaluate, report_markdown
+from fusecli.evaluate.cache import DEFAULT_DIR
+from fusecli.evaluate.run import EvalParams, report_markdown
+from fusecli.evaluate.stage import pipeline_models, run_evaluate
 from fusecli.io import atomic_write_json, atomic_write_text
-from fusecli.lock import read_lock
+from fusecli.merge.stage import merge_methods
 
 
 @fail_cleanly
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--lock", default="models.lock")
     ap.add_argument("--data", required=True)
     ap.add_argument("--fused-dir", default="fused")
     ap.add_argument("--baseline", default="baseline/sft")
-    ap.add_argument("--merged", default="merged")
+    ap.add_argument("--merged-dir", default="merged", help="holds merged/<method>/ for every merge.methods")
     ap.add_argument("--out", default="eval")
+    ap.add_argument("--cache-dir", default=str(DEFAULT_DIR), help="per-model result cache; '' turns it off")
     args = ap.parse_args()
     params = load_section(EvalParams, "evaluate", args.params)
-    lock = read_lock(args.lock)
-    models = [EvalModel("pivot", lock.pivot.path, lock.pivot.trust_remote_code)]
-    for slug in sorted(lock.sources):
-        e = lock.sources[slug]
-        models.append(EvalModel(f"source:{slug}", e.path, e.trust_remote_code))
-    models.append(EvalModel("sft_baseline", args.baseline, lock.pivot.trust_remote_code))
-    for slug in sorted(lock.sources):
-        models.append(EvalModel(f"fused:{slug}", str(Path(args.fused_dir) / slug), lock.pivot.trust_remote_code))
-    models.append(EvalModel("merged", args.merged, lock.pivot.trust_remote_code))
-    metrics = evaluate(models, args.data, params)
+    merge = merge_methods(args.params)
+    models = pipeline_models(args.lock, args.fused_dir, args.baseline, args.merged_dir, merge)
+    metrics = run_evaluate(params, models, args.data, merge, args.cache_dir or None)
     atomic_write_json(Path(args.out) / "metrics.json", metrics)
     atomic_write_text(Path(args.out) / "report.md", report_markdown(metrics))
     print(report_markdown(metrics))

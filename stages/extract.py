@@ -1,4 +1,8 @@
-"""Stage extract_pivot / extract@<slug>: top-K next-token distributions of one model."""
+"""Stage extract_pivot / extract@<slug>: top-K next-token distributions of one model.
+
+Launch with `python` (one device, or `extract.model_parallel` over all GPUs) or
+`torchrun --nproc_per_node N` (data parallel; params.yaml: launch.extract).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 
 from fusecli.config import load_section
 from fusecli.errors import FusecliError, fail_cleanly
-from fusecli.extract.run import ExtractParams, ModelRef, extract
+from fusecli.extract.run import ExtractParams, ModelRef, Rank, extract
 from fusecli.hashing import verify_entry
 from fusecli.lock import read_lock
 
@@ -29,8 +33,9 @@ def main() -> None:
         verify_entry(e, ".")  # weights changed on disk after pinning: stop before any work
     pivot = ModelRef(lock.pivot.path, lock.pivot.trust_remote_code, lock.pivot.allow_pickle)
     model = ModelRef(entry.path, entry.trust_remote_code, entry.allow_pickle)
-    summary = extract(args.data, model, pivot, args.out, params)
-    print(f"extract {args.model}: {summary['tokens']:,} tokens at {summary['tokens_per_s']:,.0f} tok/s")
+    summary = extract(args.data, model, pivot, args.out, params)  # under torchrun: this rank's share
+    if Rank.from_env().rank == 0:
+        print(f"extract {args.model}: {summary['tokens']:,} tokens at {summary['tokens_per_s']:,.0f} tok/s")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""DVC stage `merge`: the pivot plus every locked source's pair-fused target -> one merged model.
+"""DVC stage `merge@<method>`: the pivot plus every locked source's pair-fused target -> one merged model.
 
-python stages/merge.py --params params.yaml --lock models.lock --fused-dir fused --base PATH --out merged
+python stages/merge.py --params params.yaml --lock models.lock --fused-dir fused --base PATH --method sce
+  --out merged/sce
 """
 
 from __future__ import annotations
@@ -8,10 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusecli.config import load_section
 from fusecli.errors import fail_cleanly
-from fusecli.merge import MergeParams
-from fusecli.merge.stage import merge_fused
+from fusecli.merge.stage import merge_fused, stage_params
 
 
 @fail_cleanly
@@ -21,9 +20,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock", type=Path, default=Path("models.lock"))
     parser.add_argument("--fused-dir", type=Path, default=Path("fused"))
     parser.add_argument("--base", type=Path, required=True, help="the pivot model folder")
-    parser.add_argument("--out", type=Path, default=Path("merged"))
+    parser.add_argument("--method", default=None, help="one of merge.methods (default: merge.method)")
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    params = load_section(MergeParams, "merge", args.params)
+    params = stage_params(args.params, args.method)
     result = merge_fused(params, args.lock, args.fused_dir, args.base, args.out)
     models = ", ".join(result.report["models"])
     print(f"merged {models} onto {args.base} with {params.method} -> {result.out}")

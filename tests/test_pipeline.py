@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 FAST = {
     "demo": {"steps": 60, "verify": False},
+    "dataset": {"sources": [{"path": "demo", "eval_count": 200}]},  # evaluate scores ~16 models per run
     "fuse": {"max_steps": 4, "save_steps": 1000, "logging_steps": 2},
     "evaluate": {"max_new_tokens": 4},
 }
@@ -52,6 +54,11 @@ def ran_stages(proc: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out)) | set(re.findall(r"Stage '([^']+)' is cached", out))
 
 
+def merge_stages(ws: Path) -> set[str]:
+    """`merge@<method>` for every method in params.yaml's merge.methods."""
+    return {f"merge@{m}" for m in yaml.safe_load((ws / "params.yaml").read_text())["merge"]["methods"]}
+
+
 def deep_update(d: dict, u: dict) -> dict:
     for k, v in u.items():
         d[k] = deep_update(d.get(k, {}), v) if isinstance(v, dict) else v
@@ -71,21 +78,79 @@ def workspace(tmp_path_factory) -> Path:
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "workspace"], ws)
     proc = run(["dvc", "repro"], ws)
     stages = ran_stages(proc)
-    assert {"build_demo", "build_dataset", "extract_pivot", "merge", "evaluate", "sft_baseline"} <= stages
+    assert {"build_demo", "build_dataset", "extract_pivot", "evaluate", "report", "sft_baseline"} <= stages
+    assert merge_stages(ws) <= stages
     return ws
 
 
-def test_full_run_produces_metrics_of_every_model(workspace):
+def test_full_run_produces_metrics_of_every_model_and_method(workspace):
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     lock = yaml.safe_load((workspace / "models.lock").read_text())
+    merge = yaml.safe_load((workspace / "params.yaml").read_text())["merge"]
     slugs = sorted(lock["sources"])
     expected = {"pivot", "sft_baseline", "merged"} | {f"source:{s}" for s in slugs} | {f"fused:{s}" for s in slugs}
-    assert expected <= set(metrics["models"])
+    expected |= {f"merged:{m}" for m in merge["methods"]}
+    assert set(metrics["models"]) == expected
+    assert metrics["models"]["merged"] == metrics["models"][f"merged:{merge['method']}"]
     for scores in metrics["models"].values():
         assert scores, "every model has per-domain scores"
         for domain in scores.values():
-            assert set(domain) == {"em", "ce"}
+            assert set(domain) == {"em", "ce", "ppl"}
             assert domain["ce"] > 0 and 0.0 <= domain["em"] <= 1.0
+
+
+def test_report_with_valid_pngs(workspace):
+    index = (workspace / "reports" / "index.md").read_text()
+    pngs = sorted((workspace / "reports" / "plots").glob("*.png"))
+    assert {"scores_em", "scores_ce", "curves", "coefficients_sce", "coefficients_varm"} <= {p.stem for p in pngs}
+    for png in pngs:
+        assert f"(plots/{png.name})" in index
+        assert png.stat().st_size > 5_000, f"{png.name} is trivially small"
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.width > 200 and im.height > 150
+    assert "Incomplete inputs" not in index
+    teachers = json.loads((workspace / "reports" / "teachers.json").read_text())
+    assert set(teachers) == set(yaml.safe_load((workspace / "models.lock").read_text())["sources"])
+
+
+def test_metrics_and_plots_are_registered_with_dvc(workspace):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], workspace).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {"eval/metrics.json", "reports/teachers.json"} <= set(files)
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], workspace).stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    assert "reports/plots/scores_em.png" in plots["data"] and "reports/curves/sft_baseline/loss.tsv" in plots["data"]
+
+
+def test_lm_eval_backend_on_the_demo_model(workspace, tmp_path):
+    pytest.importorskip("lm_eval")
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["evaluate"]["backend"] = "lm_eval"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run([sys.executable, "stages/evaluate.py", "--params", str(tmp_path / "params.yaml"), "--lock", "models.lock",
+         "--data", "data/eval.parquet", "--out", str(tmp_path / "eval")], workspace)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    domains = set(metrics["models"]["merged"])
+    assert set(metrics["lm_eval"]["merged"]) == {f"fusecli_heldout_{d}" for d in domains}
+    for scores in metrics["lm_eval"]["merged"].values():
+        assert 0.0 <= scores["exact_match"] <= 1.0
+
+
+def test_changing_the_default_merge_method_reruns_only_evaluate_and_report(workspace):
+    params_path = workspace / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["merge"]["method"] = "ties"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert ran_stages(run(["dvc", "repro"], workspace)) == {"evaluate", "report"}
+        metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
+        assert metrics["models"]["merged"] == metrics["models"]["merged:ties"]
+    finally:
+        params_path.write_text(original)
+    assert ran_stages(run(["dvc", "repro"], workspace)) == {"evaluate", "report"}
 
 
 def test_noop_repro_runs_nothing(workspace):
@@ -108,13 +173,15 @@ def test_add_then_remove_source_reruns_only_its_stages(workspace):
     third = "demo/models/llama-demonym"
     run(["fusecli", "add-source", third, "--name", "demonym"], workspace)
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    assert ran == {"extract@demonym", "align@demonym", "fuse@demonym", "merge", "evaluate"}
+    assert ran == {"extract@demonym", "align@demonym", "fuse@demonym", "evaluate", "report"} | merge_stages(workspace)
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert {"source:demonym", "fused:demonym"} <= set(metrics["models"])
+    assert "demonym" in json.loads((workspace / "reports" / "teachers.json").read_text())
 
     run(["fusecli", "remove-source", "demonym"], workspace)
     assert not (workspace / "fused" / "demonym").exists()
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    assert ran == {"merge", "evaluate"}
+    assert ran == {"evaluate", "report"} | merge_stages(workspace)
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert "fused:demonym" not in metrics["models"]
+    assert "fused:demonym" not in (workspace / "reports" / "index.md").read_text()

@@ -1,15 +1,18 @@
-"""The evaluate stage: greedy exact match and response-token CE per model and domain, on held-out data.
+"""The evaluate stage: greedy exact match, response-token CE and perplexity per model and domain.
 
 Each model is scored with its own tokenizer and chat template (a source is not penalised for the
-pivot's template). Generation is batched with left padding so evaluation does not dominate the demo.
+pivot's template). Generation is batched with left padding so evaluation does not dominate the demo,
+and scores are cached by the model's content hash (cache.py), so unchanged models are not rescored.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import polars as pl
@@ -21,6 +24,28 @@ from fusecli.errors import FusecliError
 from fusecli.extract.run import _batches, extract_batch
 from fusecli.models import load_model, load_tokenizer, resolve_device, resolve_dtype
 
+if TYPE_CHECKING:
+    from fusecli.evaluate.cache import EvalCache
+
+
+@dataclass(frozen=True)
+class LmEvalParams:
+    """lm-evaluation-harness tasks run on top of the native scores when `evaluate.backend: lm_eval`."""
+
+    tasks: tuple[str, ...] = ("fusecli_heldout",)  # harness task names; fusecli_heldout: the held-out split
+    models: tuple[str, ...] = ("merged",)  # model names of eval/metrics.json to run the tasks on
+    include_path: str | None = None  # a folder of your own task YAMLs
+    limit: int | None = None  # examples per task (None: all)
+    num_fewshot: int | None = None
+    batch_size: int = 32
+    apply_chat_template: bool = True
+
+    def validate(self) -> None:
+        if not self.tasks or not self.models:
+            raise FusecliError("evaluate.lm_eval.tasks and evaluate.lm_eval.models must each name at least one")
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise FusecliError("evaluate.lm_eval.batch_size and evaluate.lm_eval.limit must be >= 1")
+
 
 @dataclass(frozen=True)
 class EvalParams:
@@ -29,6 +54,8 @@ class EvalParams:
     max_length: int = 2048
     device: str = "auto"
     dtype: str = "auto"
+    backend: Literal["native", "lm_eval"] = "native"
+    lm_eval: LmEvalParams = field(default_factory=LmEvalParams)
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -37,7 +64,7 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class EvalModel:
-    name: str  # pivot, source:<slug>, sft_baseline, fused:<slug>, merged
+    name: str  # pivot, source:<slug>, sft_baseline, fused:<slug>, merged:<method>
     path: str
     trust_remote_code: bool = False
 
@@ -98,14 +125,20 @@ def score_model(m: EvalModel, df: pl.DataFrame, params: EvalParams) -> dict[str,
     for domain, rows in sorted(by_domain.items()):
         tokens = np.concatenate([ces[i] for i in rows])
         em_rows = [hits[i] for i in rows if i in hits]
+        ce = float(tokens.mean()) if len(tokens) else None
         scores[domain] = {
-            "em": float(np.mean(em_rows)) if em_rows else None,
-            "ce": float(tokens.mean()) if len(tokens) else None,
+            "em": float(np.mean(em_rows)) if em_rows else None,  # None: no checkable answers in this domain
+            "ce": ce,
+            "ppl": math.exp(min(ce, 700.0)) if ce is not None else None,  # capped below float overflow
         }
     return scores
 
 
-def evaluate(models: list[EvalModel], data: str | Path, params: EvalParams) -> dict:
+def evaluate(
+    models: list[EvalModel], data: str | Path, params: EvalParams, cache: EvalCache | None = None
+) -> dict:
+    """Native scores of every model; with a cache, a model whose files, data and settings are unchanged is
+    read back instead of rescored."""
     df = pl.read_parquet(data)
     if df.height == 0:
         raise FusecliError(f"{data} holds no evaluation rows: check dataset.eval_fraction / the eval split")
@@ -113,14 +146,20 @@ def evaluate(models: list[EvalModel], data: str | Path, params: EvalParams) -> d
     with Progress() as progress:
         task = progress.add_task("evaluate", total=len(models))
         for m in models:
-            progress.update(task, description=f"evaluate {m.name}")
-            results[m.name] = score_model(m, df, params)
+            key = cache.key(m.path) if cache else None
+            scores = cache.get(key) if cache and key else None
+            progress.update(task, description=f"evaluate {m.name}" + (" (cached)" if scores else ""))
+            if scores is None:
+                scores = score_model(m, df, params)
+                if cache and key:
+                    cache.put(key, scores)
+            results[m.name] = scores
             progress.advance(task)
     return {"models": results}
 
 
 def report_markdown(metrics: dict) -> str:
-    """A table per metric: models as rows, domains as columns."""
+    """A table per metric: models as rows, domains as columns (and lm-evaluation-harness tasks, if run)."""
     models = metrics["models"]
     domains = sorted({d for s in models.values() for d in s})
     lines = ["# fusecli evaluation", ""]
@@ -133,4 +172,17 @@ def report_markdown(metrics: dict) -> str:
                 cells.append("-" if v is None else f"{v:.3f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + harness_table(metrics.get("lm_eval") or {}, "##"))
+
+
+def harness_table(harness: dict[str, dict[str, dict[str, float]]], heading: str) -> list[str]:
+    """lm-evaluation-harness scores (evaluate.backend: lm_eval): one column per task and metric."""
+    columns = sorted({(t, m) for tasks in harness.values() for t, ms in tasks.items() for m in ms})
+    if not columns:
+        return []
+    lines = [f"{heading} lm-evaluation-harness", "", "| model | " + " | ".join(f"{t} {m}" for t, m in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name, tasks in harness.items():
+        cells = [tasks.get(t, {}).get(m) for t, m in columns]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return [*lines, ""]

@@ -53,9 +53,7 @@ def avg_ce(seq_ce: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
-def fuse_targets(
-    weights: np.ndarray, ids: list[np.ndarray], probs: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
+def fuse_targets(weights: np.ndarray, ids: list[np.ndarray], probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate the teachers with non-zero weight: ids [R, sum K], probs [R, sum K] scaled by w_k.
 
     Repeated ids across teachers are kept as separate columns: the loss is linear in q, so this equals

@@ -4,6 +4,15 @@ The Trainer brings what a real run needs and we do not rewrite: DeepSpeed ZeRO-2
 from params.yaml), torchrun data parallelism, bf16, gradient checkpointing, AdamW, cosine schedule
 with warmup, clipping, and exact resume from checkpoints (optimizer, scheduler, RNG, data order).
 We add the sparse fusion loss and throughput logging.
+
+Batches are right-padded and run without an attention mask (causal attention never lets a real
+token see the padding after it), which keeps the fused causal attention kernels; length-grouped
+sampling keeps the padding small. Works with transformers 5.17-5.24 (the checkpointing argument was
+renamed in between).
+
+Launch: `python stages/fuse.py ...` (CPU or 1 GPU), `torchrun --nproc_per_node N stages/fuse.py ...`
+(N GPUs of one host, with `fuse.zero_stage` 2 or 3), and across hosts DeepSpeed's launcher with a
+hostfile (`deepspeed --hostfile hostfile stages/fuse.py ...`; docs/benchmarks.md, "Fusion training").
 """
 
 from __future__ import annotations
@@ -21,11 +30,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from fusecli.errors import FusecliError
 from fusecli.extract.topk import final_hidden
-from fusecli.fuse.data import FusionDataset, build_examples, collate
+from fusecli.fuse.data import Example, FusionDataset, build_examples, collate
 from fusecli.fuse.loss import combine, sparse_losses
 from fusecli.io import atomic_dir, atomic_write_json
 from fusecli.models import load_model, load_tokenizer, n_params, resolve_device, resolve_dtype
 from fusecli.perf import mfu, model_flops_per_token
+from fusecli.store import read_manifest
 
 
 @dataclass(frozen=True)
@@ -65,15 +75,19 @@ class FuseParams:
 
 
 def deepspeed_config(p: FuseParams, bf16: bool) -> dict:
-    """ZeRO config for the transformers integration; "auto" values are filled in by the Trainer."""
+    """ZeRO config for the transformers integration; "auto" values are filled in by the Trainer.
+
+    No optimizer section: the Trainer's AdamW is handed to DeepSpeed (no fused-op compilation).
+    """
     zero: dict = {"stage": p.zero_stage, "overlap_comm": True, "contiguous_gradients": True}
     if p.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     return {
+        "train_batch_size": "auto",
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
-        "bf16": {"enabled": bf16},
+        "bf16": {"enabled": "auto" if bf16 else False},
         "zero_optimization": zero,
     }
 
@@ -99,18 +113,21 @@ class FusionTrainer(Trainer):
         self._acc = {"sft_loss": 0.0, "fusion_loss": 0.0, "tokens": 0, "n": 0}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
-        hidden = final_hidden(model, inputs["input_ids"], inputs["attention_mask"])
-        rows = hidden[inputs["row_batch"], inputs["row_pos"] - 1]
-        gold = inputs["input_ids"][inputs["row_batch"], inputs["row_pos"]]
-        unwrapped = model.module if hasattr(model, "module") else model
-        sft, fuse = sparse_losses(
-            rows,
-            unwrapped.get_output_embeddings(),
-            gold,
-            inputs["target_ids"],
-            inputs["target_probs"],
-            self.fuse.logits_chunk,
-        )
+        # Accelerate applies bf16 autocast by wrapping model.forward; we call the decoder and the head
+        # ourselves (no full logits), so we enter its autocast here (a no-op under DeepSpeed or fp32).
+        with self.accelerator.autocast():
+            hidden = final_hidden(model, inputs["input_ids"])  # right padding: no mask needed (module doc)
+            rows = hidden[inputs["row_batch"], inputs["row_pos"] - 1]
+            gold = inputs["input_ids"][inputs["row_batch"], inputs["row_pos"]]
+            unwrapped = model.module if hasattr(model, "module") else model
+            sft, fuse = sparse_losses(
+                rows,
+                unwrapped.get_output_embeddings(),
+                gold,
+                inputs["target_ids"],
+                inputs["target_probs"],
+                self.fuse.logits_chunk,
+            )
         loss = combine(sft, fuse, self.fuse.lam)
         self._acc["sft_loss"] += float(sft.detach())
         self._acc["fusion_loss"] += float(fuse.detach())
@@ -146,44 +163,34 @@ class Throughput(TrainerCallback):
         self.t0, self.tok0 = now, tokens
 
 
-def train(
-    pivot_model: str,
-    pivot_extract: str,
-    align_dir: str | None,
-    data: str,
-    out: str,
-    logs: str,
-    params: FuseParams,
-    trust_remote_code: bool = False,
-) -> dict:
-    """Train the pivot on (its own | source's) distributions; write an HF model folder to `out`."""
-    device = resolve_device(params.device)
-    dtype = resolve_dtype(params.dtype, device)
-    tokenizer = load_tokenizer(pivot_model, trust_remote_code)
-    model = load_model(pivot_model, torch.device("cpu"), torch.float32, trust_remote_code)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    examples, stats = build_examples(pivot_extract, align_dir, data, params.fusion_fn, params.temperature, vocab)
-    inputs = [Path(pivot_extract)] + ([Path(align_dir)] if align_dir else [])
-    key = run_key(inputs, params, {"pivot": str(pivot_model), "sft_only": align_dir is None})
-    scratch = Path(params.scratch) / f"fuse-{key}"
+def checkpointing_args(enabled: bool) -> dict:
+    """transformers 5.17 calls it gradient_checkpointing, 5.24 activation_checkpointing (old name deprecated)."""
+    renamed = "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    name = "activation_checkpointing" if renamed else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def training_args(
+    params: FuseParams, output_dir: str | Path, device: torch.device, dtype: torch.dtype
+) -> TrainingArguments:
+    """The Trainer's arguments from the fuse section (gradient accumulation makes the global batch)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    accum = max(1, params.global_batch_size // (params.micro_batch_size * world))
     bf16 = dtype == torch.bfloat16
-    args = TrainingArguments(
-        output_dir=str(scratch),
+    return TrainingArguments(
+        output_dir=str(output_dir),
         per_device_train_batch_size=params.micro_batch_size,
-        gradient_accumulation_steps=accum,
+        gradient_accumulation_steps=max(1, params.global_batch_size // (params.micro_batch_size * world)),
         learning_rate=params.learning_rate,
         num_train_epochs=params.epochs,
         max_steps=params.max_steps,
         lr_scheduler_type="cosine",
-        warmup_steps=params.warmup_ratio,
+        warmup_steps=params.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=params.weight_decay,
         adam_beta1=params.adam_beta1,
         adam_beta2=params.adam_beta2,
         max_grad_norm=params.max_grad_norm,
         bf16=bf16,
-        activation_checkpointing=params.gradient_checkpointing and device.type == "cuda",
+        **checkpointing_args(params.gradient_checkpointing and device.type == "cuda"),
         logging_steps=params.logging_steps,
         save_strategy="steps",
         save_steps=params.save_steps,
@@ -198,17 +205,74 @@ def train(
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    dataset = FusionDataset(examples)
+
+
+def make_trainer(
+    model: torch.nn.Module,
+    examples: list[Example],
+    pad_id: int,
+    params: FuseParams,
+    output_dir: str | Path,
+    device: torch.device,
+) -> FusionTrainer:
+    """A FusionTrainer with throughput logging (what train() runs and benchmarks/fuse.py times)."""
+    if device.type == "cuda" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
+        raise FusecliError(  # the Trainer would fall back to torch.nn.DataParallel, slow and unsupported here
+            f"{torch.cuda.device_count()} GPUs visible to one process: launch with "
+            "torchrun --nproc_per_node N (launch.fuse in params.yaml) or set CUDA_VISIBLE_DEVICES"
+        )
+    dtype = resolve_dtype(params.dtype, device)
     trainer = FusionTrainer(
         model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=lambda b: collate(b, tokenizer.pad_token_id or 0),
+        args=training_args(params, output_dir, device, dtype),
+        train_dataset=FusionDataset(examples),
+        data_collator=lambda b: collate(b, pad_id),
         fuse=params,
     )
     lengths = [len(e.input_ids) for e in examples]
     flops = model_flops_per_token(model, n_params(model), int(sum(lengths) / len(lengths)), training=True)
     trainer.add_callback(Throughput(trainer, flops, device))
+    return trainer
+
+
+def check_inputs(pivot_extract: str | Path, align_dir: str | Path | None, vocab: int) -> None:
+    """Stop before training when the stores were made for another pivot or are incomplete."""
+    made_for = read_manifest(pivot_extract)["meta"].get("codec", {}).get("vocab", vocab)
+    if made_for != vocab:
+        raise FusecliError(
+            f"{pivot_extract} was extracted with a {made_for}-token vocabulary, the pivot has {vocab}: "
+            "rerun extract_pivot for this pivot"
+        )
+    if align_dir is not None:
+        aligned_to = read_manifest(align_dir)["meta"].get("pivot_vocab", 0)
+        if aligned_to > vocab:
+            raise FusecliError(
+                f"{align_dir} was aligned to a {aligned_to}-token pivot vocabulary, the pivot has {vocab}: "
+                "rerun align for this pivot"
+            )
+
+
+def train(
+    pivot_model: str,
+    pivot_extract: str,
+    align_dir: str | None,
+    data: str,
+    out: str,
+    logs: str,
+    params: FuseParams,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Train the pivot on (its own | source's) distributions; write an HF model folder to `out`."""
+    device = resolve_device(params.device)
+    tokenizer = load_tokenizer(pivot_model, trust_remote_code)
+    model = load_model(pivot_model, torch.device("cpu"), torch.float32, trust_remote_code)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    check_inputs(pivot_extract, align_dir, vocab)
+    examples, stats = build_examples(pivot_extract, align_dir, data, params.fusion_fn, params.temperature, vocab)
+    inputs = [Path(pivot_extract)] + ([Path(align_dir)] if align_dir else [])
+    key = run_key(inputs, params, {"pivot": str(pivot_model), "sft_only": align_dir is None})
+    scratch = Path(params.scratch) / f"fuse-{key}"
+    trainer = make_trainer(model, examples, tokenizer.pad_token_id or 0, params, scratch, device)
     resume = any(scratch.glob("checkpoint-*"))
     trainer.add_callback(_dvclive_callback(logs, resume))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -228,4 +292,4 @@ def _dvclive_callback(logs: str, resume: bool) -> TrainerCallback:
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
-    return DVCLiveCallback(live=Live(logs, save_dvc_exp=False, report=None, resume=resume))
+    return DVCLiveCallback(live=Live(logs, save_dvc_exp=False, report=None, resume=resume, dvcyaml=None))

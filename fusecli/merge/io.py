@@ -1,21 +1,25 @@
 """Read HF model folders lazily and write sharded safetensors: the merge never holds a whole model.
 
-`ModelFolder` memory-maps each safetensors shard when first needed and returns one tensor at a
-time; `ShardedWriter` buffers at most one shard of output before writing it. Weights are read from
-safetensors only: pickle checkpoints (`pytorch_model.bin`) can run code when loaded and are refused.
+`ModelFolder` reads the rows asked for of one tensor at a time with pread, never a memory map: a
+mapped file's pages count as the process's memory (RSS) until it is unmapped, so mapping four 2 GB
+inputs shows as 8 GB. `ShardedWriter` knows the output layout up front, writes each shard's header
+first and then each tensor, or each row block of one, as it comes: memory holds one block, never a
+shard. Weights are read from safetensors only: pickle checkpoints (`pytorch_model.bin`) can run code
+when loaded and are refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_json
@@ -66,8 +70,71 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+# safetensors dtype tags -> torch dtypes
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+TAGS = {dtype: tag for tag, dtype in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lies in a safetensors file: dtype tag, shape, absolute byte range."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def row_bytes(self) -> int:
+        return (self.end - self.start) // self.shape[0] if self.shape and self.shape[0] else 0
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """The tensors of a safetensors file (format: u64 header length, JSON header, data)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 2 <= n <= 100 * 2**20 else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise FusecliError(f"{path} is not a safetensors file: re-save the model with safetensors")
+    header.pop("__metadata__", None)
+    data = 8 + n
+    try:
+        return {
+            name: TensorInfo(h["dtype"], tuple(h["shape"]), data + h["data_offsets"][0], data + h["data_offsets"][1])
+            for name, h in header.items()
+        }
+    except (KeyError, TypeError, IndexError):
+        raise FusecliError(f"{path} has a malformed safetensors header: re-save the model") from None
+
+
+def pread_into(fd: int, buffer: memoryview, offset: int) -> None:
+    """Fill `buffer` from `fd` at `offset` (one read may return less than asked for, e.g. past 2 GB)."""
+    done = 0
+    while done < len(buffer):
+        n = os.preadv(fd, [buffer[done:]], offset + done)
+        if n <= 0:
+            raise FusecliError(f"unexpected end of file reading {len(buffer)} bytes at {offset}: re-download the model")
+        done += n
+
+
 class ModelFolder:
-    """A HF model folder whose safetensors are opened lazily and read one tensor at a time."""
+    """A HF model folder whose safetensors tensors are read on demand, row block by row block."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -75,10 +142,15 @@ class ModelFolder:
             raise FusecliError(f"model folder {self.path} not found: check the path")
         self.config = read_config(self.path)
         self.weight_map = self._weight_map()
-        self._handles: dict[str, Any] = {}
-        self._unread: dict[str, set[str]] = {}
-        for name, shard in self.weight_map.items():
-            self._unread.setdefault(shard, set()).add(name)
+        self._info: dict[str, TensorInfo] = {}
+        for shard in sorted(set(self.weight_map.values())):
+            header = read_header(self.path / shard)
+            for name, shard_of in self.weight_map.items():
+                if shard_of == shard:
+                    if name not in header:
+                        raise FusecliError(f"{self.path / shard} lacks {name!r} listed in {INDEX}: re-download it")
+                    self._info[name] = header[name]
+        self._fds: dict[str, int] = {}
 
     def _weight_map(self) -> dict[str, str]:
         index, single = self.path / INDEX, self.path / WEIGHTS
@@ -92,8 +164,7 @@ class ModelFolder:
                     raise FusecliError(f"{self.path / shard} listed in {INDEX} is missing: re-download it")
             return dict(weight_map)
         if single.is_file():
-            with safe_open(single, framework="pt") as f:
-                return dict.fromkeys(f.keys(), WEIGHTS)
+            return dict.fromkeys(read_header(single), WEIGHTS)
         pickles = sorted(p.name for p in self.path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
         if pickles:
             raise FusecliError(
@@ -102,40 +173,43 @@ class ModelFolder:
             )
         raise FusecliError(f"{self.path} has no {WEIGHTS} or {INDEX}: pass a model folder with weights")
 
-    def _handle(self, name: str) -> Any:
-        if name not in self.weight_map:
-            raise KeyError(name)
-        shard = self.weight_map[name]
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(self.path / shard, framework="pt")
-        return self._handles[shard]
-
     def names(self) -> list[str]:
-        """Tensor names, grouped by shard so each shard is read front to back."""
-        return sorted(self.weight_map, key=lambda n: (self.weight_map[n], n))
+        """Tensor names in file order, so each shard is read front to back."""
+        return sorted(self.weight_map, key=lambda n: (self.weight_map[n], self._info[n].start))
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
+        return self._info[name].shape
 
     def dtype(self, name: str) -> str:
         """The safetensors dtype tag: "F32", "BF16", "I64", ..."""
-        return self._handle(name).get_slice(name).get_dtype()
+        return self._info[name].dtype
+
+    def read(self, name: str, rows: slice = slice(None)) -> torch.Tensor:
+        """Rows `rows` (a step-1 slice of the first axis) of one tensor, as a new tensor: one pread of
+        their bytes, which are contiguous in the file."""
+        info = self._info[name]
+        if info.dtype not in DTYPES:
+            raise FusecliError(f"tensor {name!r} of {self.path} has dtype {info.dtype}, which fusecli cannot merge")
+        shape, start, end = info.shape, info.start, info.end
+        if shape and rows != slice(None):
+            lo, hi, _ = rows.indices(shape[0])
+            shape = (max(hi - lo, 0), *shape[1:])
+            start, end = start + lo * info.row_bytes, start + max(hi, lo) * info.row_bytes
+        raw = torch.empty(end - start, dtype=torch.uint8)
+        shard = self.weight_map[name]
+        if shard not in self._fds:
+            self._fds[shard] = os.open(self.path / shard, os.O_RDONLY)
+        pread_into(self._fds[shard], memoryview(raw.numpy()), start)
+        return raw.view(DTYPES[info.dtype]).reshape(shape)
 
     def tensor(self, name: str, rows: int | None = None) -> torch.Tensor:
-        """One tensor (a copy); `rows` reads only the first rows (cropping a grown vocabulary).
-        A shard is unmapped once each of its tensors has been read, so that a merge does not keep
-        every input model mapped to the end."""
-        handle = self._handle(name)
-        tensor = handle.get_tensor(name) if rows is None else handle.get_slice(name)[:rows]
-        shard = self.weight_map[name]
-        unread = self._unread.get(shard, set())
-        unread.discard(name)
-        if not unread:
-            del self._handles[shard]
-        return tensor
+        """One whole tensor; `rows` reads only the first rows (cropping a grown vocabulary)."""
+        return self.read(name, slice(None) if rows is None else slice(0, rows))
 
     def close(self) -> None:
-        self._handles.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> ModelFolder:
         return self
@@ -144,41 +218,79 @@ class ModelFolder:
         self.close()
 
 
-class ShardedWriter:
-    """Write tensors into `model-XXXXX-of-YYYYY.safetensors` shards of at most `max_bytes` each
-    (a larger tensor gets a shard of its own), then `model.safetensors.index.json`."""
+def shard_layout(
+    layout: Sequence[tuple[str, str, tuple[int, ...]]], max_bytes: int
+) -> list[list[tuple[str, str, tuple[int, ...], int]]]:
+    """Cut (name, dtype tag, shape) entries, in writing order, into shards of at most `max_bytes` (a
+    larger tensor gets a shard of its own); each entry gains its size in bytes."""
+    shards: list[list[tuple[str, str, tuple[int, ...], int]]] = [[]]
+    filled = 0
+    for name, tag, shape in layout:
+        size = DTYPES[tag].itemsize * int(torch.Size(shape).numel())
+        if shards[-1] and filled + size > max_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append((name, tag, tuple(shape), size))
+        filled += size
+    return shards
 
-    def __init__(self, folder: Path, max_bytes: int):
-        self.folder, self.max_bytes = folder, max_bytes
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._shards: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
+
+class ShardedWriter:
+    """Write tensors, in the order of `layout` (name, dtype tag, shape), into
+    `model-XXXXX-of-YYYYY.safetensors` shards of at most `max_bytes` each, then the index. `add`
+    takes a whole tensor or its next rows; bytes go to disk at once."""
+
+    def __init__(self, folder: Path, max_bytes: int, layout: Sequence[tuple[str, str, tuple[int, ...]]]):
+        self.folder = Path(folder)
+        self._shards = shard_layout(layout, max_bytes)
+        self._queue = [(i, name, tag, size) for i, shard in enumerate(self._shards) for name, tag, _, size in shard]
+        self._next, self._written = 0, 0
+        self._file: Any = None
+        self.total_bytes = sum(size for *_, size in self._queue)
+
+    def _name(self, i: int) -> str:
+        return f"model-{i + 1:05d}-of-{len(self._shards):05d}.safetensors"
+
+    def _open(self, i: int) -> None:
+        """Start shard i with its header: every offset is known before any data is written."""
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, tag, shape, size in self._shards[i]:
+            header[name] = {"dtype": tag, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the reference writer pads the header to 8 bytes
+        self._file = open(self.folder / self._name(i), "wb")
+        self._file.write(len(text).to_bytes(8, "little") + text)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + size > self.max_bytes:
-            self._flush()
-        self._pending[name] = tensor.detach().to("cpu").contiguous()
-        self._pending_bytes += size
-        self.total_bytes += size
-
-    def _flush(self) -> None:
-        path = self.folder / f".shard-{len(self._shards):05d}.tmp"
-        save_file(self._pending, path, metadata={"format": "pt"})
-        self._shards.append((path, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
+        if self._next >= len(self._queue) or self._queue[self._next][1] != name:
+            expected = self._queue[self._next][1] if self._next < len(self._queue) else "nothing"
+            raise ValueError(f"ShardedWriter got {name!r} but expected {expected!r}")
+        shard, _, tag, size = self._queue[self._next]
+        if tensor.dtype != DTYPES[tag]:
+            raise ValueError(f"{name!r} is {tensor.dtype}, its layout says {tag}")
+        if self._file is None:
+            self._open(shard)
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        if self._written + len(data) > size:
+            raise ValueError(f"{name!r} got more than its {size} bytes")
+        self._file.write(memoryview(data))
+        self._written += len(data)
+        if self._written == size:
+            self._next, self._written = self._next + 1, 0
+            if self._next == len(self._queue) or self._queue[self._next][0] != shard:
+                self._file.close()
+                self._file = None
 
     def close(self) -> dict[str, str]:
-        """Name the shards now that their count is known; write the index; return the weight map."""
-        if self._pending:
-            self._flush()
-        n = len(self._shards)
-        weight_map: dict[str, str] = {}
-        for i, (tmp, names) in enumerate(self._shards, start=1):
-            final = f"model-{i:05d}-of-{n:05d}.safetensors"
-            tmp.rename(self.folder / final)
-            weight_map.update(dict.fromkeys(names, final))
+        """Check that every tensor was written; write the index; return the weight map."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._next < len(self._queue):
+            raise ValueError(f"ShardedWriter closed before {self._queue[self._next][1]!r} was written")
+        weight_map = {name: self._name(i) for i, name, _, _ in self._queue}
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         atomic_write_json(self.folder / INDEX, index)
         return weight_map

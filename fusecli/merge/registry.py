@@ -1,9 +1,15 @@
 """Merge methods by name: one small module per method, registered with `@register` (as in mergekit).
 
 A method merges ONE parameter tensor: `fn(base, models, params, *, name) -> (merged, coefficients)`.
-`MergeMethod.__call__` does what every method needs, once: it fills in the method's defaults
-(per-model weights, normalise), hands the method float32 tensors and casts the result back to the
-base dtype. So a method module is only its formula. Adding a method touches nothing else.
+A method whose formula needs statistics of the whole tensor (a top-k threshold, per-model energies)
+also registers `stats(blocks, params, name)`, and its `fn` then takes them as `stats=`: the runner
+can then merge a tensor too large for memory block by block (`Blocks`: rows of the base and of each
+model, read again on each pass), computing the statistics in passes over the blocks first. Small
+tensors are one block, read once.
+
+`MergeMethod` does what every method needs, once: it fills in the method's defaults (per-model
+weights, normalise), hands the method float32 tensors and casts the result back to the base dtype.
+So a method module is only its formula. Adding a method touches nothing else.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +30,44 @@ if TYPE_CHECKING:
 
 Coefficients = dict[str, list[float]]
 MethodFn = Callable[..., tuple[torch.Tensor, Coefficients | None]]
+StatsFn = Callable[["Blocks", "MergeParams", str], Any]
+Block = tuple[torch.Tensor, list[torch.Tensor]]  # float32 rows of the base, the same rows of each model
+
+
+class Blocks:
+    """One tensor of the base and of each model as row blocks. Iterating reads the blocks again, so
+    a method's statistics can take several passes; a tensor of one block is read once and kept."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        n_models: int,
+        bounds: list[slice],
+        read: Callable[[slice], Block],
+    ):
+        self.shape, self.dtype, self.n_models, self.bounds, self._read = tuple(shape), dtype, n_models, bounds, read
+        self._kept: Block | None = None
+
+    @classmethod
+    def whole(cls, base: torch.Tensor, models: list[torch.Tensor]) -> Blocks:
+        """In-memory tensors as one block."""
+        block = (base.float(), [m.float() for m in models])
+        return cls(tuple(base.shape), base.dtype, len(models), [slice(None)], lambda rows: block)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def __iter__(self) -> Iterator[Block]:
+        if len(self.bounds) == 1:
+            if self._kept is None:
+                self._kept = self._read(self.bounds[0])
+            yield self._kept
+            return
+        for rows in self.bounds:
+            yield self._read(rows)
+
 
 UNIFORM = "uniform"  # default weight: 1/N for each of N models
 
@@ -37,6 +81,7 @@ class MergeMethod:
     normalize: bool | None  # default for `normalize`, None when the method has no such option
     mergekit: str | None  # the same method's name in mergekit, None when mergekit lacks it
     doc: str
+    stats: StatsFn | None = None  # whole-tensor statistics, passed to `fn` as `stats=`
 
     def resolve(self, params: MergeParams, n_models: int) -> MergeParams:
         """Fill the method's defaults in: `weight` becomes one float per model, `normalize` a bool."""
@@ -65,14 +110,25 @@ class MergeMethod:
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
+    def merge(
+        self, blocks: Blocks, params: MergeParams, *, name: str = ""
+    ) -> Iterator[tuple[torch.Tensor, Coefficients | None]]:
+        """Merge `blocks` one block at a time, in order; each merged block is in the base dtype.
+        The statistics, if any, are computed first, over every block."""
+        resolved = self.resolve(params, blocks.n_models)
+        extra = {"stats": self.stats(blocks, resolved, name)} if self.stats is not None else {}
+        for base, models in blocks:
+            merged, coefficients = self.fn(base, models, resolved, name=name, **extra)
+            if not torch.isfinite(merged).all():
+                raise FusecliError(f"{self.name} produced non-finite values in {name}: check the input models")
+            yield merged.to(blocks.dtype), coefficients
+
     def __call__(
         self, base: torch.Tensor, models: list[torch.Tensor], params: MergeParams, *, name: str = ""
     ) -> tuple[torch.Tensor, Coefficients | None]:
-        resolved = self.resolve(params, len(models))
-        merged, coefficients = self.fn(base.float(), [m.float() for m in models], resolved, name=name)
-        if not torch.isfinite(merged).all():
-            raise FusecliError(f"{self.name} produced non-finite values in {name}: check the input models")
-        return merged.to(base.dtype), coefficients
+        """Merge whole in-memory tensors (one block)."""
+        ((merged, coefficients),) = self.merge(Blocks.whole(base, models), params, name=name)
+        return merged, coefficients
 
 
 _METHODS: dict[str, MergeMethod] = {}
@@ -85,8 +141,10 @@ def register(
     weight: float | str | None = None,
     normalize: bool | None = None,
     mergekit: str | None = None,
+    stats: StatsFn | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
-    """Register `fn` as merge method `name`; `weight`/`normalize` are the method's defaults."""
+    """Register `fn` as merge method `name`; `weight`/`normalize` are the method's defaults; `stats`
+    computes what `fn` needs from the whole tensor (see the module docstring)."""
     if isinstance(weight, float) and not math.isfinite(weight):
         raise ValueError(f"default weight of {name} must be finite")
 
@@ -94,7 +152,7 @@ def register(
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _METHODS[name] = MergeMethod(name, fn, options, weight, normalize, mergekit, doc[0] if doc else "")
+        _METHODS[name] = MergeMethod(name, fn, options, weight, normalize, mergekit, doc[0] if doc else "", stats)
         return fn
 
     return decorate

@@ -2,15 +2,17 @@
 
 plan: check every model against the base (architecture, tensor names, shapes) before writing
 anything; grown vocabularies are cropped to the base, tied embeddings stand in for a missing
-lm_head. run: for each base tensor, read it and the models' tensors (memory-mapped), merge with
-the registered method, append to the current output shard. Peak memory is one tensor per model
-plus one output shard.
+lm_head. run: for each base tensor, read it and the models' tensors in row blocks of at most
+BLOCK_ELEMENTS, merge with the registered method (whose whole-tensor statistics, if any, take
+passes over the blocks first), and write each merged block to its output shard at once. Peak
+memory is a few blocks per model, whatever the size of the models or of their largest tensor.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +24,9 @@ import yaml
 from fusecli import __version__
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
-from fusecli.merge.io import ModelFolder, ShardedWriter, copy_side_files, parse_size
+from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files, parse_size
 from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import MergeMethod, get_method
+from fusecli.merge.registry import Blocks, MergeMethod, get_method
 
 REPORT = "merge_report.json"
 COEFFICIENTS_CSV = "merge_coefficients.csv"
@@ -32,13 +34,15 @@ CARD = "README.md"
 LM_HEAD = "lm_head.weight"
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
 VOCAB_SUFFIXES = (*EMBEDDING_SUFFIXES, LM_HEAD, "embed_out.weight")
+# Elements per row block: 64 MB per float32 input block. A merge step holds the base's and each
+# model's block plus the method's temporaries (task vectors, masks): about 1 GB for 3 models.
+BLOCK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
 class TensorPlan:
     name: str  # the tensor in the base and in the output
     sources: tuple[str, ...]  # the tensor read from each model (a tied model's embedding for lm_head)
-    rows: tuple[int | None, ...]  # rows to read from each model: the base's rows when cropping
     merge: bool  # floating point tensors are merged; others are copied from the base
 
 
@@ -87,7 +91,7 @@ def plan_merge(base: ModelFolder, models: dict[str, ModelFolder]) -> MergePlan:
                 "merged models must have the base's architecture"
             )
     for name in base.names():
-        shape, sources, rows = base.shape(name), [], []
+        shape, sources = base.shape(name), []
         for label, model in models.items():
             source = name
             if name not in model.weight_map:
@@ -99,7 +103,7 @@ def plan_merge(base: ModelFolder, models: dict[str, ModelFolder]) -> MergePlan:
                     )
                 source = tied
                 plan.tied.append({"model": label, "tensor": name, "source": tied})
-            got, crop = model.shape(source), None
+            got = model.shape(source)
             if got != shape:
                 grown = len(got) == len(shape) > 0 and got[1:] == shape[1:] and got[0] > shape[0]
                 if not (grown and name.endswith(VOCAB_SUFFIXES)):
@@ -107,12 +111,10 @@ def plan_merge(base: ModelFolder, models: dict[str, ModelFolder]) -> MergePlan:
                         f"tensor {name!r} of model {label} has shape {list(got)} but the base has "
                         f"{list(shape)}: only grown vocabularies (embeddings, lm_head) can be cropped"
                     )
-                crop = shape[0]
                 plan.cropped.append({"model": label, "tensor": name, "from": list(got), "to": list(shape)})
-            sources.append(source)
-            rows.append(crop)
+            sources.append(source)  # reading the base's rows of it crops a grown vocabulary
         floating = base.dtype(name).startswith(("F", "BF"))
-        plan.tensors.append(TensorPlan(name, tuple(sources), tuple(rows), floating))
+        plan.tensors.append(TensorPlan(name, tuple(sources), floating))
     return plan
 
 
@@ -157,8 +159,9 @@ def merge_models(
     try:
         plan = plan_merge(base, folders)
         with atomic_dir(out) as tmp:
+            layout = [(t.name, base.dtype(t.name), base.shape(t.name)) for t in plan.tensors]
             kind, coefficients = _merge_tensors(
-                method, resolved, base, folders, plan, ShardedWriter(tmp, max_bytes), device
+                method, resolved, base, folders, plan, ShardedWriter(tmp, max_bytes, layout), device
             )
             copy_side_files(base.path, tmp)
             report = _report(method, resolved, base, folders, plan, kind, coefficients)
@@ -172,6 +175,14 @@ def merge_models(
     return MergeResult(Path(out), report)
 
 
+def row_blocks(shape: tuple[int, ...], max_elements: int | None = None) -> list[slice]:
+    """Consecutive row ranges of at most `max_elements` (at least one row each) covering a tensor."""
+    if not shape:
+        return [slice(None)]
+    step = max(1, (max_elements or BLOCK_ELEMENTS) // max(1, math.prod(shape[1:])))
+    return [slice(lo, min(lo + step, shape[0])) for lo in range(0, shape[0], step)] or [slice(0, 0)]
+
+
 def _merge_tensors(
     method: MergeMethod,
     params: MergeParams,
@@ -181,23 +192,29 @@ def _merge_tensors(
     writer: ShardedWriter,
     device: torch.device,
 ) -> tuple[str | None, dict[str, dict[str, float]]]:
-    """The streaming loop: one tensor of each model in memory at a time."""
+    """The streaming loop: one row block of one tensor of each model in memory at a time."""
     kind: str | None = None
     coefficients: dict[str, dict[str, float]] = {}
     labels = list(models)
     for t in plan.tensors:
-        merged = base.tensor(t.name)
-        if t.merge:
-            inputs = [
-                models[label].tensor(source, rows).to(device)
-                for label, source, rows in zip(labels, t.sources, t.rows, strict=True)
-            ]
-            merged, coefs = method(merged.to(device), inputs, params, name=t.name)
-            del inputs
-            if coefs:
-                (kind, values), *_ = coefs.items()
-                coefficients[t.name] = dict(zip(labels, values, strict=True))
-        writer.add(t.name, merged)
+        shape, bounds = base.shape(t.name), row_blocks(base.shape(t.name))
+        if not t.merge:
+            for rows in bounds:
+                writer.add(t.name, base.read(t.name, rows))
+            continue
+
+        def read(rows: slice, t: TensorPlan = t) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            inputs = [models[label].read(source, rows) for label, source in zip(labels, t.sources, strict=True)]
+            return base.read(t.name, rows).to(device, torch.float32), [x.to(device, torch.float32) for x in inputs]
+
+        blocks = Blocks(shape, DTYPES[base.dtype(t.name)], len(labels), bounds, read)
+        coefs = None
+        for merged, block_coefs in method.merge(blocks, params, name=t.name):
+            writer.add(t.name, merged)
+            coefs = block_coefs  # the same for every block of a tensor
+        if coefs:
+            (kind, values), *_ = coefs.items()
+            coefficients[t.name] = dict(zip(labels, values, strict=True))
     writer.close()
     return kind, coefficients
 

@@ -54,6 +54,7 @@ def test_metrics_shape_and_ce_only_domains(tiny, tmp_path):
     assert set(scores) == {"capital", "currency", "region"}
     assert scores["region"]["em"] is None and scores["region"]["ce"] > 0
     assert 0.0 <= scores["capital"]["em"] <= 1.0
+    assert scores["capital"]["ppl"] == pytest.approx(np.exp(scores["capital"]["ce"]))
     assert "| pivot |" in report_markdown(metrics)
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from fusecli.extract import run as extract_run
-from fusecli.extract.run import ExtractParams, ModelRef, extract
+from fusecli.extract.codec import topk_kl
+from fusecli.extract.run import ExtractParams, ModelRef, Rank, extract
 from fusecli.extract.topk import topk_logprobs
 from fusecli.store import iter_records, read_manifest
 from tests.tiny import write_dataset, write_model
@@ -31,28 +32,72 @@ def world(tmp_path_factory):
 
 
 PARAMS = ExtractParams(k=4, max_length=64, batch_tokens=200, shard_size=6)
+EXACT = ExtractParams(k=4, max_length=64, batch_tokens=200, shard_size=6, compact=False)
+
+
+def naive(model, r):
+    """Full logits of one unpadded sequence; the stored row for response token t comes from position t-1."""
+    with torch.no_grad():
+        logits = model(torch.as_tensor(r["input_ids"][None], dtype=torch.long)).logits[0]
+    logp = torch.log_softmax(logits.float(), -1)
+    t = np.nonzero(r["label_mask"])[0]
+    ref_lp, ref_id = logp[t - 1].topk(4, dim=-1)
+    return ref_id.numpy(), ref_lp.numpy(), -logp[t - 1, r["input_ids"][t]].numpy()
 
 
 def test_extract_matches_naive_full_logits(world):
     from transformers import AutoModelForCausalLM
 
     pivot = ModelRef(str(world / "pivot"))
-    extract(world / "train.parquet", ModelRef(str(world / "source")), pivot, world / "out", PARAMS)
+    extract(world / "train.parquet", ModelRef(str(world / "source")), pivot, world / "out", EXACT)
     model = AutoModelForCausalLM.from_pretrained(world / "source").eval()
     records = list(iter_records(world / "out"))
     assert [r["seq_index"] for r in records] == list(range(20))
     for r in records:
-        with torch.no_grad():
-            logits = model(torch.as_tensor(r["input_ids"][None], dtype=torch.long)).logits[0]
-        logp = torch.log_softmax(logits.float(), -1)
-        t = np.nonzero(r["label_mask"])[0]
-        # the distribution stored for response token t is the one at position t-1 (it predicts token t)
-        ref_lp, ref_id = logp[t - 1].topk(4, dim=-1)
-        np.testing.assert_array_equal(r["topk_ids"], ref_id.numpy())
-        np.testing.assert_allclose(r["topk_logprobs"], ref_lp.numpy(), atol=1e-5)
-        gold_ce = -logp[t - 1, r["input_ids"][t]].numpy()
+        ref_id, ref_lp, gold_ce = naive(model, r)
+        np.testing.assert_array_equal(r["topk_ids"], ref_id)
+        np.testing.assert_allclose(r["topk_logprobs"], ref_lp, atol=1e-5)
         np.testing.assert_allclose(r["token_ce"], gold_ce, atol=1e-5)
         assert r["seq_ce"] == pytest.approx(float(gold_ce.mean()), abs=1e-5)
+
+
+def test_compact_store_is_within_the_kl_bound_and_reads_the_same_fields(world):
+    from transformers import AutoModelForCausalLM
+
+    pivot = ModelRef(str(world / "pivot"))
+    extract(world / "train.parquet", ModelRef(str(world / "source")), pivot, world / "packed", PARAMS)
+    assert read_manifest(world / "packed")["meta"]["codec"] == {"vocab": 280, "k": 4}
+    model = AutoModelForCausalLM.from_pretrained(world / "source").eval()
+    records = list(iter_records(world / "packed"))
+    assert [r["seq_index"] for r in records] == list(range(20))
+    for r in records:
+        ref_id, ref_lp, gold_ce = naive(model, r)
+        assert r["topk_ids"].dtype == np.int32 and r["topk_logprobs"].dtype == np.float32
+        assert (np.diff(r["topk_logprobs"], axis=1) <= 0).all()
+        assert topk_kl(r["topk_ids"], r["topk_logprobs"], ref_id, ref_lp).max() <= 1e-3
+        np.testing.assert_allclose(r["token_ce"], gold_ce, rtol=1e-3)
+        assert r["seq_ce"] == pytest.approx(float(gold_ce.mean()), abs=1e-5)  # from the exact values
+
+
+def test_data_parallel_ranks_write_the_same_store_as_one_process(world):
+    pivot = ModelRef(str(world / "pivot"))
+    extract(world / "train.parquet", pivot, pivot, world / "single", PARAMS)
+    for r in (2, 1, 0):  # rank 0 merges after the barrier, so it finishes last
+        extract(world / "train.parquet", pivot, pivot, world / "dp", PARAMS, rank=Rank(r, 3))
+    single, dp = read_manifest(world / "single"), read_manifest(world / "dp")
+    assert dp["shards"] == single["shards"] and dp["records"] == single["records"] == 20
+    assert dp["summary"]["world_size"] == 3
+    names = sorted(p.name for p in (world / "single").iterdir())
+    assert names == sorted(p.name for p in (world / "dp").iterdir())  # part manifests are gone
+    for name in names:
+        if name.endswith(".safetensors"):
+            assert (world / "single" / name).read_bytes() == (world / "dp" / name).read_bytes()
+    # a finished store is not redone, even by another number of ranks
+    stamps = {p.name: p.stat().st_mtime_ns for p in (world / "dp").glob("*.safetensors")}
+    for r in (1, 0):
+        extract(world / "train.parquet", pivot, pivot, world / "dp", PARAMS, rank=Rank(r, 2))
+    assert read_manifest(world / "dp")["shards"] == single["shards"]
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (world / "dp").glob("*.safetensors")}
 
 
 def test_resume_after_interruption_gives_identical_bytes(world, monkeypatch):
@@ -62,11 +107,11 @@ def test_resume_after_interruption_gives_identical_bytes(world, monkeypatch):
     original = extract_run.StoreWriter.write
     calls = {"n": 0}
 
-    def dying_write(self, records):
+    def dying_write(self, records, index=None):
         if calls["n"] == 2:
             raise KeyboardInterrupt  # killed while the third shard was being produced
         calls["n"] += 1
-        original(self, records)
+        original(self, records, index)
 
     monkeypatch.setattr(extract_run.StoreWriter, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
@@ -88,15 +133,14 @@ def read_manifest_partial(root):
 
 
 def test_nan_rows_are_reported_and_excluded(world, monkeypatch):
-    original = extract_run.extract_batch
+    original = extract_run.forward_rows
 
-    def poisoned(model, items, k, device, chunk):
-        out = original(model, items, k, device, chunk)
-        ids, lp, ce = out[0]
-        out[0] = (ids, np.full_like(lp, np.nan), ce)
-        return out
+    def poisoned(*args, **kwargs):
+        ids, lp, ce, counts = original(*args, **kwargs)
+        lp[: counts[0]] = float("nan")  # the first sequence of every batch
+        return ids, lp, ce, counts
 
-    monkeypatch.setattr(extract_run, "extract_batch", poisoned)
+    monkeypatch.setattr(extract_run, "forward_rows", poisoned)
     pivot = ModelRef(str(world / "pivot"))
     summary = extract(world / "train.parquet", pivot, pivot, world / "nan", PARAMS)
     assert summary["dropped_rows"]

@@ -98,3 +98,62 @@ def test_resume_after_kill_reaches_identical_weights(pair, monkeypatch):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_missing_aligned_shard_is_a_one_line_error(pair, tmp_path):
+    import shutil
+
+    from fusecli.errors import FusecliError
+
+    broken = tmp_path / "align"
+    shutil.copytree(pair / "align", broken)
+    next(broken.glob("shard-*.safetensors")).unlink()
+    with pytest.raises(FusecliError, match="missing: rerun") as err:
+        train(str(pair / "pivot"), str(pair / "extract"), str(broken), str(pair / "train.parquet"),
+              str(tmp_path / "out"), str(tmp_path / "logs"), params(pair))
+    assert "\n" not in str(err.value)
+
+
+def test_stores_made_for_another_pivot_vocabulary_are_refused(pair, tmp_path):
+    from fusecli.errors import FusecliError
+    from fusecli.fuse.train import check_inputs
+
+    vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(pair / "pivot"))
+    check_inputs(pair / "extract", pair / "align", vocab)
+    with pytest.raises(FusecliError, match="rerun extract_pivot"):
+        check_inputs(pair / "extract", None, vocab + 1)
+    w = StoreWriter.open(tmp_path / "align", {"kind": "align", "pivot_vocab": vocab + 7})
+    w.write_all([])
+    w.close()
+    with pytest.raises(FusecliError, match="rerun align"):
+        check_inputs(pair / "extract", tmp_path / "align", vocab)
+    with pytest.raises(FusecliError, match="outside the pivot's vocabulary"):
+        build_examples(pair / "extract", pair / "align", pair / "train.parquet", "mince", 1.0, 5)
+
+
+def test_lambda_outside_unit_interval_exits_with_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from stages import fuse as stage
+
+    (tmp_path / "params.yaml").write_text("fuse:\n  lam: 1.5\n")
+    argv = ["fuse.py", "--params", str(tmp_path / "params.yaml"), "--data", "d", "--pivot-extract", "p",
+            "--align", "a", "--out", "o", "--logs", "l"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as code:
+        stage.main()
+    assert code.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: fuse.lam = 1.5 must be within [0, 1]"
+
+
+def test_deepspeed_config_is_completed_by_the_transformers_integration():
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from fusecli.fuse.train import deepspeed_config, training_args
+
+    p = FuseParams(zero_stage=3, micro_batch_size=4, global_batch_size=128)
+    ds = HfTrainerDeepSpeedConfig(deepspeed_config(p, bf16=True))
+    ds.trainer_config_process(training_args(FuseParams(micro_batch_size=4), "unused", torch.device("cpu"),
+                                            torch.float32))
+    assert ds.is_zero3() and ds.config["train_batch_size"] == 128
+    assert ds.config["gradient_accumulation_steps"] == 32 and ds.config["bf16"]["enabled"] is False

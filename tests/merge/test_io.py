@@ -57,8 +57,8 @@ def test_folder_without_weights_or_config(tmp_path, tiny):
 
 
 def test_writer_splits_into_shards_and_indexes_them(tmp_path):
-    writer = ShardedWriter(tmp_path, max_bytes=100)
     tensors = {"a": torch.zeros(10), "b": torch.ones(10), "c": torch.arange(50, dtype=torch.float32)}
+    writer = ShardedWriter(tmp_path, max_bytes=100, layout=[(n, "F32", tuple(t.shape)) for n, t in tensors.items()])
     for name, t in tensors.items():
         writer.add(name, t)
     weight_map = writer.close()

@@ -6,6 +6,9 @@ a sign, a zero delta never agrees with the elected sign, and a zero denominator 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import Tensor
 
@@ -26,16 +29,53 @@ def nonzero(x: Tensor) -> Tensor:
     return torch.where(x == 0, torch.ones_like(x), x)
 
 
-def top_fraction_mask(score: Tensor, k: int) -> Tensor:
-    """True at the k largest entries of `score`. Entries tied with the k-th are all kept, so the
-    mask is a function of the values alone (no device- or sort-dependent tie breaking)."""
-    if k <= 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    flat = score.flatten()
-    if k >= flat.numel():
-        return torch.ones_like(score, dtype=torch.bool)
-    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
-    return score >= threshold
+def kth_largest(passes: Callable[[], Iterable[Tensor]], k: Callable[[int], int]) -> Tensor:
+    """Per row n of the [N, ...] chunks of non-negative values that `passes()` yields (one tensor cut into
+    blocks): its k-th largest value over all chunks, k = k(number of nonzero values in row n);
+    +inf where k <= 0, -inf where k covers the whole row. `values >= result` then keeps the top k,
+    and every value tied with the k-th (a function of the values alone, not of a sort order).
+
+    Exact, with two passes and no chunk held beyond its pass: a radix select on the float32 bit
+    patterns, ordered as the values are for non-negative floats. Pass 1 counts the high 16 bits,
+    which finds the bucket of the k-th value; pass 2 counts the low 16 bits inside that bucket."""
+    high: list[Tensor] = []
+    zeros: list[int] = []
+    for chunk in passes():
+        for n, row in enumerate(chunk):
+            bits = _bits(row)
+            counts, z = torch.bincount(bits >> 16, minlength=1 << 15), bits.numel() - int(torch.count_nonzero(bits))
+            if n == len(high):
+                high.append(counts)
+                zeros.append(z)
+            else:
+                high[n] += counts
+                zeros[n] += z
+    assert high, "kth_largest needs at least one chunk"
+    numel = int(high[0].sum())
+    ks = [k(numel - z) for z in zeros]
+    at_least = torch.stack(high).flip(1).cumsum(1).flip(1)  # [n, b]: values of row n in bucket b or above
+    bucket = [int((at_least[n] >= kn).nonzero().max()) if 0 < kn < numel else 0 for n, kn in enumerate(ks)]
+    low = torch.zeros(len(ks), 1 << 16, dtype=torch.int64, device=at_least.device)
+    for chunk in passes() if any(0 < kn < numel for kn in ks) else ():
+        for n, row in enumerate(chunk):
+            bits = _bits(row)
+            low[n] += torch.bincount(bits[(bits >> 16) == bucket[n]] & 0xFFFF, minlength=1 << 16)
+    out = []
+    for n, kn in enumerate(ks):
+        if kn <= 0 or kn >= numel:
+            out.append(math.inf if kn <= 0 else -math.inf)
+            continue
+        above = int(at_least[n, bucket[n] + 1]) if bucket[n] + 1 < (1 << 15) else 0
+        within = low[n].flip(0).cumsum(0).flip(0)
+        offset = int((within >= kn - above).nonzero().max())
+        out.append(torch.tensor(bucket[n] << 16 | offset, dtype=torch.int32).view(torch.float32).item())
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def _bits(row: Tensor) -> Tensor:
+    """The int32 bit patterns of one row of non-negative float32 values without -0.0 (as abs() and
+    var() give), flattened: these order as the values do."""
+    return row.float().contiguous().view(torch.int32).flatten()
 
 
 def elected_sign_agreement(deltas: Tensor) -> Tensor:
@@ -43,14 +83,6 @@ def elected_sign_agreement(deltas: Tensor) -> Tensor:
     A zero delta has sign 0, agrees with neither sign, and is erased."""
     elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
     return deltas.sign() == elected
-
-
-def magnitude_prune(delta: Tensor, density: float) -> Tensor:
-    """TIES trim: keep the top `density` fraction of one task vector by |delta| (at least one entry)."""
-    if density >= 1:
-        return delta
-    k = max(1, int(density * delta.numel()))
-    return delta * top_fraction_mask(delta.abs(), k)
 
 
 def combine(base: Tensor, deltas: Tensor, weights: tuple[float, ...], *, consensus: bool, normalize: bool) -> Tensor:

@@ -3,7 +3,9 @@ survivors by 1 / density, then merge linearly (`dare_linear`) or with TIES sign 
 (`dare_ties`). FuseChat baseline: density 0.6, weight 0.2, normalise.
 
 The drop masks are seeded by (seed, tensor name, model index) and drawn on the CPU, so a merge is
-reproducible and does not depend on the device, the tensor order or the other tensors.
+reproducible and does not depend on the device, the tensor order or the other tensors. A tensor
+merged in row blocks draws each block's mask from the same generator in order, and torch draws
+uniform numbers one element after another, so the masks do not depend on the blocks either.
 """
 
 from __future__ import annotations
@@ -15,35 +17,51 @@ from torch import Tensor
 
 from fusecli.merge.methods.common import combine, task_vectors
 from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import register
+from fusecli.merge.registry import Blocks, register
 
 OPTIONS = ("weight", "density", "normalize", "seed")
 
 
+def dare_generator(seed: int, name: str, index: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}\0{name}\0{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 def dare_mask(shape: torch.Size | tuple[int, ...], density: float, seed: int, name: str, index: int) -> Tensor:
     """Keep-mask for model `index` on tensor `name`: each entry kept with probability `density`."""
-    digest = hashlib.sha256(f"{seed}\0{name}\0{index}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    return torch.rand(shape, generator=generator) < density
+    return torch.rand(shape, generator=dare_generator(seed, name, index)) < density
 
 
-def dare_deltas(base: Tensor, models: list[Tensor], params: MergeParams, name: str) -> Tensor:
-    deltas = task_vectors(base, models)
+def dare_generators(blocks: Blocks, params: MergeParams, name: str) -> list[torch.Generator] | None:
+    """One mask generator per model for this tensor; the blocks draw from them in order."""
     if params.density >= 1:
+        return None
+    return [dare_generator(params.seed, name, i) for i in range(blocks.n_models)]
+
+
+def dare_deltas(
+    base: Tensor, models: list[Tensor], params: MergeParams, generators: list[torch.Generator] | None
+) -> Tensor:
+    deltas = task_vectors(base, models)
+    if generators is None:
         return deltas
-    masks = [dare_mask(base.shape, params.density, params.seed, name, i) for i in range(len(models))]
-    return deltas * torch.stack(masks).to(deltas.device) / params.density
+    masks = torch.stack([torch.rand(base.shape, generator=g) < params.density for g in generators])
+    return deltas * masks.to(deltas.device) / params.density
 
 
-@register("dare_linear", options=OPTIONS, weight=0.2, normalize=True, mergekit="dare_linear")
-def dare_linear(base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
+@register("dare_linear", options=OPTIONS, weight=0.2, normalize=True, mergekit="dare_linear", stats=dare_generators)
+def dare_linear(
+    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: list[torch.Generator] | None
+) -> tuple[Tensor, None]:
     """DARE-linear: randomly dropped, rescaled task vectors, weighted sum."""
-    deltas = dare_deltas(base, models, params, name)
+    deltas = dare_deltas(base, models, params, stats)
     return combine(base, deltas, params.weight, consensus=False, normalize=params.normalize), None
 
 
-@register("dare_ties", options=OPTIONS, weight=0.2, normalize=True, mergekit="dare_ties")
-def dare_ties(base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
+@register("dare_ties", options=OPTIONS, weight=0.2, normalize=True, mergekit="dare_ties", stats=dare_generators)
+def dare_ties(
+    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: list[torch.Generator] | None
+) -> tuple[Tensor, None]:
     """DARE-TIES: randomly dropped, rescaled task vectors, merged where signs agree."""
-    deltas = dare_deltas(base, models, params, name)
+    deltas = dare_deltas(base, models, params, stats)
     return combine(base, deltas, params.weight, consensus=True, normalize=params.normalize), None

@@ -12,49 +12,64 @@ Two published variants differ in what the mask touches (method.md):
 - `release` (the authors' code): the mask only weighs eta; the full deltas are elected and merged.
 - `sparse` (mergekit's `sce`): unselected positions are zeroed before election and merging.
 They agree at tau = 1.
+
+Select and Calculate need the whole tensor, so they are `sce_stats`: passes over its blocks that
+give the variance threshold and eta before any block is merged.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from fusecli.merge.methods.common import (
-    elected_sign_agreement,
-    nonzero,
-    per_model,
-    task_vectors,
-    top_fraction_mask,
-)
+from fusecli.merge.methods.common import elected_sign_agreement, kth_largest, nonzero, per_model, task_vectors
 from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import Coefficients, register
+from fusecli.merge.registry import Blocks, Coefficients, register
 
 
-def variance_mask(deltas: Tensor, tau: float) -> Tensor:
-    """Select: True at the top-tau fraction of positions by variance across models."""
-    if tau >= 1:
-        return torch.ones_like(deltas[0], dtype=torch.bool)
-    var = deltas.var(dim=0, unbiased=False)
-    return top_fraction_mask(var, int(tau * int(torch.count_nonzero(var))))
+@dataclass(frozen=True)
+class SceStats:
+    threshold: float  # Select keeps positions with variance >= threshold (-inf: all)
+    eta: Tensor  # [N] Calculate's per-model weights
 
 
-def matrix_weights(deltas: Tensor) -> Tensor:
-    """Calculate: eta_i = mean over the tensor of delta_i^2, normalised to sum 1 (uniform if all 0)."""
-    energy = deltas.square().flatten(start_dim=1).mean(dim=1)
+def variance(deltas: Tensor) -> Tensor:
+    """Population variance across models at each position."""
+    return deltas.var(dim=0, unbiased=False)
+
+
+def sce_stats(blocks: Blocks, params: MergeParams, name: str) -> SceStats:
+    """Select: the variance threshold of the top tau fraction. Calculate: eta from the selected deltas."""
+    tau, threshold = params.select_topk, -math.inf
+    if tau < 1:
+
+        def variances() -> Iterator[Tensor]:
+            return (variance(task_vectors(b, m))[None] for b, m in blocks)
+
+        threshold = float(kth_largest(variances, lambda nonzero_count: int(tau * nonzero_count))[0])
+    energy = torch.zeros(blocks.n_models, dtype=torch.float64)
+    for b, m in blocks:
+        deltas = task_vectors(b, m)
+        if threshold > -math.inf:
+            deltas = deltas * (variance(deltas) >= threshold)
+        energy += deltas.square().flatten(start_dim=1).sum(dim=1, dtype=torch.float64).cpu()
     total = energy.sum()
-    if total == 0:
-        return torch.full_like(energy, 1.0 / energy.numel())
-    return energy / total
+    eta = torch.full_like(energy, 1.0 / len(energy)) if total == 0 else energy / total
+    return SceStats(threshold, eta)
 
 
-@register("sce", options=("sce_variant", "select_topk"), mergekit="sce")
-def sce(base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, Coefficients]:
+@register("sce", options=("sce_variant", "select_topk"), mergekit="sce", stats=sce_stats)
+def sce(
+    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: SceStats
+) -> tuple[Tensor, Coefficients]:
     """SCE (FuseChat-2.0): variance-selected, energy-weighted, sign-agreeing task-vector average."""
     deltas = task_vectors(base, models)
-    mask = variance_mask(deltas, params.select_topk)
-    if params.sce_variant == "sparse":
-        deltas = deltas * mask
-    eta = matrix_weights(deltas * mask)
-    weights = per_model(eta, deltas) * elected_sign_agreement(deltas)
+    if params.sce_variant == "sparse" and stats.threshold > -math.inf:
+        deltas = deltas * (variance(deltas) >= stats.threshold)
+    weights = per_model(stats.eta, deltas) * elected_sign_agreement(deltas)
     merged = (weights * deltas).sum(dim=0) / nonzero(weights.sum(dim=0))
-    return base + merged, {"eta": eta.tolist()}
+    return base + merged, {"eta": stats.eta.tolist()}

@@ -3,20 +3,41 @@
 Trim: keep each task vector's top `density` fraction by magnitude. Elect: s = sign(sum_i w_i delta_i)
 (0 as +). Merge: theta_0 + sum_i w_i e_i delta_i, divided by sum_i w_i e_i when normalising.
 FuseChat baseline: density 0.6, weight 0.2, normalise.
+
+The trim threshold of each task vector needs the whole tensor: `trim_thresholds` finds it in passes
+over the tensor's blocks before any block is merged.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from fusecli.merge.methods.common import combine, magnitude_prune, task_vectors
+from fusecli.merge.methods.common import combine, kth_largest, per_model, task_vectors
 from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import register
+from fusecli.merge.registry import Blocks, register
 
 
-@register("ties", options=("weight", "density", "normalize"), weight=0.2, normalize=True, mergekit="ties")
-def ties(base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
+def trim_thresholds(blocks: Blocks, params: MergeParams, name: str) -> Tensor | None:
+    """Per model, the k-th largest |delta| with k = max(1, int(density * numel)); None keeps all."""
+    if params.density >= 1:
+        return None
+    k = max(1, int(params.density * blocks.numel))
+    return kth_largest(lambda: (task_vectors(b, m).abs() for b, m in blocks), lambda nonzero_count: k)
+
+
+@register(
+    "ties",
+    options=("weight", "density", "normalize"),
+    weight=0.2,
+    normalize=True,
+    mergekit="ties",
+    stats=trim_thresholds,
+)
+def ties(
+    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: Tensor | None
+) -> tuple[Tensor, None]:
     """TIES: magnitude-trimmed task vectors merged where they agree with the elected sign."""
-    deltas = torch.stack([magnitude_prune(d, params.density) for d in task_vectors(base, models)])
+    deltas = task_vectors(base, models)
+    if stats is not None:
+        deltas = deltas * (deltas.abs() >= per_model(stats, deltas))
     return combine(base, deltas, params.weight, consensus=True, normalize=params.normalize), None

@@ -2,7 +2,8 @@
 
 Per tensor j: w_ij = mean(delta_ij^2) / sum_k mean(delta_kj^2); theta_j = sum_i w_ij theta_ij.
 A model that moved a matrix further from the base gets more say in it. If no model moved the
-tensor at all, the weights are uniform (the result is then the base).
+tensor at all, the weights are uniform (the result is then the base). The weights need the whole
+tensor: `varm_weights` sums over its blocks before any block is merged.
 """
 
 from __future__ import annotations
@@ -12,14 +13,22 @@ from torch import Tensor
 
 from fusecli.merge.methods.common import per_model, task_vectors
 from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import Coefficients, register
+from fusecli.merge.registry import Blocks, Coefficients, register
 
 
-@register("varm")
-def varm(base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, Coefficients]:
-    """VaRM (FuseChat v1): per-matrix weights proportional to the mean squared task vector."""
-    energy = task_vectors(base, models).square().flatten(start_dim=1).mean(dim=1)
+def varm_weights(blocks: Blocks, params: MergeParams, name: str) -> Tensor:
+    """w_i = sum(delta_i^2) / sum_k sum(delta_k^2) (the means' 1/numel cancels); uniform if all 0."""
+    energy = torch.zeros(blocks.n_models, dtype=torch.float64)
+    for b, m in blocks:
+        energy += task_vectors(b, m).square().flatten(start_dim=1).sum(dim=1, dtype=torch.float64).cpu()
     total = energy.sum()
-    w = torch.full_like(energy, 1.0 / len(models)) if total == 0 else energy / total
+    return torch.full_like(energy, 1.0 / len(energy)) if total == 0 else energy / total
+
+
+@register("varm", stats=varm_weights)
+def varm(
+    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: Tensor
+) -> tuple[Tensor, Coefficients]:
+    """VaRM (FuseChat v1): per-matrix weights proportional to the mean squared task vector."""
     thetas = torch.stack(models)
-    return (per_model(w, thetas) * thetas).sum(dim=0), {"weight": w.tolist()}
+    return (per_model(stats, thetas) * thetas).sum(dim=0), {"weight": stats.tolist()}

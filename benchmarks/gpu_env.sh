@@ -1,0 +1,12 @@
+# Source on the GPU machine before the benchmarks: `source benchmarks/gpu_env.sh`.
+# It has torch and transformers but no deepspeed and no network: install the wheels carried in .whl/
+# (built here: pip wheel --no-deps --no-build-isolation deepspeed==0.19.8 -w .whl, plus hjson,
+# pydantic, pydantic-core (cp312), annotated-types, typing-inspection, typing-extensions).
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || return 1
+export PYTHONPATH=/tmp/site:$PWD
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
+python3 -c "import torch, transformers, deepspeed; print('torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, torch.cuda.get_device_name())"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader

@@ -1,0 +1,71 @@
+"""The DVC `evaluate` stage: every model the pipeline made or used, side by side in eval/metrics.json.
+
+Models: the pivot, each locked source (with its own tokenizer and template), sft_baseline, each
+pair-fused model, `merged:<method>` for every method in merge.methods, and `merged`, the default
+method's scores again (so `dvc metrics diff` across merge.method changes reads one key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from fusecli.errors import FusecliError
+from fusecli.evaluate.cache import EvalCache
+from fusecli.evaluate.run import EvalModel, EvalParams, evaluate
+from fusecli.lock import read_lock
+from fusecli.merge.stage import MergeMethods
+
+MERGED = "merged"
+
+
+def pipeline_models(
+    lock: str | Path, fused_dir: str | Path, baseline: str | Path, merged_dir: str | Path, merge: MergeMethods
+) -> list[EvalModel]:
+    locked = read_lock(lock)
+    trust = locked.pivot.trust_remote_code  # every trained model is the pivot's architecture
+    slugs = sorted(locked.sources)
+    models = [EvalModel("pivot", locked.pivot.path, trust)]
+    models += [EvalModel(f"source:{s}", locked.sources[s].path, locked.sources[s].trust_remote_code) for s in slugs]
+    models.append(EvalModel("sft_baseline", str(baseline), trust))
+    models += [EvalModel(f"fused:{s}", str(Path(fused_dir) / s), trust) for s in slugs]
+    models += [EvalModel(f"{MERGED}:{m}", str(Path(merged_dir) / m), trust) for m in merge.methods]
+    for m in models:
+        if not Path(m.path).is_dir():
+            raise FusecliError(f"{m.path} not found (model {m.name}): run `dvc repro` to build it")
+    return models
+
+
+def native_settings(params: EvalParams) -> dict:
+    """The settings that decide native scores (the key of the result cache)."""
+    settings = asdict(params)
+    for key in ("backend", "lm_eval"):
+        settings.pop(key)
+    return settings
+
+
+def run_evaluate(
+    params: EvalParams,
+    models: list[EvalModel],
+    data: str | Path,
+    merge: MergeMethods,
+    cache_dir: str | Path | None = None,
+) -> dict:
+    """Native scores of `models` (+ lm-evaluation-harness tasks with backend lm_eval), `merged` aliased."""
+    by_name = {m.name: m for m in models}
+    by_name[MERGED] = replace(by_name[f"{MERGED}:{merge.default}"], name=MERGED)
+    harness = [] if params.backend == "native" else params.lm_eval.models
+    unknown = [n for n in harness if n not in by_name]
+    if unknown:
+        raise FusecliError(
+            f"evaluate.lm_eval.models names {unknown[0]!r}, which is not evaluated: use one of {', '.join(by_name)}"
+        )
+    cache = EvalCache(cache_dir, data, native_settings(params)) if cache_dir else None
+    metrics = evaluate(models, data, params, cache)
+    scores = metrics["models"]
+    scores[MERGED] = scores[f"{MERGED}:{merge.default}"]
+    if harness:
+        from fusecli.evaluate.harness import run_harness  # lm-eval is an optional extra
+
+        metrics["lm_eval"] = run_harness([by_name[n] for n in harness], data, params)
+    return metrics

@@ -1,0 +1,178 @@
+"""What the report reads, from the files the other stages wrote; missing pieces become notes, not crashes.
+
+A report is often made from a workspace in some older state (a metrics file from before a source was
+added, a fusion run without logs): every loader returns what it found plus the list of what it did not.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusecli.errors import FusecliError
+
+CURVES = ("loss", "sft_loss", "fusion_loss")  # dvclive series of the fuse stage, one subplot each
+LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
+
+
+@dataclass
+class Found:
+    """A loader's result: the data, and one line per thing that was expected but missing."""
+
+    data: Any
+    missing: list[str] = field(default_factory=list)
+
+
+def load_metrics(path: str | Path) -> dict[str, dict]:
+    """eval/metrics.json: `models` ({model: {domain: {"em", "ce", ...}}}) and `lm_eval` ({} if not run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FusecliError(f"{path} not found: run `dvc repro evaluate` first")
+    try:
+        metrics = json.loads(path.read_text())
+    except ValueError:
+        raise FusecliError(f"{path} is not valid JSON: rerun `dvc repro evaluate`") from None
+    models = metrics.get("models") if isinstance(metrics, dict) else None
+    if not isinstance(models, dict):
+        raise FusecliError(f"{path} has no 'models' mapping: rerun `dvc repro evaluate`")
+    harness = metrics.get("lm_eval")
+    return {
+        "models": {name: s for name, s in models.items() if isinstance(s, dict)},
+        "lm_eval": harness if isinstance(harness, dict) else {},
+    }
+
+
+def expected_models(slugs: list[str], methods: list[str]) -> list[str]:
+    """Every model name `evaluate` writes for this lock and merge.methods, in its order."""
+    return [
+        "pivot",
+        *(f"source:{s}" for s in slugs),
+        "sft_baseline",
+        *(f"fused:{s}" for s in slugs),
+        *(f"merged:{m}" for m in methods),
+        "merged",
+    ]
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_teachers(logs: str | Path, align: str | Path, slugs: list[str]) -> Found:
+    """Who taught what: per source, the fusion function's source share per domain (share of sequences
+    where MinCE chose the source's distribution over the pivot's; the mean weight for AvgCE), from
+    logs/fuse/<slug>/selection.json, and the alignment coverage from align/<slug>/coverage.json."""
+    out: dict[str, dict[str, Any]] = {}
+    missing = []
+    for slug in slugs:
+        selection = _json(Path(logs) / "fuse" / slug / "selection.json")
+        coverage = _json(Path(align) / slug / "coverage.json")
+        if selection is None:
+            missing.append(f"{Path(logs) / 'fuse' / slug / 'selection.json'} (run `dvc repro fuse@{slug}`)")
+        if coverage is None:
+            missing.append(f"{Path(align) / slug / 'coverage.json'} (run `dvc repro align@{slug}`)")
+        out[slug] = {
+            "fusion_fn": (selection or {}).get("fusion_fn"),
+            "share": dict((selection or {}).get("source_share") or {}),
+            "sequences": dict((selection or {}).get("sequences") or {}),
+            "coverage": (coverage or {}).get("coverage"),
+        }
+    return Found(out, missing)
+
+
+def _tsv(path: Path) -> tuple[list[float], list[float]]:
+    steps, values = [], []
+    with path.open() as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            try:
+                steps.append(float(row["step"]))
+                values.append(float(row[path.stem]))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return steps, values
+
+
+def training_runs(logs: str | Path, slugs: list[str]) -> dict[str, Path]:
+    """The dvclive folder of each training run: fuse@<slug> and sft_baseline."""
+    return {f"fuse@{s}": Path(logs) / "fuse" / s for s in slugs} | {"sft_baseline": Path(logs) / "sft_baseline"}
+
+
+def load_curves(logs: str | Path, slugs: list[str]) -> Found:
+    """dvclive series per run: {run: {series: (steps, values)}} for fuse@<slug> and sft_baseline."""
+    runs = training_runs(logs, slugs)
+    out: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    missing = []
+    for run, folder in runs.items():
+        series = {}
+        for name in CURVES:
+            path = folder / "plots" / "metrics" / f"{name}.tsv"
+            if path.is_file():
+                steps, values = _tsv(path)
+                if steps:
+                    series[name] = (steps, values)
+        if series:
+            out[run] = series
+        else:
+            missing.append(f"{folder / 'plots' / 'metrics'} ({run} has no training curves)")
+    return Found(out, missing)
+
+
+def layer_of(tensor: str) -> str:
+    """Group a tensor name into a heatmap row: embeddings, layer i, or head (final norm, lm_head)."""
+    m = LAYER.search(tensor)
+    if m:
+        return f"layer {int(m.group(1))}"
+    return "embeddings" if "embed" in tensor or "wte" in tensor else "head"
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    kind: str  # "eta" (SCE), "weight" (VaRM), ...
+    rows: list[str]  # embeddings, layer 0..L-1, head
+    sources: list[str]
+    values: list[list[float]]  # mean coefficient of the row's tensors, per source
+
+
+def load_coefficients(merged: str | Path, methods: list[str]) -> Found:
+    """Per method with data-dependent coefficients: the mean per layer and source, from merge_report.json."""
+    out: dict[str, Coefficients] = {}
+    missing = []
+    for method in methods:
+        path = Path(merged) / method / "merge_report.json"
+        report = _json(path)
+        if report is None:
+            missing.append(f"{path} (run `dvc repro merge@{method}`)")
+            continue
+        coefficients = report.get("coefficients") or {}
+        if not report.get("coefficient") or not coefficients:
+            continue  # a method with fixed weights (linear, TIES, ...) has nothing to draw
+        sources = list(report.get("models") or next(iter(coefficients.values())))
+        sums: dict[str, list[float]] = {}
+        counts: dict[str, int] = defaultdict(int)
+        for tensor, per_source in coefficients.items():
+            row = layer_of(tensor)
+            sums.setdefault(row, [0.0] * len(sources))
+            counts[row] += 1
+            for i, s in enumerate(sources):
+                sums[row][i] += float(per_source.get(s, 0.0))
+        rows = sorted(sums, key=_row_order)
+        values = [[v / counts[r] for v in sums[r]] for r in rows]
+        out[method] = Coefficients(str(report["coefficient"]), rows, sources, values)
+    return Found(out, missing)
+
+
+def _row_order(row: str) -> tuple[int, int]:
+    if row == "embeddings":
+        return (0, 0)
+    if row.startswith("layer "):
+        return (1, int(row.split()[1]))
+    return (2, 0)

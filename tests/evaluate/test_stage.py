@@ -1,0 +1,114 @@
+"""The evaluate stage's model list, the merge.methods contract, the result cache and the `merged` alias."""
+
+import shutil
+
+import pytest
+import yaml
+
+import fusecli.evaluate.run as run_module
+from fusecli.errors import FusecliError
+from fusecli.evaluate.run import EvalParams
+from fusecli.evaluate.stage import pipeline_models, run_evaluate
+from fusecli.lock import Lock, ModelEntry, dump_lock
+from fusecli.merge.stage import MergeMethods, merge_methods, stage_params
+from tests.tiny import write_dataset, write_model
+
+METHODS = MergeMethods("sce", ("sce", "ties"))
+
+
+def entry(name, path):
+    return ModelEntry(name=name, origin="local", path=str(path), repo=None, revision=None,
+                      content_hash="sha256:" + "0" * 64, architecture="LlamaForCausalLM", vocab_size=300,
+                      dtype="float32", chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace whose every model folder is a copy of one tiny model (so the cache scores it once)."""
+    root = tmp_path_factory.mktemp("evalws")
+    write_dataset(root / "eval.parquet", 6)
+    model = write_model(root / "model", "llama", 300, seed=1)
+    folders = ["pivot", "src/b", "src/a", "baseline", "fused/a", "fused/b", "merged/sce", "merged/ties"]
+    for f in folders:
+        shutil.copytree(model, root / f)
+    lock = Lock(pivot=entry("pivot", root / "pivot"), sources={"b": entry("b", root / "src/b"),
+                                                               "a": entry("a", root / "src/a")})
+    (root / "models.lock").write_text(dump_lock(lock))
+    return root
+
+
+def models_of(ws):
+    return pipeline_models(ws / "models.lock", ws / "fused", ws / "baseline", ws / "merged", METHODS)
+
+
+def test_every_model_in_a_fixed_order(ws):
+    names = [m.name for m in models_of(ws)]
+    assert names == ["pivot", "source:a", "source:b", "sft_baseline", "fused:a", "fused:b", "merged:sce",
+                     "merged:ties"]
+
+
+def test_a_missing_model_folder_is_a_clear_error(ws):
+    with pytest.raises(FusecliError, match=r"merged/dare_linear not found \(model merged:dare_linear\)"):
+        pipeline_models(ws / "models.lock", ws / "fused", ws / "baseline", ws / "merged",
+                        MergeMethods("sce", ("sce", "dare_linear")))
+
+
+def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, monkeypatch):
+    calls = []
+    score = run_module.score_model
+    monkeypatch.setattr(run_module, "score_model", lambda m, df, p: calls.append(m.name) or score(m, df, p))
+    params = EvalParams(batch_size=8, max_new_tokens=3, max_length=64)
+    metrics = run_evaluate(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    assert calls == ["pivot"]  # the other seven folders hold the same files: read back from the cache
+    assert set(metrics["models"]) == {m.name for m in models_of(ws)} | {"merged"}
+    assert metrics["models"]["merged"] == metrics["models"]["merged:sce"]
+
+    calls.clear()
+    changed = write_model(ws / "other", "llama", 300, seed=2)
+    shutil.rmtree(ws / "fused" / "b")
+    shutil.copytree(changed, ws / "fused" / "b")
+    again = run_evaluate(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    assert calls == ["fused:b"]
+    assert again["models"]["pivot"] == metrics["models"]["pivot"]
+
+    calls.clear()
+    other = EvalParams(batch_size=8, max_new_tokens=4, max_length=64)
+    run_evaluate(other, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    assert calls == ["pivot", "fused:b"]  # new settings: a new key per distinct model
+
+
+def write_params(tmp_path, merge):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"merge": merge}))
+    return path
+
+
+def test_merge_methods_and_per_method_params(tmp_path):
+    path = write_params(tmp_path, {"method": "ties", "methods": ["sce", "ties"], "density": 0.5})
+    assert merge_methods(path) == MergeMethods("ties", ("sce", "ties"))
+    assert stage_params(path).method == "ties"
+    params = stage_params(path, "sce")
+    assert params.method == "sce" and params.density == 0.5
+    legacy = write_params(tmp_path, {"method": "varm"})  # no methods: just the default
+    assert merge_methods(legacy) == MergeMethods("varm", ("varm",))
+
+
+@pytest.mark.parametrize(
+    ("merge", "message"),
+    [
+        ({"method": "ties", "methods": ["sce"]}, "merge.method = 'ties' is not in merge.methods"),
+        ({"method": "sce", "methods": ["sce", "nope"]}, "merge method 'nope' is unknown"),
+        ({"method": "sce", "methods": ["sce", "sce"]}, "names a method twice"),
+        ({"method": "sce", "methods": []}, "must be a non-empty list"),
+        ({"method": "sce", "methods": ["sce"], "bogus": 1}, "unknown key 'bogus'"),
+    ],
+)
+def test_bad_merge_sections_fail_clearly(tmp_path, merge, message):
+    with pytest.raises(FusecliError, match=message):
+        stage_params(write_params(tmp_path, merge))
+
+
+def test_a_method_outside_merge_methods_is_refused(tmp_path):
+    path = write_params(tmp_path, {"method": "sce", "methods": ["sce"]})
+    with pytest.raises(FusecliError, match="method 'ties' is not in merge.methods"):
+        stage_params(path, "ties")

@@ -1,0 +1,146 @@
+"""The report: Markdown + PNGs from the stages' files, and what it does with incomplete inputs."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from fusecli.cli import app
+from fusecli.errors import FusecliError
+from fusecli.lock import Lock, ModelEntry, dump_lock
+from fusecli.report.data import expected_models, layer_of, load_coefficients
+from fusecli.report.run import ReportInputs, build_report
+
+SLUGS = ["a", "b"]
+METHODS = ["sce", "varm", "ties"]
+DOMAINS = ["capital", "currency", "region"]
+TENSORS = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.self_attn.q_proj.weight",
+           "model.layers.1.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"]
+
+
+def entry(name):
+    return ModelEntry(name=name, origin="local", path=f"m/{name}", repo=None, revision=None,
+                      content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=64,
+                      dtype="float32", chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
+
+
+def write_json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def scores(i):
+    """Per-domain scores of the i-th model; region has no checkable answers (EM None)."""
+    return {d: {"em": None if d == "region" else (i * 7 + j) % 10 / 10, "ce": 1.0 + i / 10 + j, "ppl": 3.0}
+            for j, d in enumerate(DOMAINS)}
+
+
+@pytest.fixture
+def ws(tmp_path):
+    (tmp_path / "models.lock").write_text(dump_lock(Lock(pivot=entry("p"), sources={s: entry(s) for s in SLUGS})))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"merge": {"method": "sce", "methods": METHODS}}))
+    names = expected_models(SLUGS, METHODS)
+    write_json(tmp_path / "eval/metrics.json", {"models": {n: scores(i) for i, n in enumerate(names)}})
+    for k, slug in enumerate(SLUGS):
+        run = tmp_path / "logs/fuse" / slug
+        write_json(run / "selection.json", {"fusion_fn": "mince", "sequences": {d: 10 for d in DOMAINS},
+                                            "source_share": {d: float(j == k) for j, d in enumerate(DOMAINS)}})
+        write_json(tmp_path / "align" / slug / "coverage.json", {"coverage": 0.9 - k / 10})
+    for run in [*(tmp_path / "logs/fuse" / s for s in SLUGS), tmp_path / "logs/sft_baseline"]:
+        for name in ("loss", "sft_loss", "fusion_loss"):
+            tsv = run / "plots/metrics" / f"{name}.tsv"
+            tsv.parent.mkdir(parents=True, exist_ok=True)
+            tsv.write_text(f"step\t{name}\n" + "".join(f"{s}\t{4 - s / 3}\n" for s in range(6)))
+        write_json(run / "metrics.json", {"loss": 1.0})  # dvclive's summary: not a curve
+    for method in METHODS:
+        kind = {"sce": "eta", "varm": "weight"}.get(method)
+        coefficients = {t: {"a": 0.25 + i / 20, "b": 0.75 - i / 20} for i, t in enumerate(TENSORS)} if kind else {}
+        write_json(tmp_path / "merged" / method / "merge_report.json",
+                   {"models": {"a": "fused/a", "b": "fused/b"}, "coefficient": kind, "coefficients": coefficients})
+    return tmp_path
+
+
+def inputs(ws):
+    return ReportInputs(ws / "eval/metrics.json", ws / "models.lock", ws / "params.yaml", ws / "logs", ws / "align",
+                        ws / "merged")
+
+
+def assert_png(path):
+    assert path.is_file() and path.stat().st_size > 5_000, f"{path} is missing or trivially small"
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 200 and im.height > 150
+
+
+def test_report_from_complete_inputs(ws):
+    index = build_report(inputs(ws), ws / "reports")
+    text = index.read_text()
+    for section in ("## Scores per domain", "## Who taught what", "## Training curves", "## Merge coefficients"):
+        assert section in text
+    assert "Incomplete inputs" not in text
+    for name in expected_models(SLUGS, METHODS)[:-1]:  # `merged` is merged:sce, shown once
+        assert f"| {name} |" in text
+    assert "| merged |" not in text
+    assert "| a | mince | 0.900 | 1.000 | 0.000 | 0.000 |" in text
+    assert "| pivot | 0.000 | 0.100 | - | 0.050 |" in text  # region has no checkable answers: `-`, not 0
+    pngs = ["scores_em", "scores_ce", "curves", "coefficients_sce", "coefficients_varm"]
+    assert sorted(p.stem for p in (ws / "reports/plots").iterdir()) == sorted(pngs)  # ties has no coefficients
+    for name in pngs:
+        assert f"(plots/{name}.png)" in text
+        assert_png(ws / "reports/plots" / f"{name}.png")
+    teachers = json.loads((ws / "reports/teachers.json").read_text())
+    assert teachers["b"] == {"coverage": pytest.approx(0.8), "share": {"capital": 0.0, "currency": 1.0, "region": 0.0}}
+    curves = sorted(p.relative_to(ws / "reports/curves").as_posix() for p in (ws / "reports/curves").rglob("*.*"))
+    assert curves == sorted(f"{run}/{n}.tsv" for run in ("fuse/a", "fuse/b", "sft_baseline")
+                            for n in ("fusion_loss", "loss", "sft_loss"))
+
+
+def test_older_metrics_and_missing_logs_are_reported_not_fatal(ws):
+    metrics = json.loads((ws / "eval/metrics.json").read_text())
+    for name in ("fused:b", "merged:varm", "merged:ties", "merged:sce"):
+        del metrics["models"][name]
+    metrics["models"]["fused:old"] = scores(3)  # a source since removed
+    write_json(ws / "eval/metrics.json", metrics)
+    shutil.rmtree(ws / "logs/fuse/b")
+    shutil.rmtree(ws / "merged/varm")
+    text = build_report(inputs(ws), ws / "reports").read_text()
+    assert "Incomplete inputs" in text
+    for name in ("fused:b", "merged:varm", "merged:ties", "merged:sce"):
+        assert f"missing: model `{name}`" in text
+    assert "| merged |" in text  # the default method's scores, kept under their old name
+    assert "not in the current models.lock / merge.methods: `fused:old`" in text
+    assert "logs/fuse/b/selection.json (run `dvc repro fuse@b`)" in text
+    assert "merged/varm/merge_report.json (run `dvc repro merge@varm`)" in text
+    assert "| b | - | 0.800 | - | - | - |" in text
+    for name in ("scores_em", "scores_ce", "curves", "coefficients_sce"):
+        assert_png(ws / "reports/plots" / f"{name}.png")
+
+
+def test_a_missing_or_broken_metrics_file_is_a_clear_error(ws):
+    (ws / "eval/metrics.json").unlink()
+    with pytest.raises(FusecliError, match="run `dvc repro evaluate` first"):
+        build_report(inputs(ws), ws / "reports")
+    (ws / "eval/metrics.json").write_text('{"scores": {}}')
+    with pytest.raises(FusecliError, match="no 'models' mapping"):
+        build_report(inputs(ws), ws / "reports")
+
+
+def test_coefficients_are_averaged_per_layer(ws):
+    assert [layer_of(t) for t in TENSORS] == ["embeddings", "layer 0", "layer 0", "layer 1", "head", "head"]
+    c = load_coefficients(ws / "merged", METHODS).data["sce"]
+    assert c.rows == ["embeddings", "layer 0", "layer 1", "head"] and c.sources == ["a", "b"]
+    assert c.values[1] == pytest.approx([0.325, 0.675])  # mean of tensors 1 and 2
+    assert c.values[3] == pytest.approx([0.475, 0.525])  # norm and lm_head
+
+
+def test_cli_report(ws):
+    result = CliRunner().invoke(app, ["--workspace", str(ws), "report"])
+    assert result.exit_code == 0, result.output
+    assert (ws / "reports/index.md").is_file() and "wrote" in result.output
+    (ws / "eval/metrics.json").unlink()
+    result = CliRunner().invoke(app, ["--workspace", str(ws), "report"])
+    assert result.exit_code == 1 and "error:" in result.output
