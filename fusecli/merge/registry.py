@@ -31,7 +31,22 @@ if TYPE_CHECKING:
 Coefficients = dict[str, list[float]]
 MethodFn = Callable[..., tuple[torch.Tensor, Coefficients | None]]
 StatsFn = Callable[["Blocks", "MergeParams", str], Any]
-Block = tuple[torch.Tensor, list[torch.Tensor]]  # float32 rows of the base, the same rows of each model
+
+
+class Block:
+    """Float32 rows of the base (None when the method does not read it) and the same rows of each
+    model, with what methods derive from them (task vectors, variances) kept as long as the block."""
+
+    def __init__(self, base: torch.Tensor | None, models: list[torch.Tensor]):
+        self.base, self.models = base, models
+        self._derived: dict[str, torch.Tensor] = {}
+
+    def derive(self, key: str, fn: Callable[[Block], torch.Tensor]) -> torch.Tensor:
+        """fn(self), computed once per block: a tensor of one block is read once and every pass over
+        it reuses what the earlier passes derived."""
+        if key not in self._derived:
+            self._derived[key] = fn(self)
+        return self._derived[key]
 
 
 class Blocks:
@@ -52,7 +67,7 @@ class Blocks:
     @classmethod
     def whole(cls, base: torch.Tensor, models: list[torch.Tensor]) -> Blocks:
         """In-memory tensors as one block."""
-        block = (base.float(), [m.float() for m in models])
+        block = Block(base.float(), [m.float() for m in models])
         return cls(tuple(base.shape), base.dtype, len(models), [slice(None)], lambda rows: block)
 
     @property
@@ -82,6 +97,7 @@ class MergeMethod:
     mergekit: str | None  # the same method's name in mergekit, None when mergekit lacks it
     doc: str
     stats: StatsFn | None = None  # whole-tensor statistics, passed to `fn` as `stats=`
+    reads_base: bool = True  # False: `fn` ignores the base tensor, so the runner does not read it
 
     def resolve(self, params: MergeParams, n_models: int) -> MergeParams:
         """Fill the method's defaults in: `weight` becomes one float per model, `normalize` a bool."""
@@ -117,9 +133,10 @@ class MergeMethod:
         The statistics, if any, are computed first, over every block."""
         resolved = self.resolve(params, blocks.n_models)
         extra = {"stats": self.stats(blocks, resolved, name)} if self.stats is not None else {}
-        for base, models in blocks:
-            merged, coefficients = self.fn(base, models, resolved, name=name, **extra)
-            if not torch.isfinite(merged).all():
+        for block in blocks:
+            merged, coefficients = self.fn(block.base, block.models, resolved, name=name, **extra)
+            # a float64 sum of float32 values cannot overflow: it is finite exactly when every value is
+            if not math.isfinite(merged.sum(dtype=torch.float64)):
                 raise FusecliError(f"{self.name} produced non-finite values in {name}: check the input models")
             yield merged.to(blocks.dtype), coefficients
 
@@ -142,9 +159,11 @@ def register(
     normalize: bool | None = None,
     mergekit: str | None = None,
     stats: StatsFn | None = None,
+    reads_base: bool = True,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register `fn` as merge method `name`; `weight`/`normalize` are the method's defaults; `stats`
-    computes what `fn` needs from the whole tensor (see the module docstring)."""
+    computes what `fn` needs from the whole tensor (see the module docstring); `reads_base=False`
+    when `fn` ignores the base tensor."""
     if isinstance(weight, float) and not math.isfinite(weight):
         raise ValueError(f"default weight of {name} must be finite")
 
@@ -152,7 +171,8 @@ def register(
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _METHODS[name] = MergeMethod(name, fn, options, weight, normalize, mergekit, doc[0] if doc else "", stats)
+        first = doc[0] if doc else ""
+        _METHODS[name] = MergeMethod(name, fn, options, weight, normalize, mergekit, first, stats, reads_base)
         return fn
 
     return decorate

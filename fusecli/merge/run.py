@@ -11,6 +11,7 @@ memory is a few blocks per model, whatever the size of the models or of their la
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import math
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files, parse_size
 from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import Blocks, MergeMethod, get_method
+from fusecli.merge.registry import Block, Blocks, MergeMethod, get_method
 
 REPORT = "merge_report.json"
 COEFFICIENTS_CSV = "merge_coefficients.csv"
@@ -36,7 +37,7 @@ EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weig
 VOCAB_SUFFIXES = (*EMBEDDING_SUFFIXES, LM_HEAD, "embed_out.weight")
 # Elements per row block: 64 MB per float32 input block. A merge step holds the base's and each
 # model's block plus the method's temporaries (task vectors, masks): about 1 GB for 3 models.
-BLOCK_ELEMENTS = 1 << 24
+BLOCK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def merge_models(
     method = get_method(params.method)
     resolved = method.resolve(params, len(models))
     device, max_bytes = _device(params.device), parse_size(params.max_shard_size)
+    keep_freed_memory()
     base, folders = open_models(Path(base_path), [(label, Path(path)) for label, path in models], Path(out))
     try:
         plan = plan_merge(base, folders)
@@ -173,6 +175,21 @@ def merge_models(
         for folder in (base, *folders.values()):
             folder.close()
     return MergeResult(Path(out), report)
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of returning it to the OS.
+
+    By default every temporary of 32 MB or more (task vectors of one block, masks) is a fresh
+    mmap, returned at free and page-faulted back for the next block: 70-80% of an elementwise op's
+    time in this loop (measured). Heap memory is reused without faults; the heap stays at the
+    loop's working set (about 1 GB). A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: no mmap for large allocations, take them from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: return free heap above 1 GB only
+    except (OSError, AttributeError):
+        pass
 
 
 def row_blocks(shape: tuple[int, ...], max_elements: int | None = None) -> list[slice]:
@@ -203,9 +220,10 @@ def _merge_tensors(
                 writer.add(t.name, base.read(t.name, rows))
             continue
 
-        def read(rows: slice, t: TensorPlan = t) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        def read(rows: slice, t: TensorPlan = t) -> Block:
             inputs = [models[label].read(source, rows) for label, source in zip(labels, t.sources, strict=True)]
-            return base.read(t.name, rows).to(device, torch.float32), [x.to(device, torch.float32) for x in inputs]
+            theta0 = base.read(t.name, rows).to(device, torch.float32) if method.reads_base else None
+            return Block(theta0, [x.to(device, torch.float32) for x in inputs])
 
         blocks = Blocks(shape, DTYPES[base.dtype(t.name)], len(labels), bounds, read)
         coefs = None

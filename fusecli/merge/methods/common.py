@@ -12,10 +12,17 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from fusecli.merge.registry import Block
+
 
 def task_vectors(base: Tensor, models: list[Tensor]) -> Tensor:
     """delta_i = theta_i - theta_0, stacked on a new first axis: [N, *shape]."""
-    return torch.stack([m - base for m in models])
+    return torch.stack(models).sub_(base)
+
+
+def block_deltas(block: Block) -> Tensor:
+    """The task vectors of a block, computed once however many passes read them."""
+    return block.derive("deltas", lambda b: task_vectors(b.base, b.models))
 
 
 def per_model(values: Tensor | list[float] | tuple[float, ...], like: Tensor) -> Tensor:
@@ -81,8 +88,8 @@ def _bits(row: Tensor) -> Tensor:
 def elected_sign_agreement(deltas: Tensor) -> Tensor:
     """TIES sign election: s = sign(sum_i delta_i) with 0 as +; e_i = [sign(delta_i) == s].
     A zero delta has sign 0, agrees with neither sign, and is erased."""
-    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
-    return deltas.sign() == elected
+    positive = deltas.sum(dim=0) >= 0
+    return torch.where(positive, deltas > 0, deltas < 0)
 
 
 def combine(base: Tensor, deltas: Tensor, weights: tuple[float, ...], *, consensus: bool, normalize: bool) -> Tensor:
@@ -92,7 +99,7 @@ def combine(base: Tensor, deltas: Tensor, weights: tuple[float, ...], *, consens
     weighted = deltas * w
     if consensus:
         agree = elected_sign_agreement(weighted)
-        mixed = (weighted * agree).sum(dim=0)
+        mixed = weighted.mul_(agree).sum(dim=0)
         divisor = (w * agree).sum(dim=0)
     else:
         mixed = weighted.sum(dim=0)

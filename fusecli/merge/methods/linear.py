@@ -9,17 +9,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fusecli.merge.methods.common import nonzero, per_model
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import UNIFORM, register
 
 
-@register("linear", options=("weight", "normalize"), weight=UNIFORM, normalize=True, mergekit="linear")
-def linear(base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
+@register(
+    "linear", options=("weight", "normalize"), weight=UNIFORM, normalize=True, mergekit="linear", reads_base=False
+)
+def linear(base: Tensor | None, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
     """Linear: weighted average of the model tensors."""
-    thetas = torch.stack(models)
-    w = per_model(params.weight, thetas)
-    merged = (w * thetas).sum(dim=0)
-    if params.normalize:
-        merged = merged / nonzero(w.sum())
+    merged = torch.zeros_like(models[0])
+    for w, theta in zip(params.weight, models, strict=True):
+        merged.add_(theta, alpha=w)
+    total = sum(params.weight)
+    if params.normalize and total != 0:
+        merged.div_(total)
     return merged, None

@@ -26,9 +26,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fusecli.merge.methods.common import elected_sign_agreement, kth_largest, nonzero, per_model, task_vectors
+from fusecli.merge.methods.common import (
+    block_deltas,
+    elected_sign_agreement,
+    kth_largest,
+    nonzero,
+    per_model,
+    task_vectors,
+)
 from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import Blocks, Coefficients, register
+from fusecli.merge.registry import Block, Blocks, Coefficients, register
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,13 @@ class SceStats:
 
 
 def variance(deltas: Tensor) -> Tensor:
-    """Population variance across models at each position."""
-    return deltas.var(dim=0, unbiased=False)
+    """Population variance across models at each position, mean((delta - mean)^2), written out:
+    torch's var over the first axis is 14x slower on CPU. Elementwise, so equal in any block."""
+    return (deltas - deltas.mean(dim=0)).square_().mean(dim=0)
+
+
+def block_variance(block: Block) -> Tensor:
+    return block.derive("variance", lambda b: variance(block_deltas(b)))
 
 
 def sce_stats(blocks: Blocks, params: MergeParams, name: str) -> SceStats:
@@ -48,15 +60,15 @@ def sce_stats(blocks: Blocks, params: MergeParams, name: str) -> SceStats:
     if tau < 1:
 
         def variances() -> Iterator[Tensor]:
-            return (variance(task_vectors(b, m))[None] for b, m in blocks)
+            return (block_variance(b)[None] for b in blocks)
 
         threshold = float(kth_largest(variances, lambda nonzero_count: int(tau * nonzero_count))[0])
     energy = torch.zeros(blocks.n_models, dtype=torch.float64)
-    for b, m in blocks:
-        deltas = task_vectors(b, m)
+    for b in blocks:
+        squares = block_deltas(b).square()
         if threshold > -math.inf:
-            deltas = deltas * (variance(deltas) >= threshold)
-        energy += deltas.square().flatten(start_dim=1).sum(dim=1, dtype=torch.float64).cpu()
+            squares.mul_(block_variance(b) >= threshold)
+        energy += squares.flatten(start_dim=1).sum(dim=1, dtype=torch.float64).cpu()
     total = energy.sum()
     eta = torch.full_like(energy, 1.0 / len(energy)) if total == 0 else energy / total
     return SceStats(threshold, eta)
@@ -69,7 +81,7 @@ def sce(
     """SCE (FuseChat-2.0): variance-selected, energy-weighted, sign-agreeing task-vector average."""
     deltas = task_vectors(base, models)
     if params.sce_variant == "sparse" and stats.threshold > -math.inf:
-        deltas = deltas * (variance(deltas) >= stats.threshold)
-    weights = per_model(stats.eta, deltas) * elected_sign_agreement(deltas)
-    merged = (weights * deltas).sum(dim=0) / nonzero(weights.sum(dim=0))
-    return base + merged, {"eta": stats.eta.tolist()}
+        deltas.mul_(variance(deltas) >= stats.threshold)
+    weights = elected_sign_agreement(deltas).to(deltas.dtype).mul_(per_model(stats.eta, deltas))
+    merged = deltas.mul_(weights).sum(dim=0).div_(nonzero(weights.sum(dim=0)))
+    return merged.add_(base), {"eta": stats.eta.tolist()}

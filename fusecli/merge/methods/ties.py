@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fusecli.merge.methods.common import combine, kth_largest, per_model, task_vectors
+from fusecli.merge.methods.common import block_deltas, combine, kth_largest, per_model, task_vectors
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import Blocks, register
 
@@ -22,7 +22,7 @@ def trim_thresholds(blocks: Blocks, params: MergeParams, name: str) -> Tensor | 
     if params.density >= 1:
         return None
     k = max(1, int(params.density * blocks.numel))
-    return kth_largest(lambda: (task_vectors(b, m).abs() for b, m in blocks), lambda nonzero_count: k)
+    return kth_largest(lambda: (block_deltas(b).abs() for b in blocks), lambda nonzero_count: k)
 
 
 @register(
@@ -39,5 +39,5 @@ def ties(
     """TIES: magnitude-trimmed task vectors merged where they agree with the elected sign."""
     deltas = task_vectors(base, models)
     if stats is not None:
-        deltas = deltas * (deltas.abs() >= per_model(stats, deltas))
+        deltas.mul_(deltas.abs() >= per_model(stats, deltas))
     return combine(base, deltas, params.weight, consensus=True, normalize=params.normalize), None

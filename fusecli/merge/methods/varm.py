@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fusecli.merge.methods.common import per_model, task_vectors
+from fusecli.merge.methods.common import block_deltas, per_model
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import Blocks, Coefficients, register
 
@@ -19,8 +19,8 @@ from fusecli.merge.registry import Blocks, Coefficients, register
 def varm_weights(blocks: Blocks, params: MergeParams, name: str) -> Tensor:
     """w_i = sum(delta_i^2) / sum_k sum(delta_k^2) (the means' 1/numel cancels); uniform if all 0."""
     energy = torch.zeros(blocks.n_models, dtype=torch.float64)
-    for b, m in blocks:
-        energy += task_vectors(b, m).square().flatten(start_dim=1).sum(dim=1, dtype=torch.float64).cpu()
+    for b in blocks:
+        energy += block_deltas(b).square().flatten(start_dim=1).sum(dim=1, dtype=torch.float64).cpu()
     total = energy.sum()
     return torch.full_like(energy, 1.0 / len(energy)) if total == 0 else energy / total
 
