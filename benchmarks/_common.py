@@ -137,21 +137,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Runs the command and prints its CPU seconds and peak RSS. A forked child starts as a copy of its
+# parent and ru_maxrss keeps that copy's size: measured from a benchmark process holding gigabytes,
+# every child would show them. This launcher is small, so what it reports is the command's own.
+_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(proc.pid, 0)
+print(f"\\nMEASURED {usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}", flush=True)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
-    """Run `cmd`; return its wall seconds, CPU seconds (user + system) and peak RSS in MiB. os.wait4
-    gives the resource usage of this one child, so runs never mix."""
+    """Run `cmd`; return its wall seconds, CPU seconds (user + system) and peak RSS in MiB."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, text=True
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *cmd],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.stderr.write(out)
+    if proc.returncode != 0 or "MEASURED" not in proc.stdout:
+        sys.stderr.write(proc.stdout)
         raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    cpu, rss_kib = proc.stdout.rsplit("MEASURED", 1)[1].split()
+    return wall, float(cpu), int(rss_kib) / 1024
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
