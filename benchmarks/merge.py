@@ -9,8 +9,9 @@ written once to --cache and deleted at the end (--keep-cache keeps them).
 
 For `linear`, `ties` and `sce` (sparse variant: mergekit's), each tool runs as its own process
 (`mergekit-yaml` with the config `fusecli merge --export-mergekit` writes, and `fusecli merge`)
-with the same thread count, on inputs already in the page cache; measured: wall time, CPU time,
-peak RSS of the process; then both outputs are compared tensor by tensor.
+with the same thread count, on inputs read once into the page cache first and no dirty pages left
+to write back (os.sync() before each run); measured: wall time, CPU time, peak RSS of the process; then
+both outputs are compared tensor by tensor.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def main() -> None:
     print(f"models: base + 3 fine-tuned, {size:.2f} GB each (float32), in {args.cache}")
     env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     models = [folders[f"ft{i}"] for i in (1, 2, 3)]
+    warm(folders)
     rows = []
     try:
         for k, method in enumerate(args.methods):
@@ -162,10 +164,10 @@ def main() -> None:
                             *[a for m in models for a in ("--model", str(m))], "--out", str(out["fusecli"]),
                             *[a for s in sets for a in ("--set", s)]],
             }  # fmt: skip
-            warm(folders)
             measured = {}
             for tool in ("mergekit", "fusecli") if k % 2 == 0 else ("fusecli", "mergekit"):
                 print(f"  {method}: {tool} ...", file=sys.stderr)
+                os.sync()  # the other tool's output on disk: no write-back left to slow this run
                 measured[tool] = run_measured(commands[tool], env=env)
             worst, over, total = compare(out["fusecli"], out["mergekit"])
             (mk_wall, mk_cpu, mk_rss), (fc_wall, fc_cpu, fc_rss) = measured["mergekit"], measured["fusecli"]

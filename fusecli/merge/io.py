@@ -3,9 +3,9 @@
 `ModelFolder` reads the rows asked for of one tensor at a time with pread, never a memory map: a
 mapped file's pages count as the process's memory (RSS) until it is unmapped, so mapping four 2 GB
 inputs shows as 8 GB. `ShardedWriter` knows the output layout up front, writes each shard's header
-first and then each tensor, or each row block of one, as it comes: memory holds one block, never a
-shard. Weights are read from safetensors only: pickle checkpoints (`pytorch_model.bin`) can run code
-when loaded and are refused.
+first and then each tensor, or each row block of one, as it comes (from a thread, while the next
+block is merged): memory holds a block or two, never a shard. Weights are read from safetensors
+only: pickle checkpoints (`pytorch_model.bin`) can run code when loaded and are refused.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,9 @@ def shard_layout(
 class ShardedWriter:
     """Write tensors, in the order of `layout` (name, dtype tag, shape), into
     `model-XXXXX-of-YYYYY.safetensors` shards of at most `max_bytes` each, then the index. `add`
-    takes a whole tensor or its next rows; bytes go to disk at once."""
+    takes a whole tensor or its next rows and returns while a thread writes them, so the disk works
+    while the caller merges the next block (at most one block in flight; the tensor must not change
+    until written). Use it as a context manager: after an error it finishes the write in flight."""
 
     def __init__(self, folder: Path, max_bytes: int, layout: Sequence[tuple[str, str, tuple[int, ...]]]):
         self.folder = Path(folder)
@@ -246,7 +249,16 @@ class ShardedWriter:
         self._queue = [(i, name, tag, size) for i, shard in enumerate(self._shards) for name, tag, _, size in shard]
         self._next, self._written = 0, 0
         self._file: Any = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusecli-writer")
+        self._inflight: Future | None = None
         self.total_bytes = sum(size for *_, size in self._queue)
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self._finish(raise_errors=False)
 
     def _name(self, i: int) -> str:
         return f"model-{i + 1:05d}-of-{len(self._shards):05d}.safetensors"
@@ -263,6 +275,21 @@ class ShardedWriter:
         self._file = open(self.folder / self._name(i), "wb")
         self._file.write(len(text).to_bytes(8, "little") + text)
 
+    def _write(self, shard: int, data: Any, last: bool) -> None:
+        """In the writer thread: open the shard on its first bytes, close it after its last tensor."""
+        if self._file is None:
+            self._open(shard)
+        self._file.write(memoryview(data))
+        if last:
+            self._file.close()
+            self._file = None
+
+    def _wait(self) -> None:
+        """Wait until the block in flight is on disk; re-raise its error."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.result()
+
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._queue) or self._queue[self._next][1] != name:
             expected = self._queue[self._next][1] if self._next < len(self._queue) else "nothing"
@@ -270,24 +297,33 @@ class ShardedWriter:
         shard, _, tag, size = self._queue[self._next]
         if tensor.dtype != DTYPES[tag]:
             raise ValueError(f"{name!r} is {tensor.dtype}, its layout says {tag}")
-        if self._file is None:
-            self._open(shard)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         if self._written + len(data) > size:
             raise ValueError(f"{name!r} got more than its {size} bytes")
-        self._file.write(memoryview(data))
         self._written += len(data)
+        last = False
         if self._written == size:
             self._next, self._written = self._next + 1, 0
-            if self._next == len(self._queue) or self._queue[self._next][0] != shard:
+            last = self._next == len(self._queue) or self._queue[self._next][0] != shard
+        self._wait()
+        self._inflight = self._thread.submit(self._write, shard, data, last)
+
+    def _finish(self, raise_errors: bool) -> None:
+        try:
+            self._wait()
+        except Exception:
+            if raise_errors:
+                raise
+        finally:
+            self._thread.shutdown()
+            if self._file is not None:
                 self._file.close()
                 self._file = None
 
     def close(self) -> dict[str, str]:
-        """Check that every tensor was written; write the index; return the weight map."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Wait for the last write; check that every tensor was written; write the index; return the
+        weight map."""
+        self._finish(raise_errors=True)
         if self._next < len(self._queue):
             raise ValueError(f"ShardedWriter closed before {self._queue[self._next][1]!r} was written")
         weight_map = {name: self._name(i) for i, name, _, _ in self._queue}

@@ -6,7 +6,6 @@ average (as in mergekit); list it as a model to include it. Default weights: 1/N
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from fusecli.merge.params import MergeParams
@@ -18,10 +17,10 @@ from fusecli.merge.registry import UNIFORM, register
 )
 def linear(base: Tensor | None, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
     """Linear: weighted average of the model tensors."""
-    merged = torch.zeros_like(models[0])
-    for w, theta in zip(params.weight, models, strict=True):
+    merged = models[0] * params.weight[0]
+    for w, theta in zip(params.weight[1:], models[1:], strict=True):
         merged.add_(theta, alpha=w)
     total = sum(params.weight)
-    if params.normalize and total != 0:
+    if params.normalize and total not in (0.0, 1.0):  # dividing by 1 changes nothing: skip the pass
         merged.div_(total)
     return merged, None
