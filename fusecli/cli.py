@@ -21,9 +21,10 @@ from typer.core import TyperGroup
 
 from fusecli import hashing, sources, workspace
 from fusecli.align.inspect import inspect_command
-from fusecli.errors import FusecliError
+from fusecli.errors import FusecliError, describe_os_error
 from fusecli.lock import DVC_PINNED, Lock, ModelEntry, locked_update, read_lock
 from fusecli.merge.cli import merge_command
+from fusecli.profile import profile_command
 from fusecli.report.cli import report_command
 
 SHORT = 8  # characters of a commit sha or content hash shown in tables (like git's short sha)
@@ -49,7 +50,7 @@ class FusecliGroup(TyperGroup):
             command = sub.command_path if sub is not None else "fusecli"
             _fail(f"{exc.format_message().rstrip('.')}: see `{command} --help`")
         except OSError as exc:
-            _fail(f"{exc}: check the path and its permissions")
+            _fail(describe_os_error(exc))
 
 
 app = typer.Typer(
@@ -97,6 +98,26 @@ def _check_slug_free(lock: Lock, slug: str, replace: bool) -> None:
         )
 
 
+def _warn_pickle(entry: ModelEntry, root: Path, where: str) -> None:
+    """--allow-pickle is a per-model opt-in to code execution on load: say so every time it is used."""
+    folder = entry.folder(root)
+    pickled = [] if hashing.safetensors_files(folder) else hashing.pickle_files(folder)
+    if entry.allow_pickle and pickled:
+        typer.echo(
+            f"warning: {where} loads pickle weights ({pickled[0].name}), which can run code when loaded: "
+            "convert them to safetensors when you can", err=True,
+        )
+
+
+def _check_pivot_template(entry: ModelEntry) -> None:
+    """Every dialogue is rendered with the pivot's chat template (docs/architecture.md), so it must have one."""
+    if entry.chat_template_hash is None:
+        raise FusecliError(
+            f"pivot {entry.path} has no chat template: add chat_template.jinja beside its tokenizer "
+            "or set \"chat_template\" in its tokenizer_config.json"
+        )
+
+
 def _summary(entry: ModelEntry) -> str:
     pinned = f"revision {entry.revision[:SHORT]}" if entry.revision else _short_hash(entry)
     return f"{entry.architecture}, vocab {entry.vocab_size}, {entry.dtype}, {entry.path} ({pinned})"
@@ -125,6 +146,7 @@ def add_source(
         assert update.lock is not None
         _check_slug_free(update.lock, entry.name, replace)  # another process may have added it meanwhile
         update.lock = update.lock.with_source(entry)
+    _warn_pickle(entry, ws.root, f"sources.{entry.name}")
     _console().print(f"[green]pinned[/] sources.{entry.name}: {_summary(entry)}; run `dvc repro`")
 
 
@@ -167,6 +189,7 @@ def set_pivot(
     if ws.lock.exists() and located.slug in read_lock(ws.lock).sources:
         raise FusecliError(f"{located.slug!r} is already a source: pass --name to pick another slug for the pivot")
     entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle)
+    _check_pivot_template(entry)
     with locked_update(ws.lock, create=True) as update:
         if update.lock is None:
             update.lock = Lock(pivot=entry, sources={})
@@ -174,6 +197,7 @@ def set_pivot(
             raise FusecliError(f"{entry.name!r} is already a source: pass --name to pick another slug for the pivot")
         else:
             update.lock = update.lock.with_pivot(entry)
+    _warn_pickle(entry, ws.root, "pivot")
     _console().print(f"[green]pinned[/] pivot {entry.name}: {_summary(entry)}; run `dvc repro`")
 
 
@@ -216,6 +240,7 @@ def status(ctx: typer.Context) -> None:
 app.command("merge")(merge_command)
 app.command("inspect-alignment")(inspect_command)
 app.command("report")(report_command)
+app.command("profile")(profile_command)
 
 
 if __name__ == "__main__":

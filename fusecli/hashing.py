@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_json
-from fusecli.lock import DVC_PINNED, ModelEntry
+from fusecli.lock import DVC_PINNED, Lock, ModelEntry
 
 CACHE_FILE = Path(".fusecli") / "hash-cache.json"
 CONFIG_FILES = frozenset({"config.json", "generation_config.json"})
@@ -134,3 +135,11 @@ def verify_entry(entry: ModelEntry, root: str | Path, cache_file: str | Path | N
         raise FusecliError(
             f"{where}: weights changed on disk after pinning ({entry.path}): re-pin with {repin} or restore the files"
         )
+
+
+def verify_pinned(lock: Lock, root: str | Path, sources: Iterable[str] = ()) -> None:
+    """What stage entry points call before any work: the pivot and the named sources are unchanged on disk."""
+    cache = Path(root) / CACHE_FILE
+    verify_entry(lock.pivot, root, cache, is_pivot=True)
+    for slug in sources:
+        verify_entry(lock.sources[slug], root, cache)

@@ -40,7 +40,7 @@ class ModelEntry:
 
     name: str  # the slug (the key under `sources`, or the pivot's `name`)
     origin: str  # demo | local | hub
-    path: str  # folder the stages read: workspace-relative (posix) inside the workspace, else absolute
+    path: str  # folder the stages read: workspace-relative (posix), or absolute for a local folder outside it
     repo: str | None  # hub repo id (origin hub)
     revision: str | None  # resolved commit sha (origin hub)
     content_hash: str  # sha256:... of weights + config + tokenizer files; "dvc" for origin demo
@@ -118,6 +118,8 @@ def _entry(data: Any, where: str, slug: str | None) -> ModelEntry:
     check("path", is_str(data["path"]), "a non-empty path")
     path = PurePosixPath(data["path"])
     check("path", "\\" not in data["path"] and ".." not in path.parts, "a path without '..' or backslashes")
+    check("path", origin == "local" or not path.is_absolute(),
+          f"workspace-relative for origin {origin} (only local folders may lie outside the workspace)")
     if origin == "hub":
         check("repo", is_str(data["repo"]) and data["repo"].count("/") == 1, "a hub repo id 'owner/name'")
         check("revision", isinstance(data["revision"], str) and bool(SHA_RE.fullmatch(data["revision"])),
@@ -181,7 +183,7 @@ def parse_lock(text: str, name: str = "models.lock") -> Lock:
 def read_lock(path: str | Path) -> Lock:
     path = Path(path)
     if not path.exists():
-        raise FusecliError(f"{path.name} not found in {path.parent}: create it with fusecli set-pivot REF")
+        raise FusecliError(f"{path} not found: create it with fusecli set-pivot REF")
     return parse_lock(path.read_text(encoding="utf-8"), path.name)
 
 

@@ -8,6 +8,7 @@ Hub tokens come from the environment / `hf auth login` through huggingface_hub a
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from collections import Counter
@@ -28,7 +29,7 @@ HUB_DIR = "models"  # hub snapshots are downloaded to <workspace>/models/<slug>
 @dataclass(frozen=True)
 class Alias:
     repo: str
-    trust_remote_code: bool = False
+    needs_remote_code: bool = False  # the repo ships model code: pinning it needs the user's --trust-remote-code
 
 
 # The six chat models fused in the FuseChat paper (arXiv 2408.07990, Table 1).
@@ -36,11 +37,12 @@ ALIASES = {
     "OpenChat-3.5-7B": Alias("openchat/openchat_3.5"),
     "Starling-LM-7B-alpha": Alias("berkeley-nest/Starling-LM-7B-alpha"),
     "NH2-SOLAR-10.7B": Alias("NousResearch/Nous-Hermes-2-SOLAR-10.7B"),
-    "InternLM2-Chat-20B": Alias("internlm/internlm2-chat-20b", trust_remote_code=True),
+    "InternLM2-Chat-20B": Alias("internlm/internlm2-chat-20b", needs_remote_code=True),
     "Mixtral-8x7B-Instruct": Alias("mistralai/Mixtral-8x7B-Instruct-v0.1"),
     "Qwen1.5-72B": Alias("Qwen/Qwen1.5-72B-Chat"),
     "Qwen1.5-Chat-72B": Alias("Qwen/Qwen1.5-72B-Chat"),
 }
+TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")  # what Hugging Face user access tokens look like
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 TOKENIZER_MODELS = ("tokenizer.json", "tokenizer.model", "vocab.json")
 ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -87,7 +89,7 @@ def locate(ref: str, root: str | Path, name: str | None = None, revision: str | 
             raise FusecliError(f"{ref} is a file, not a model folder: pass the folder that holds config.json")
     alias = _alias(ref)
     if alias is not None:
-        if alias.trust_remote_code and not trust_remote_code:
+        if alias.needs_remote_code and not trust_remote_code:
             raise FusecliError(
                 f"{ref} ({alias.repo}) runs custom model code from the hub: pass --trust-remote-code if you trust it"
             )
@@ -133,8 +135,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """A library's error as one line, with hub tokens hidden (some errors echo request headers)."""
+    text = _redact(" ".join(str(exc).split()))
     return text[:300] or type(exc).__name__
+
+
+def _redact(text: str) -> str:
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        token = os.environ.get(name, "")
+        if len(token) >= 8:
+            text = text.replace(token, "***")
+    return TOKEN_RE.sub("hf_***", text)
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:

@@ -11,6 +11,7 @@ import argparse
 from fusecli.align.run import AlignParams, run_align
 from fusecli.config import load_section
 from fusecli.errors import FusecliError, fail_cleanly
+from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
 
 
@@ -22,7 +23,9 @@ def _models(args: argparse.Namespace) -> tuple[str, str, tuple[bool, bool]]:
         raise FusecliError("name the models: --lock models.lock --source <slug>, or --pivot-model and --source-model")
     lock = read_lock(args.lock)
     if args.source not in lock.sources:
-        raise FusecliError(f"{args.lock} has no source {args.source!r}: sources are {', '.join(lock.sources)}")
+        pinned = ", ".join(lock.sources) or "none"
+        raise FusecliError(f"{args.lock} has no source {args.source!r} (pinned: {pinned}): run fusecli add-source")
+    verify_pinned(lock, ".", [args.source])  # the tokenizers changed on disk after pinning: stop before any work
     source = lock.sources[args.source]
     return lock.pivot.path, source.path, (lock.pivot.trust_remote_code, source.trust_remote_code)
 

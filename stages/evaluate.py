@@ -14,7 +14,9 @@ from fusecli.errors import fail_cleanly
 from fusecli.evaluate.cache import DEFAULT_DIR
 from fusecli.evaluate.run import EvalParams, report_markdown
 from fusecli.evaluate.stage import pipeline_models, run_evaluate
+from fusecli.hashing import verify_pinned
 from fusecli.io import atomic_write_json, atomic_write_text
+from fusecli.lock import read_lock
 from fusecli.merge.stage import merge_methods
 
 
@@ -32,6 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     params = load_section(EvalParams, "evaluate", args.params)
     merge = merge_methods(args.params)
+    lock = read_lock(args.lock)
+    verify_pinned(lock, ".", lock.sources)  # pivot or source changed on disk after pinning: stop before any work
     models = pipeline_models(args.lock, args.fused_dir, args.baseline, args.merged_dir, merge)
     metrics = run_evaluate(params, models, args.data, merge, args.cache_dir or None)
     atomic_write_json(Path(args.out) / "metrics.json", metrics)

@@ -7,11 +7,12 @@ Launch with `python` (one device, or `extract.model_parallel` over all GPUs) or
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fusecli.config import load_section
 from fusecli.errors import FusecliError, fail_cleanly
-from fusecli.extract.run import ExtractParams, ModelRef, Rank, extract
-from fusecli.hashing import verify_entry
+from fusecli.extract.run import ExtractParams, ModelRef, Rank, dropped_warnings, extract
+from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
 
 
@@ -29,13 +30,14 @@ def main() -> None:
     if args.model != "pivot" and args.model not in lock.sources:
         raise FusecliError(f"no source {args.model!r} in {args.lock}: add it with fusecli add-source")
     entry = lock.pivot if args.model == "pivot" else lock.sources[args.model]
-    for e in {lock.pivot.name: lock.pivot, entry.name: entry}.values():
-        verify_entry(e, ".")  # weights changed on disk after pinning: stop before any work
+    verify_pinned(lock, ".", [] if args.model == "pivot" else [args.model])  # changed on disk: stop before any work
     pivot = ModelRef(lock.pivot.path, lock.pivot.trust_remote_code, lock.pivot.allow_pickle)
     model = ModelRef(entry.path, entry.trust_remote_code, entry.allow_pickle)
     summary = extract(args.data, model, pivot, args.out, params)  # under torchrun: this rank's share
     if Rank.from_env().rank == 0:
         print(f"extract {args.model}: {summary['tokens']:,} tokens at {summary['tokens_per_s']:,.0f} tok/s")
+        for line in dropped_warnings(args.data, summary):
+            print(f"warning: extract {args.model}: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import dataclasses
 from fusecli.config import load_section
 from fusecli.errors import fail_cleanly
 from fusecli.fuse.train import FuseParams, train
+from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
 
 
@@ -32,7 +33,9 @@ def main() -> None:
         params = dataclasses.replace(params, lam=1.0)
     elif not args.align:
         ap.error("--align is required unless --sft-baseline")
-    pivot = read_lock(args.lock).pivot
+    lock = read_lock(args.lock)
+    verify_pinned(lock, ".")  # the pivot's weights changed on disk after pinning: stop before any work
+    pivot = lock.pivot
     train(
         pivot.path,
         args.pivot_extract,

@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 
 from fusecli.errors import fail_cleanly
+from fusecli.hashing import verify_pinned
+from fusecli.lock import read_lock
 from fusecli.merge.stage import merge_fused, stage_params
 
 
@@ -24,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     params = stage_params(args.params, args.method)
+    lock = read_lock(args.lock)
+    if args.base.resolve() == lock.pivot.folder(".").resolve():
+        verify_pinned(lock, ".")  # the base's weights changed on disk after pinning: stop before any work
     result = merge_fused(params, args.lock, args.fused_dir, args.base, args.out)
     models = ", ".join(result.report["models"])
     print(f"merged {models} onto {args.base} with {params.method} -> {result.out}")

@@ -87,12 +87,61 @@ def load_dialogues(path: str | Path) -> list[list[dict[str, str]]]:
     df = pl.read_parquet(path)
     if df.height == 0:
         raise FusecliError(f"{path} holds no dialogues: check the dataset section of params.yaml")
-    return [json.loads(m) for m in df["messages"].to_list()]
+    if "messages" not in df.columns:
+        raise FusecliError(f"{path} has no `messages` column: build it with stages/build_dataset.py")
+    ids = _ids(df)
+    dialogues = []
+    for i, text in enumerate(df["messages"].to_list()):
+        try:
+            dialogues.append(json.loads(text))
+        except (TypeError, ValueError):
+            raise FusecliError(f"{path} row {ids[i]!r}: messages is not JSON: rebuild it with build_dataset") from None
+    return dialogues
 
 
-def tokenize_all(dialogues: list, pivot_tok: object, model_tok: object, max_length: int) -> list[Tokenized]:
+def row_ids(path: str | Path) -> list[str]:
+    """The dataset's `id` per row: what warnings and errors name, so a bad row can be found."""
+    import polars as pl
+
+    return _ids(pl.read_parquet(path))
+
+
+def _ids(df: Any) -> list[str]:
+    """`id` column, else the row number (a hand-made file without ids)."""
+    return [str(i) for i in df["id"].to_list()] if "id" in df.columns else [str(i) for i in range(df.height)]
+
+
+def tokenize_all(
+    dialogues: list, pivot_tok: object, model_tok: object, max_length: int, ids: list[str] | None = None
+) -> list[Tokenized]:
     """Render with the pivot's template, tokenize with the model's own tokenizer."""
-    return [tokenize(model_tok, render(pivot_tok, msgs), max_length) for msgs in dialogues]
+    items = []
+    for i, msgs in enumerate(dialogues):
+        if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
+            rid = ids[i] if ids is not None else str(i)
+            raise FusecliError(f"dataset row {rid!r} has no assistant turn: give it an assistant reply or drop it")
+        items.append(tokenize(model_tok, render(pivot_tok, msgs), max_length))
+    return items
+
+
+def dropped_warnings(data: str | Path, summary: dict) -> list[str]:
+    """One line per reason rows were left out of the store, naming their dataset ids so they can be found."""
+    ids = row_ids(data)
+    nonfinite = summary.get("nonfinite_rows", [])
+    empty = sorted(set(summary.get("dropped_rows", [])) - set(nonfinite))
+
+    def names(rows: list[int]) -> str:
+        shown = ", ".join(ids[i] for i in rows[:10])
+        return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+
+    lines = []
+    if nonfinite:
+        lines.append(f"{len(nonfinite)} row(s) with NaN/inf logits excluded (ids {names(nonfinite)}): "
+                     "check the model's weights, or set extract.dtype: float32")
+    if empty:
+        lines.append(f"{len(empty)} row(s) with no response token within extract.max_length excluded "
+                     f"(ids {names(empty)}): raise extract.max_length to keep them")
+    return lines
 
 
 def _batches(order: list[int], lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -250,7 +299,7 @@ def extract(
     dialogues = load_dialogues(data)
     pivot_tok = load_tokenizer(pivot_ref.path, pivot_ref.trust_remote_code)
     model_tok = pivot_tok if model_ref == pivot_ref else load_tokenizer(model_ref.path, model_ref.trust_remote_code)
-    items = tokenize_all(dialogues, pivot_tok, model_tok, params.max_length)
+    items = tokenize_all(dialogues, pivot_tok, model_tok, params.max_length, row_ids(data))
     model = load_extract_model(model_ref, device, dtype, params, rank)
     vocab = model.get_output_embeddings().weight.shape[0]
     if len(model_tok) > vocab:
@@ -282,7 +331,7 @@ def extract_items(
     todo = [g for g in range(n_groups) if writer.owns(g) and g not in writer.done_indices]
     lengths = [len(it.input_ids) for it in items]
     flops_tok = model_flops_per_token(model, n_params(model), int(np.mean(lengths)), training=False)
-    stats = {"tokens": 0, "padded_tokens": 0, "busy_s": 0.0, "dropped_rows": []}
+    stats = {"tokens": 0, "padded_tokens": 0, "busy_s": 0.0, "dropped_rows": [], "nonfinite_rows": []}
     columns = (
         TextColumn("[bold]extract"),
         BarColumn(),
@@ -304,12 +353,15 @@ def extract_items(
                 stats["busy_s"] += time.perf_counter() - started
                 records.update((r["seq_index"], r) for r in recs)
                 stats["dropped_rows"].extend(dropped)
+                stats["nonfinite_rows"].extend(dropped)
                 n_tok = sum(lengths[i] for i in batch)
                 stats["tokens"] += n_tok
                 stats["padded_tokens"] += len(batch) * max(lengths[i] for i in batch)
                 rate = stats["tokens"] / max(stats["busy_s"], 1e-9)
                 progress.update(task, advance=n_tok, rate=f"{rate:,.0f} tok/s")
             writer.write([records[i] for i in groups[g] if i in records], index=g)
+    if device.type == "cuda":
+        stats["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     combine = _summary(sum(lengths), flops_tok, device, rank.world, str(model.dtype).removeprefix("torch."))
     if not parallel:
         writer.close(combine([stats]))
@@ -334,6 +386,8 @@ def _summary(
             "mfu": mfu(rate, flops_tok, device, world),
             "padding_efficiency": sum(p["tokens"] for p in parts) / max(sum(p["padded_tokens"] for p in parts), 1),
             "dropped_rows": sorted(i for p in parts for i in p["dropped_rows"]),
+            "nonfinite_rows": sorted(i for p in parts for i in p.get("nonfinite_rows", [])),
+            "peak_gpu_gib": max((p.get("peak_gpu_gib", 0.0) for p in parts), default=0.0),  # per GPU
             "device": str(device.type),
             "dtype": dtype,
             "world_size": world,

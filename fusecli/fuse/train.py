@@ -31,6 +31,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from fusecli.errors import FusecliError
 from fusecli.extract.topk import final_hidden
 from fusecli.fuse.data import Example, FusionDataset, build_examples, collate
+from fusecli.fuse.functions import FUSION_FUNCTIONS
 from fusecli.fuse.loss import combine, sparse_losses
 from fusecli.io import atomic_dir, atomic_write_json
 from fusecli.models import load_model, load_tokenizer, n_params, resolve_device, resolve_dtype
@@ -66,6 +67,8 @@ class FuseParams:
     def validate(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
             raise FusecliError(f"fuse.lam = {self.lam} must be within [0, 1]")
+        if self.fusion_fn not in FUSION_FUNCTIONS:
+            raise FusecliError(f"fuse.fusion_fn = {self.fusion_fn!r} is unknown: use one of {sorted(FUSION_FUNCTIONS)}")
         if self.temperature <= 0:
             raise FusecliError(f"fuse.temperature = {self.temperature} must be > 0")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -161,6 +164,19 @@ class Throughput(TrainerCallback):
         if value is not None:
             logs["mfu"] = value
         self.t0, self.tok0 = now, tokens
+
+
+def throughput(trainer: FusionTrainer, runtime_s: float, device: torch.device) -> dict[str, float]:
+    """The whole run's real tokens/s, MFU per GPU and peak GPU memory (rank 0's), for the stage's summary."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rate = trainer._acc["tokens"] * world / max(runtime_s, 1e-9)
+    flops = next((c.flops for c in trainer.callback_handler.callbacks if isinstance(c, Throughput)), 0.0)
+    out = {"train_runtime_s": runtime_s, "tokens_per_s": rate}
+    if (value := mfu(rate, flops, device, world)) is not None:
+        out["mfu"] = value
+    if device.type == "cuda":
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
 
 
 def checkpointing_args(enabled: bool) -> dict:
@@ -282,6 +298,7 @@ def train(
             tokenizer.save_pretrained(str(tmp))
             (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: never ship one
         summary = {"train_loss": result.training_loss, "steps": trainer.state.global_step, **stats}
+        summary.update(throughput(trainer, result.metrics.get("train_runtime", 0.0), device))
         atomic_write_json(Path(logs) / "selection.json", summary)
         shutil.rmtree(scratch, ignore_errors=True)
         return summary

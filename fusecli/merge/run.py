@@ -111,7 +111,8 @@ def plan_merge(base: ModelFolder, models: dict[str, ModelFolder]) -> MergePlan:
                 if not (grown and name.endswith(VOCAB_SUFFIXES)):
                     raise FusecliError(
                         f"tensor {name!r} of model {label} has shape {list(got)} but the base has "
-                        f"{list(shape)}: only grown vocabularies (embeddings, lm_head) can be cropped"
+                        f"{list(shape)}: only grown vocabularies (embeddings, lm_head) can be cropped; "
+                        "merge only models fine-tuned from this base (the pair-fused targets)"
                     )
                 plan.cropped.append({"model": label, "tensor": name, "from": list(got), "to": list(shape)})
             sources.append(source)  # reading the base's rows of it crops a grown vocabulary

@@ -11,6 +11,7 @@ from fusecli.align.run import AlignParams, run_align
 from fusecli.config import load_section
 from fusecli.data.render import render, tokenize
 from fusecli.errors import FusecliError
+from fusecli.hashing import content_hash
 from fusecli.lock import Lock, ModelEntry, dump_lock
 from fusecli.store import StoreWriter, iter_records, read_manifest
 
@@ -176,12 +177,11 @@ def test_stage_entry_point(cross, tokenizer_dirs, tmp_path, capsys):
 
 
 def test_stage_reads_the_models_from_the_lock(cross, tokenizer_dirs, tmp_path, capsys):
-    entry = dict(
-        origin="local", repo=None, revision=None, content_hash="sha256:" + "0" * 64, architecture="x", vocab_size=1
-    )
+    entry = dict(origin="local", repo=None, revision=None, architecture="x", vocab_size=1)
     entry |= dict(dtype="float32", chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
-    pivot = ModelEntry(name="pivot", path=str(tokenizer_dirs["byte"]), **entry)
-    source = ModelEntry(name="meta-src", path=str(tokenizer_dirs["meta"]), **entry)
+    pivot, meta = tokenizer_dirs["byte"], tokenizer_dirs["meta"]
+    pivot = ModelEntry(name="pivot", path=str(pivot), content_hash=content_hash(pivot), **entry)
+    source = ModelEntry(name="meta-src", path=str(meta), content_hash=content_hash(meta), **entry)
     lock = tmp_path / "models.lock"
     lock.write_text(dump_lock(Lock(pivot=pivot, sources={"meta-src": source})))
     params = tmp_path / "params.yaml"

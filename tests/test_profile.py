@@ -1,0 +1,52 @@
+"""`fusecli profile`: a profile overlays params.yaml keeping comments; unknown keys are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from fusecli.cli import app
+from fusecli.config import load_section
+from fusecli.fuse.train import FuseParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(ws: Path, *args: str):
+    return CliRunner().invoke(app, ["--workspace", str(ws), "profile", *args])
+
+
+def test_gpu_profile_applies_to_the_shipped_params(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    result = run(tmp_path, str(ROOT / "params.gpu.yaml"))
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "params.yaml").read_text()
+    merged = yaml.safe_load(text)
+    gpu = yaml.safe_load((ROOT / "params.gpu.yaml").read_text())
+    for section, values in gpu.items():
+        for key, value in values.items():
+            assert merged[section][key] == value, f"{section}.{key}"
+    untouched = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert merged["merge"]["methods"] == untouched["merge"]["methods"]
+    assert merged["dataset"] == untouched["dataset"]
+    assert "# One section per stage" in text  # comments survive
+    fuse = load_section(FuseParams, "fuse", tmp_path / "params.yaml")
+    assert (fuse.zero_stage, fuse.learning_rate, fuse.global_batch_size) == (2, 5e-6, 128)
+    again = run(tmp_path, str(ROOT / "params.gpu.yaml"))
+    assert again.exit_code == 0 and "already matches" in again.output
+    assert (tmp_path / "params.yaml").read_text() == text
+
+
+def test_unknown_key_is_refused_and_params_untouched(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("fuse:\n  lam: 0.7  # note\n")
+    before = (tmp_path / "params.yaml").read_bytes()
+    (tmp_path / "p.yaml").write_text("fuse:\n  lamda: 0.9\n")
+    result = run(tmp_path, str(tmp_path / "p.yaml"))
+    assert result.exit_code == 1
+    assert "unknown key 'fuse.lamda'" in result.output and len(result.output.strip().splitlines()) == 1
+    (tmp_path / "p.yaml").write_text("fuse: 3\n")
+    assert run(tmp_path, str(tmp_path / "p.yaml")).exit_code == 1
+    assert run(tmp_path, str(tmp_path / "missing.yaml")).exit_code == 1
+    assert (tmp_path / "params.yaml").read_bytes() == before
