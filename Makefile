@@ -8,13 +8,13 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint reproduce metrics-diff clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,eval]'
+	$(PIP) -e '.[dev,eval,realvocab]'
 	$(PIP) --no-build-isolation 'deepspeed>=0.15'
 	touch $@
 
@@ -24,6 +24,22 @@ demo: install
 	dvc repro
 	fusecli list
 	cat reports/index.md
+
+# The pipeline against the DVC remote (what .github/workflows/reproduce.yml runs): pull what exists,
+# rerun what changed, push outputs and run cache. PROFILE=gpu first applies params.gpu.yaml (`fusecli profile`).
+PROFILE ?=
+reproduce: install
+ifneq ($(PROFILE),)
+	fusecli profile params.$(PROFILE).yaml
+endif
+	dvc pull --allow-missing
+	dvc repro --pull
+	dvc push --run-cache
+
+# Metrics of the workspace against git revision BASE, as a Markdown table.
+BASE ?= main
+metrics-diff: install
+	@dvc metrics diff $(BASE) --md
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,7 @@ Step time is the median over the steps after `--warmup`, synchronised; MFU = tok
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -130,8 +131,8 @@ def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
     )
     data = examples(args.micro * world * args.accum * steps, args.seq, model.config.vocab_size)
     out = tempfile.mkdtemp(prefix=f"bench-fuse-{variant}-")
-    if variant == "fusion":
-        trainer = make_trainer(model, data, 0, params, out, device)
+    if variant.startswith("fusion"):  # fusion | fusion+compile (fuse.compile: decoder layers compiled)
+        trainer = make_trainer(model, data, 0, dataclasses.replace(params, compile="compile" in variant), out, device)
     else:
         targs = training_args(params, out, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
         trainer = Trainer(model=model, args=targs, train_dataset=SFTData(data))

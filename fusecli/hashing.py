@@ -53,22 +53,49 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# Each cache file's contents as last read or written by this process, with the file's (inode, size,
+# mtime) then: checking N models reads the file once, not N times (it holds every file of every model,
+# so re-reading it per model made `fusecli status` quadratic in the number of sources).
+_MEMO: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _load_cache(cache_file: Path | None) -> dict[str, Any]:
-    if cache_file is None or not cache_file.exists():
+    """The cache's entries for files that still exist; reused while the file is unchanged on disk."""
+    if cache_file is None:
         return {}
+    stamp = _stamp(cache_file)
+    if stamp is None:
+        return {}
+    hit = _MEMO.get(str(cache_file.absolute()))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
     try:
         data = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         return {}  # a cache is disposable: a corrupt one is rebuilt
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    live = {k: v for k, v in data.items() if os.path.exists(k)}  # pruned once per read, not per write
+    _MEMO[str(cache_file.absolute())] = (stamp, live)
+    return live
 
 
 def _save_cache(cache_file: Path, cache: dict[str, Any]) -> None:
-    live = {k: v for k, v in cache.items() if os.path.exists(k)}
     try:
-        atomic_write_json(cache_file, live)
+        atomic_write_json(cache_file, cache)
     except OSError:
-        pass  # read-only workspace: hashing still works, only slower next time
+        return  # read-only workspace: hashing still works, only slower next time
+    stamp = _stamp(cache_file)
+    if stamp is not None:
+        _MEMO[str(cache_file.absolute())] = (stamp, cache)
 
 
 def content_hash(folder: str | Path, cache_file: str | Path | None = None) -> str:

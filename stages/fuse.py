@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--align", help="the source's aligned store; omit with --sft-baseline")
     ap.add_argument("--sft-baseline", action="store_true", help="lambda = 1: the pivot on the same data and steps")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--logs", required=True)
+    ap.add_argument("--live-dir", required=True, help="dvclive metrics and the teacher-selection summary")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     params = load_section(FuseParams, "fuse", args.params)
@@ -42,7 +42,7 @@ def main() -> None:
         None if args.sft_baseline else args.align,
         args.data,
         args.out,
-        args.logs,
+        args.live_dir,
         params,
         pivot.trust_remote_code,
     )

@@ -55,7 +55,7 @@ EXTRACT = ["extract", "--model", "llama", "--data", "data/train.parquet", "--out
 ALIGN = ["align", "--source", "llama", "--pivot-extract", "extract/pivot", "--source-extract", "extract/sources/llama",
          "--out", "new/align"]
 FUSE = ["fuse", "--data", "data/train.parquet", "--pivot-extract", "extract/pivot", "--align", "align/llama",
-        "--out", "new/fused", "--logs", "new/logs"]
+        "--out", "new/fused", "--live-dir", "new/logs"]
 MERGE = ["merge", "--fused-dir", "fused", "--base", "local/qwen", "--method", "linear", "--out", "new/merged"]
 EVALUATE = ["evaluate", "--data", "data/train.parquet", "--fused-dir", "fused", "--baseline", "baseline/sft",
             "--merged-dir", "merged", "--out", "new/eval", "--cache-dir", ""]

@@ -65,6 +65,12 @@ def deep_update(d: dict, u: dict) -> dict:
     return d
 
 
+def git_commit(repo: Path, message: str) -> None:
+    """Commit everything git does not ignore (DVC's .gitignore lines keep cached outputs out)."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], repo)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("ws")
@@ -74,8 +80,7 @@ def workspace(tmp_path_factory) -> Path:
     params = yaml.safe_load((ws / "params.yaml").read_text())
     (ws / "params.yaml").write_text(yaml.safe_dump(deep_update(params, FAST), sort_keys=False))
     run(["git", "init", "-q"], ws)
-    run(["git", "add", "-A"], ws)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "workspace"], ws)
+    git_commit(ws, "workspace")
     proc = run(["dvc", "repro"], ws)
     stages = ran_stages(proc)
     assert {"build_demo", "build_dataset", "extract_pivot", "evaluate", "report", "sft_baseline"} <= stages
@@ -185,3 +190,24 @@ def test_add_then_remove_source_reruns_only_its_stages(workspace):
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert "fused:demonym" not in metrics["models"]
     assert "fused:demonym" not in (workspace / "reports" / "index.md").read_text()
+
+
+def test_clone_pulled_from_a_remote_reproduces_nothing(workspace, tmp_path):
+    """What a teammate or CI gets: git clone + `dvc pull` is a complete, up-to-date workspace.
+
+    Works on a copy, so the shared workspace keeps its config and git history whatever the test order.
+    """
+    origin, remote, clone = tmp_path / "origin", tmp_path / "remote", tmp_path / "clone"
+    shutil.copytree(workspace, origin, symlinks=True)
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], origin)
+    git_commit(origin, "pipeline results")  # dvc.lock, the uncached metrics and report, the remote in .dvc/config
+    run(["dvc", "push"], origin)
+    assert any(remote.rglob("*")), "dvc push wrote nothing to the remote"
+
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    assert "storage" in run(["dvc", "remote", "list"], clone).stdout  # the remote travels with git
+    assert not (clone / "demo" / "models").exists(), "cached outputs must come from the remote, not from git"
+    run(["dvc", "pull"], clone)
+    assert ran_stages(run(["dvc", "repro"], clone)) == set()
+    assert json.loads(run(["dvc", "status", "--json"], clone).stdout or "{}") == {}
+    assert (clone / "eval" / "metrics.json").read_bytes() == (origin / "eval" / "metrics.json").read_bytes()

@@ -20,21 +20,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from fusecli.errors import FusecliError
 from fusecli.extract.topk import final_hidden
 from fusecli.fuse.data import Example, FusionDataset, build_examples, collate
 from fusecli.fuse.functions import FUSION_FUNCTIONS
 from fusecli.fuse.loss import combine, sparse_losses
-from fusecli.io import atomic_dir, atomic_write_json
-from fusecli.models import load_model, load_tokenizer, n_params, resolve_device, resolve_dtype
+from fusecli.io import atomic_dir, atomic_write_json, remove_tree, sweep_stale
+from fusecli.models import compile_layers, load_model, load_tokenizer, n_params, resolve_device, resolve_dtype
 from fusecli.perf import mfu, model_flops_per_token
 from fusecli.store import read_manifest
 
@@ -58,6 +61,7 @@ class FuseParams:
     device: str = "auto"
     dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = True
+    compile: bool = False  # CUDA only: torch.compile each decoder layer (fuses norms, rotary, activations)
     zero_stage: int = 0  # 0 = no DeepSpeed; 2 or 3 = ZeRO stage
     save_steps: int = 500
     logging_steps: int = 10
@@ -75,6 +79,8 @@ class FuseParams:
             raise FusecliError(f"fuse.zero_stage = {self.zero_stage} must be 0, 1, 2 or 3")
         if self.global_batch_size % self.micro_batch_size:
             raise FusecliError("fuse.global_batch_size must be a multiple of fuse.micro_batch_size")
+        if self.save_steps % self.logging_steps:  # a resume restarts the logging interval at the checkpoint
+            raise FusecliError("fuse.save_steps must be a multiple of fuse.logging_steps (a resumed run logs as one)")
 
 
 def deepspeed_config(p: FuseParams, bf16: bool) -> dict:
@@ -107,13 +113,41 @@ def run_key(inputs: list[Path], params: FuseParams, extra: dict) -> str:
     return h.hexdigest()[:16]
 
 
+class EpochSeededSampler(LengthGroupedSampler):
+    """The Trainer's length-grouped order, drawn from its own generator seeded with seed + epoch.
+
+    The Trainer's sampler draws each epoch's order from the global RNG as the epoch starts; a run
+    resumed mid-epoch e > 0 drew it from the RNG as seeded at start-up instead, so it trained on another
+    order than an uninterrupted run (resume was bit-identical only within the first epoch).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer (through accelerate) before each epoch
+        self.epoch = epoch
+
+    def __iter__(self):  # noqa: ANN204
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class FusionTrainer(Trainer):
     """Trainer whose loss is lambda * SFT + (1 - lambda) * sparse fusion CE."""
 
     def __init__(self, *args: object, fuse: FuseParams, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.fuse = fuse
-        self._acc = {"sft_loss": 0.0, "fusion_loss": 0.0, "tokens": 0, "n": 0}
+        # Running sums stay on the device: a float() per micro-step would stall the GPU queue every step.
+        self._acc: dict[str, Any] = {"sft_loss": 0.0, "fusion_loss": 0.0, "tokens": 0, "n": 0}
+
+    def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:  # resumable: see EpochSeededSampler
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededSampler(sampler.lengths, sampler.batch_size, seed)
+        return sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         # Accelerate applies bf16 autocast by wrapping model.forward; we call the decoder and the head
@@ -132,18 +166,56 @@ class FusionTrainer(Trainer):
                 self.fuse.logits_chunk,
             )
         loss = combine(sft, fuse, self.fuse.lam)
-        self._acc["sft_loss"] += float(sft.detach())
-        self._acc["fusion_loss"] += float(fuse.detach())
-        self._acc["tokens"] += int(inputs["attention_mask"].sum())
+        self._acc["sft_loss"] += sft.detach()
+        self._acc["fusion_loss"] += fuse.detach()
+        self._acc["tokens"] += inputs["attention_mask"].sum()
         self._acc["n"] += 1
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: object, **kwargs: object) -> None:
         if self._acc["n"] and "loss" in logs:
-            logs["sft_loss"] = self._acc["sft_loss"] / self._acc["n"]
-            logs["fusion_loss"] = self._acc["fusion_loss"] / self._acc["n"]
+            logs["sft_loss"] = float(self._acc["sft_loss"]) / self._acc["n"]
+            logs["fusion_loss"] = float(self._acc["fusion_loss"]) / self._acc["n"]
             self._acc.update(sft_loss=0.0, fusion_loss=0.0, n=0)
+        if "train_loss" in logs:  # the Trainer's own averages only the steps since a resume
+            logs["train_loss"] = logged_mean_loss(self.state.log_history)
         super().log(logs, *args, **kwargs)
+
+
+def logged_mean_loss(history: list[dict]) -> float:
+    """The run's mean training loss: the logged losses weighted by the steps each covers.
+
+    The log history is restored from a checkpoint, so a resumed run gets the same value as an
+    uninterrupted one (the Trainer's train_loss averages only the steps the last process ran).
+    """
+    total, last = 0.0, 0
+    for entry in history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last else 0.0
+
+
+class ResumableLogs(TrainerCallback):
+    """Makes a resumed run's dvclive logs those of an uninterrupted run.
+
+    dvclive numbers steps by log calls and, resumed, continues after the last one it wrote, which a kill
+    leaves past the checkpoint: those steps were logged twice and the curve shifted. So the logs always
+    start afresh and a resume first replays the checkpoint's log history through the dvclive callback.
+    What callbacks add to a log (tokens/s, MFU) is copied into the history, so the replay has it too.
+    """
+
+    def __init__(self, dvclive: TrainerCallback, resume: bool) -> None:
+        self.dvclive, self.resume = dvclive, resume
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        if self.resume:
+            for entry in state.log_history:
+                self.dvclive.on_log(args, state, control, logs={k: v for k, v in entry.items() if k != "step"})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+        if logs and state.log_history:  # the Trainer appended this log's entry before the callbacks ran
+            state.log_history[-1].update({k: v for k, v in logs.items() if k not in state.log_history[-1]})
 
 
 class Throughput(TrainerCallback):
@@ -156,7 +228,7 @@ class Throughput(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
         if logs is None or "loss" not in logs:
             return
-        now, tokens = time.perf_counter(), self.trainer._acc["tokens"]
+        now, tokens = time.perf_counter(), int(self.trainer._acc["tokens"])
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rate = (tokens - self.tok0) * world / max(now - self.t0, 1e-9)
         logs["tokens_per_s"] = rate
@@ -169,7 +241,7 @@ class Throughput(TrainerCallback):
 def throughput(trainer: FusionTrainer, runtime_s: float, device: torch.device) -> dict[str, float]:
     """The whole run's real tokens/s, MFU per GPU and peak GPU memory (rank 0's), for the stage's summary."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rate = trainer._acc["tokens"] * world / max(runtime_s, 1e-9)
+    rate = int(trainer._acc["tokens"]) * world / max(runtime_s, 1e-9)
     flops = next((c.flops for c in trainer.callback_handler.callbacks if isinstance(c, Throughput)), 0.0)
     out = {"train_runtime_s": runtime_s, "tokens_per_s": rate}
     if (value := mfu(rate, flops, device, world)) is not None:
@@ -238,6 +310,8 @@ def make_trainer(
             "torchrun --nproc_per_node N (launch.fuse in params.yaml) or set CUDA_VISIBLE_DEVICES"
         )
     dtype = resolve_dtype(params.dtype, device)
+    if params.compile and device.type == "cuda":
+        compile_layers(model)
     trainer = FusionTrainer(
         model=model,
         args=training_args(params, output_dir, device, dtype),
@@ -289,24 +363,58 @@ def train(
     key = run_key(inputs, params, {"pivot": str(pivot_model), "sft_only": align_dir is None})
     scratch = Path(params.scratch) / f"fuse-{key}"
     trainer = make_trainer(model, examples, tokenizer.pad_token_id or 0, params, scratch, device)
-    resume = any(scratch.glob("checkpoint-*"))
-    trainer.add_callback(_dvclive_callback(logs, resume))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    checkpoint = last_complete_checkpoint(scratch, clean=trainer.is_world_process_zero())
+    dvclive = _dvclive_callback(logs)
+    trainer.add_callback(dvclive)
+    trainer.add_callback(ResumableLogs(dvclive, resume=checkpoint is not None))
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.is_world_process_zero():
         with atomic_dir(out) as tmp:
             trainer.save_model(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: never ship one
-        summary = {"train_loss": result.training_loss, "steps": trainer.state.global_step, **stats}
+        loss = logged_mean_loss(trainer.state.log_history)
+        summary = {"train_loss": loss, "steps": trainer.state.global_step, **stats}
         summary.update(throughput(trainer, result.metrics.get("train_runtime", 0.0), device))
         atomic_write_json(Path(logs) / "selection.json", summary)
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
         return summary
     return {}
 
 
-def _dvclive_callback(logs: str, resume: bool) -> TrainerCallback:
+def last_complete_checkpoint(scratch: Path, clean: bool) -> Path | None:
+    """The newest checkpoint the Trainer finished writing; with `clean`, delete the unfinished ones.
+
+    The Trainer writes checkpoint-N/ in place, trainer_state.json last, and its own resume takes the
+    highest N whatever its state: after a kill mid-save every rerun failed on the partial folder.
+    """
+    sweep_stale(scratch)  # a kill during the last run's final clean-up
+    done, partial = [], []
+    for folder in scratch.glob("checkpoint-*"):
+        (done if _checkpoint_finished(folder) else partial).append(folder)
+    if clean:
+        for folder in partial:
+            shutil.rmtree(folder, ignore_errors=True)
+    return max(done, key=_checkpoint_step, default=None)
+
+
+def _checkpoint_step(folder: Path) -> int:
+    m = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+    return int(m[1]) if m else -1
+
+
+def _checkpoint_finished(folder: Path) -> bool:
+    """trainer_state.json, written last, is whole and names this checkpoint's step."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == _checkpoint_step(folder) >= 0
+
+
+def _dvclive_callback(logs: str) -> TrainerCallback:
+    """Starts the logs afresh, also on a resume (ResumableLogs replays the checkpoint's history)."""
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
-    return DVCLiveCallback(live=Live(logs, save_dvc_exp=False, report=None, resume=resume, dvcyaml=None))
+    return DVCLiveCallback(live=Live(logs, save_dvc_exp=False, report=None, resume=False, dvcyaml=None))

@@ -138,7 +138,7 @@ def test_lambda_outside_unit_interval_exits_with_one_line(tmp_path, monkeypatch,
 
     (tmp_path / "params.yaml").write_text("fuse:\n  lam: 1.5\n")
     argv = ["fuse.py", "--params", str(tmp_path / "params.yaml"), "--data", "d", "--pivot-extract", "p",
-            "--align", "a", "--out", "o", "--logs", "l"]
+            "--align", "a", "--out", "o", "--live-dir", "l"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as code:
         stage.main()
