@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint reproduce metrics-diff clean
+.PHONY: install demo test lint reproduce metrics-diff soak clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	python3 -m venv $(VENV)
@@ -52,6 +52,13 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# Kill-anywhere soak (README, "Reliability"): KILL_ROUNDS SIGKILLs of `dvc repro` per stage at seeded random
+# times, a rerun to completion compared with an uninterrupted run every KILL_CHAIN of them. `make test` runs
+# 5 per stage; KILL_SEED=<printed seed> replays a run.
+KILL_ROUNDS ?= 50
+soak: install
+	KILL_ROUNDS=$(KILL_ROUNDS) $(VENV)/bin/pytest -q -s tests/test_kill.py
 
 clean:
 	rm -rf $(VENV)

@@ -237,6 +237,16 @@ def status(ctx: typer.Context) -> None:
     console.print(table)
 
 
+@app.command("recover")
+def recover(ctx: typer.Context) -> None:
+    """After a killed `dvc repro`: repair DVC's own files that the kill left torn, then rerun `dvc repro`."""
+    repaired = workspace.recover(workspace_of(ctx).root)
+    console = _console()
+    for item in repaired:
+        console.print(f"[yellow]repaired[/] {item}")
+    console.print("nothing torn: run `dvc repro`" if not repaired else "run `dvc repro`")
+
+
 app.command("merge")(merge_command)
 app.command("inspect-alignment")(inspect_command)
 app.command("report")(report_command)

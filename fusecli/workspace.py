@@ -188,3 +188,71 @@ def stale_stages(root: str | Path) -> dict[str, str]:
                 stale[child] = f"after {parent}"
                 todo.append(child)
     return dict(sorted(stale.items()))
+
+
+# What a killed `dvc repro` can leave torn. DVC rewrites these files in place (truncate, then write), so a
+# SIGKILL in between leaves them cut and every later DVC command stops: "Unable to read RWLock-file
+# '.dvc/tmp/rwlock'. JSON structure is corrupted" (treeverse/dvc#7615) or "'./dvc.lock' validation failed".
+RWLOCK = PurePosixPath(".dvc/tmp/rwlock")
+EMPTY_LOCK = "schema: '2.0'\nstages: {}\n"
+
+
+def recover(root: str | Path) -> list[str]:
+    """Repair DVC's files that a kill left torn, under DVC's workspace lock; return what was repaired.
+
+    Outputs need nothing: fusecli writes them atomically and DVC reruns a stage it has not recorded.
+    """
+    root = Path(root).resolve()
+    repaired: list[str] = []
+    with dvc_repo_lock(root):
+        if _torn_rwlock(root / RWLOCK):
+            (root / RWLOCK).unlink()
+            repaired.append(f"{RWLOCK}: torn, deleted (it only lists running DVC processes)")
+        dropped = _repair_dvc_lock(root / "dvc.lock")
+        if dropped is not None:
+            repaired.append(f"dvc.lock: torn, cut back to its whole entries; to rerun: {', '.join(dropped) or '-'}")
+    return repaired
+
+
+def _torn_rwlock(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        return True
+    return False
+
+
+def _lock_valid(text: str) -> bool:
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from dvc.utils.serialize import parse_yaml
+
+    try:
+        COMPILED_LOCKFILE_SCHEMA(parse_yaml(text, "dvc.lock") or {})
+    except Exception:  # noqa: BLE001 (a YAML, parse or schema error all mean a torn file)
+        return False
+    return True
+
+
+def _repair_dvc_lock(path: Path) -> list[str] | None:
+    """None if dvc.lock is whole; else rewrite it as its longest valid prefix and return the dropped stages.
+
+    DVC dumps dvc.lock front to back, so a torn one is a prefix: whole stage entries, then a cut one. It
+    is cut back before a stage entry (a line `  <stage>:` under `stages:`), the last such cut that
+    validates; the dropped stages rerun on the next `dvc repro`.
+    """
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if _lock_valid(text):
+        return None
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if re.fullmatch(r"  \S.*:\s*", line)]
+    named = [lines[i].strip().rstrip(":").strip("'\"") for i in starts]
+    for n in reversed(range(1, len(starts))):
+        if _lock_valid(head := "".join(lines[: starts[n]])):
+            atomic_write_text(path, head)
+            return named[n:]
+    atomic_write_text(path, EMPTY_LOCK)
+    return named or ["every stage"]

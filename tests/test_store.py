@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,3 +60,16 @@ def test_merge_refuses_an_unfinished_rank_and_reading_refuses_a_missing_shard(tm
     (tmp_path / "shard-00001.safetensors").unlink()
     with pytest.raises(FusecliError, match="missing"):
         list(iter_records(tmp_path))
+
+
+def test_atomic_dir_output_gets_the_usual_mode(tmp_path: Path) -> None:
+    """mkdtemp makes 0700 folders; an output folder must be readable like any other (umask applies)."""
+    from fusecli.io import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755

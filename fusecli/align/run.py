@@ -12,6 +12,7 @@ pivot's response tokens past it get one-hot rows.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -315,8 +316,25 @@ def run_align(
             "cooc_source": s_ids,
             "cooc_count": n,
         }
-        atomic_write_bytes(tmp / "vocab_map.safetensors", save(tensors, metadata={k: str(v) for k, v in meta.items()}))
+        atomic_write_bytes(tmp / "vocab_map.safetensors", save_sorted(tensors, {k: str(v) for k, v in meta.items()}))
     return coverage
+
+
+def save_sorted(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the metadata in key order, so the same inputs give the same file.
+
+    `safetensors.save` writes metadata in the order of a Rust hash map seeded per process: the file's
+    bytes, and so the DVC hash of align/<slug> and every stage after it, changed from run to run.
+    Reordering keeps the header's length, so only the header is rewritten.
+    """
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:
+        raise AssertionError("safetensors header grew when sorted")  # same keys and values: cannot happen
+    return data[:8] + text.ljust(n) + data[8 + n :]
 
 
 def _coverage(
