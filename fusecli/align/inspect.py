@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fusecli.align.tokens import Alignment, TokenTable, align_mined, align_offsets, load_tokenizer
 from fusecli.errors import FusecliError
 
 
@@ -38,6 +37,8 @@ def inspect_alignment(
     source positions aligned to it; plus "pivot_text" and "source_text", each token's canonical text."""
     if not text:
         raise FusecliError("the text is empty: pass --text or a non-empty --text-file")
+    from fusecli.align.tokens import TokenTable, align_mined, align_offsets, load_tokenizer  # numba: on use
+
     pivot_tok = load_tokenizer(pivot_dir, trust_remote_code)
     source_tok = load_tokenizer(source_dir, trust_remote_code)
     pivot, source = TokenTable.from_tokenizer(pivot_tok), TokenTable.from_tokenizer(source_tok)
@@ -46,7 +47,7 @@ def inspect_alignment(
     if len(p_ids) == 0 or len(s_ids) == 0:
         raise FusecliError("a tokenizer produced no tokens for this text: pass text with visible characters")
     if method == "offsets":
-        al: Alignment = align_offsets(p_off, s_off)
+        al = align_offsets(p_off, s_off)
     else:
         al = align_mined(source, s_ids, pivot, p_ids)
     return {

@@ -1,7 +1,26 @@
-"""Stage 5: merge the pair-fused targets onto the pivot (SCE, VaRM and the baselines of method.md)."""
+"""Stage 5: merge the pair-fused targets onto the pivot (SCE, VaRM and the baselines of method.md).
 
-from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import get_method, method_names, register
-from fusecli.merge.run import MergeResult, merge_models
+Names are loaded on first use (PEP 562): `fusecli list` and the other light commands import the
+`merge` command's module without paying for torch.
+"""
 
-__all__ = ["MergeParams", "MergeResult", "get_method", "merge_models", "method_names", "register"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {
+    "MergeParams": "fusecli.merge.params",
+    "get_method": "fusecli.merge.registry",
+    "method_names": "fusecli.merge.registry",
+    "register": "fusecli.merge.registry",
+    "MergeResult": "fusecli.merge.run",
+    "merge_models": "fusecli.merge.run",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name]), name)

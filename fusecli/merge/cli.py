@@ -16,10 +16,7 @@ import yaml
 from fusecli.config import from_dict
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
-from fusecli.merge.io import ModelFolder
-from fusecli.merge.mergekit import mergekit_yaml
 from fusecli.merge.params import MergeParams
-from fusecli.merge.run import merge_models
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -47,6 +44,8 @@ def model_labels(models: list[Path]) -> list[tuple[str, Path]]:
 
 
 def _base_dtype(base: Path) -> str | None:
+    from fusecli.merge.io import ModelFolder  # torch: imported when a merge runs, not for every command
+
     with ModelFolder(base) as folder:
         floating = [n for n in folder.names() if folder.dtype(n).startswith(("F", "BF"))]
         return folder.dtype(floating[0]) if floating else None
@@ -64,6 +63,9 @@ def run_merge_command(
     values = {"method": method, **parse_sets(sets)}
     if device is not None:
         values["device"] = device
+    from fusecli.merge.mergekit import mergekit_yaml
+    from fusecli.merge.run import merge_models
+
     params = from_dict(MergeParams, values, "merge")
     export = mergekit_yaml(params, base, models, _base_dtype(base)) if export_mergekit else None
     result = merge_models(base, model_labels(models), params, out)
