@@ -7,6 +7,7 @@ source's domain exact match rises, and the pivot's own must not fall (design.md,
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class DemoParams:
     intermediate_size: int = 256
     threads: int = 2  # torch CPU threads: the build must stay deterministic and share the machine
     verify: bool = True  # measure greedy exact match on every domain's eval split into demo.json
+    side_share: float = 0.0  # share of countries of every *other* relation a model also learns (generalists)
     eval_batch_size: int = 128
     models: tuple[ModelSpec, ...] = field(default=DEFAULT_MODELS)
 
@@ -124,6 +126,17 @@ def make_model(spec: ModelSpec, params: DemoParams, tokenizer: object) -> torch.
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def knows(spec: ModelSpec, row: dict, side_share: float) -> bool:
+    """Whether `spec` learns `row`: every row of its own relation, and of each other relation the rows of
+    a fixed share of countries, drawn per model (a hash of model, relation and country), so two models
+    know different countries."""
+    if row["domain"] == spec.domain:
+        return True
+    country = row["id"].split("-", 1)[1].rsplit("-", 1)[0]  # <domain>-<country>-<template>
+    digest = hashlib.sha256(f"{spec.name}/{row['domain']}/{country}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") / 2**32 < side_share
+
+
 def build_model(
     spec: ModelSpec, params: DemoParams, out: Path, log: Callable[[str], None] = print
 ) -> dict[str, object]:
@@ -134,7 +147,7 @@ def build_model(
     model = make_model(spec, params, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{spec.name}: {spec.arch}, {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
-    train_rows = [r for r in rows if r["domain"] == spec.domain and r["split"] == "train"]
+    train_rows = [r for r in rows if r["split"] == "train" and knows(spec, r, params.side_share)]
     cfg = TrainConfig(
         steps=params.steps,
         batch_size=params.batch_size,

@@ -71,3 +71,21 @@ def test_tiny_params_build_all_four_roles(tmp_path):
     assert [c["name"] for c in cards] == [m.name for m in DEFAULT_MODELS]
     assert len({c["vocab_size"] for c in cards}) == 4
     assert DemoParams().models == DEFAULT_MODELS
+
+
+def test_generalists_learn_a_share_of_the_other_relations() -> None:
+    from fusecli.demo.qa import qa_rows
+    from fusecli.demo.world import DEFAULT_MODELS, knows
+
+    rows = [r for r in qa_rows() if r["split"] == "train"]
+    pivot, source = DEFAULT_MODELS[0], DEFAULT_MODELS[1]
+    own = [r for r in rows if r["domain"] == pivot.domain]
+    other = [r for r in rows if r["domain"] != pivot.domain]
+    assert all(knows(pivot, r, 0.0) for r in own) and not any(knows(pivot, r, 0.0) for r in other)
+    assert all(knows(pivot, r, 1.0) for r in other)
+    half = {r["id"] for r in other if knows(pivot, r, 0.5)}
+    assert 0.4 < len(half) / len(other) < 0.6
+    assert half != {r["id"] for r in other if knows(source, r, 0.5)}  # each model knows other countries
+    country = {r["id"].rsplit("-", 1)[0] for r in other if knows(pivot, r, 0.5)}
+    assert {r["id"].rsplit("-", 1)[0] for r in other if r["id"].rsplit("-", 1)[0] in country} == country
+    assert all(knows(pivot, r, 0.5) for r in other if r["id"].rsplit("-", 1)[0] in country)  # all paraphrases
