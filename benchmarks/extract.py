@@ -39,16 +39,6 @@ from fusecli.models import n_params
 from fusecli.perf import PEAK_BF16, model_flops_per_token, random_qwen2
 
 PEAK = PEAK_BF16["H100"]
-# `--sizes smoke`: a tiny model with the real vocabulary, to check the script on a CPU.
-SMOKE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=151_936,
-    tie_word_embeddings=True,
-)
 
 
 def device_of(rank: Rank) -> torch.device:
@@ -180,7 +170,7 @@ def main() -> None:
         torch.cuda.set_device(device)
     results = []
     for size in args.sizes.split(","):
-        model = random_qwen2(SMOKE if size == "smoke" else size, torch.bfloat16, device).eval()
+        model = random_qwen2(size, torch.bfloat16, device).eval()
         items = make_items(args.seqs, model.config.vocab_size, seed=1)
         warm = make_items(24, model.config.vocab_size, seed=2)
         if args.check and rank.world == 1:

@@ -35,16 +35,6 @@ from fusecli.fuse.train import FuseParams, make_trainer, training_args
 from fusecli.models import n_params
 from fusecli.perf import PEAK_BF16, model_flops_per_token, random_qwen2
 
-SMOKE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=151_936,
-    tie_word_embeddings=True,
-)
-
 
 class StepTimer(TrainerCallback):
     def __init__(self) -> None:
@@ -114,8 +104,7 @@ class SFTData(torch.utils.data.Dataset):
 
 
 def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
-    shape = SMOKE if args.size == "smoke" else args.size
-    model = random_qwen2(shape, torch.float32, device)
+    model = random_qwen2(args.size, torch.float32, device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps = args.warmup + args.steps
     params = FuseParams(

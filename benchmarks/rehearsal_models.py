@@ -17,12 +17,19 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Qwen2Config
 
+from fusecli.perf import QWEN2
+
 CONFIGS = {"qwen2": Qwen2Config, "llama": LlamaConfig, "mistral": MistralConfig}
-# name -> (architecture, tokenizer, config sizes)
+
+
+def shapes(size: str) -> dict:
+    """fusecli.perf.QWEN2's shapes of `size`; the vocabulary comes from each model's own tokenizer."""
+    return {k: v for k, v in QWEN2[size].items() if k != "vocab_size"}
+
+
+# Config shapes by name (vocabulary sizes come from the tokenizers)
 SIZES: dict[str, dict] = {
-    # Qwen2-0.5B
-    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                       num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6),
+    "qwen2-0.5b": {**shapes("0.5b"), "rope_theta": 1e6},
     # Llama-3.2-1B
     "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                      num_key_value_heads=8, tie_word_embeddings=True, rope_theta=5e5),
@@ -51,7 +58,7 @@ MODELS = (
 )
 
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+TINY = {k: v for k, v in shapes("smoke").items() if k != "tie_word_embeddings"}
 
 
 def write_model(spec: Spec, tokenizers: Path, out: Path, seed: int, tiny: bool = False) -> None:

@@ -38,8 +38,18 @@ def mfu(tokens_per_s: float, flops_per_tok: float, device: torch.device, n_devic
     return tokens_per_s * flops_per_tok / (peak * n_devices)
 
 
-# Qwen2 shapes (the released config.json files) for benchmarks with random weights.
+# Qwen2 shapes (the released config.json files) for benchmarks with random weights; "smoke" is a toy
+# model with the real vocabulary, to check a benchmark script on a CPU.
 QWEN2 = {
+    "smoke": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        tie_word_embeddings=True,
+    ),
     "0.5b": dict(
         hidden_size=896,
         intermediate_size=4864,
