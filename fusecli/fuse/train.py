@@ -136,9 +136,10 @@ class EpochSeededSampler(LengthGroupedSampler):
 class FusionTrainer(Trainer):
     """Trainer whose loss is lambda * SFT + (1 - lambda) * sparse fusion CE."""
 
-    def __init__(self, *args: object, fuse: FuseParams, **kwargs: object) -> None:
+    def __init__(self, *args: object, fuse: FuseParams, flops_per_token: float = 0.0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.fuse = fuse
+        self.flops_per_token = flops_per_token  # model FLOPs per trained token, for MFU
         # Running sums stay on the device: a float() per micro-step would stall the GPU queue every step.
         self._acc: dict[str, Any] = {"sft_loss": 0.0, "fusion_loss": 0.0, "tokens": 0, "n": 0}
 
@@ -221,8 +222,8 @@ class ResumableLogs(TrainerCallback):
 class Throughput(TrainerCallback):
     """Logs tokens/s (real tokens, no padding) and MFU next to the loss."""
 
-    def __init__(self, trainer: FusionTrainer, flops_per_token: float, device: torch.device) -> None:
-        self.trainer, self.flops, self.device = trainer, flops_per_token, device
+    def __init__(self, trainer: FusionTrainer, device: torch.device) -> None:
+        self.trainer, self.device = trainer, device
         self.t0, self.tok0 = time.perf_counter(), 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
@@ -232,7 +233,7 @@ class Throughput(TrainerCallback):
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rate = (tokens - self.tok0) * world / max(now - self.t0, 1e-9)
         logs["tokens_per_s"] = rate
-        value = mfu(rate, self.flops, self.device, world)
+        value = mfu(rate, self.trainer.flops_per_token, self.device, world)
         if value is not None:
             logs["mfu"] = value
         self.t0, self.tok0 = now, tokens
@@ -242,9 +243,8 @@ def throughput(trainer: FusionTrainer, runtime_s: float, device: torch.device) -
     """The whole run's real tokens/s, MFU per GPU and peak GPU memory (rank 0's), for the stage's summary."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rate = int(trainer._acc["tokens"]) * world / max(runtime_s, 1e-9)
-    flops = next((c.flops for c in trainer.callback_handler.callbacks if isinstance(c, Throughput)), 0.0)
     out = {"train_runtime_s": runtime_s, "tokens_per_s": rate}
-    if (value := mfu(rate, flops, device, world)) is not None:
+    if (value := mfu(rate, trainer.flops_per_token, device, world)) is not None:
         out["mfu"] = value
     if device.type == "cuda":
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -312,16 +312,16 @@ def make_trainer(
     dtype = resolve_dtype(params.dtype, device)
     if params.compile and device.type == "cuda":
         compile_layers(model)
+    lengths = [len(e.input_ids) for e in examples]
     trainer = FusionTrainer(
         model=model,
         args=training_args(params, output_dir, device, dtype),
         train_dataset=FusionDataset(examples),
         data_collator=lambda b: collate(b, pad_id),
         fuse=params,
+        flops_per_token=model_flops_per_token(model, n_params(model), sum(lengths) // len(lengths), training=True),
     )
-    lengths = [len(e.input_ids) for e in examples]
-    flops = model_flops_per_token(model, n_params(model), int(sum(lengths) / len(lengths)), training=True)
-    trainer.add_callback(Throughput(trainer, flops, device))
+    trainer.add_callback(Throughput(trainer, device))
     return trainer
 
 
