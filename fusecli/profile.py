@@ -53,9 +53,7 @@ def _float(representer: Any, value: float) -> Any:
 
 def apply_profile(params: Path, profile: Path) -> list[Change]:
     """Overlay `profile` onto `params` (atomically, comments kept); return the changed keys."""
-    data = read_yaml(profile)
-    if not isinstance(data, dict):
-        raise FusecliError(f"{profile} must be a mapping of params.yaml sections")
+    data = read_yaml(profile)  # a mapping, or a one-line error
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096

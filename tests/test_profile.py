@@ -50,3 +50,13 @@ def test_unknown_key_is_refused_and_params_untouched(tmp_path: Path) -> None:
     assert run(tmp_path, str(tmp_path / "p.yaml")).exit_code == 1
     assert run(tmp_path, str(tmp_path / "missing.yaml")).exit_code == 1
     assert (tmp_path / "params.yaml").read_bytes() == before
+    (tmp_path / "p.yaml").write_text("- fuse\n")  # not a mapping of sections
+    assert run(tmp_path, str(tmp_path / "p.yaml")).exit_code == 1
+    assert (tmp_path / "params.yaml").read_bytes() == before
+
+
+def test_missing_params_file_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("fuse:\n  lam: 0.9\n")
+    result = run(tmp_path, str(tmp_path / "p.yaml"))
+    assert result.exit_code == 1 and "params.yaml not found" in result.output
+    assert len(result.output.strip().splitlines()) == 1
