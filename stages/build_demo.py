@@ -1,4 +1,5 @@
-"""Stage build_demo: train the embedded demo world's tiny chat models into demo/models/<name>/."""
+"""Stage build_demo: train the embedded demo world's tiny chat models into demo/models/<name>/ and write
+its fusion data and evaluation questions to demo/dialogues.jsonl (the dataset's `path: demo`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="demo/models")
+    parser.add_argument("--dialogues", default="demo/dialogues.jsonl")
     args = parser.parse_args(argv)
-    build_world(load_section(DemoParams, "demo", args.params), args.out)
+    build_world(load_section(DemoParams, "demo", args.params), args.out, args.dialogues)
 
 
 if __name__ == "__main__":

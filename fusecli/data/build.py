@@ -41,7 +41,15 @@ SHAREGPT_ROLES = {
 }
 ROLES = ("system", "user", "assistant")
 SPLITS = {"train": "train", "eval": "eval", "validation": "eval", "test": "eval"}
-SCHEMA = {"id": pl.String, "domain": pl.String, "messages": pl.String, "answer": pl.String}
+SCHEMA = {
+    "id": pl.String,
+    "domain": pl.String,
+    "messages": pl.String,
+    "answer": pl.String,
+    "answers": pl.List(pl.String),  # every accepted answer of a question with several (None: `answer` only)
+    "exclude": pl.List(pl.String),  # answers the question rules out ("... besides X"); see evaluate.banned_starts
+}
+DEMO_DIALOGUES = "demo/dialogues.jsonl"  # `path: demo`: written by the build_demo stage
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ class Row:
     messages: list[Message]
     answer: str | None
     split: str | None  # "train" / "eval" when the source fixes it, else None
+    answers: list[str] | None = None  # every accepted answer, when a question has several
+    exclude: list[str] | None = None  # answers the question rules out
 
 
 @dataclass
@@ -110,13 +120,9 @@ def source_name(source: SourceParams) -> str:
 
 def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location, record) pairs from a JSONL, JSON-array or parquet file, or the demo Q&A."""
-    if path == "demo":
-        from fusecli.demo.qa import qa_rows
-
-        for i, row in enumerate(qa_rows()):
-            yield f"demo row {i}", row
-        return
-    p = Path(path)
+    p = Path(DEMO_DIALOGUES if path == "demo" else path)
+    if path == "demo" and not p.is_file():
+        raise FusecliError(f"{DEMO_DIALOGUES} not found: run `dvc repro build_demo` first (it writes the demo data)")
     if not p.is_file():
         raise FusecliError(f"dataset source {path} not found: fix `path` in params.yaml (relative to the workspace)")
     if p.suffix == ".parquet":
@@ -245,6 +251,10 @@ def read_source(source: SourceParams, params: DatasetParams, seen: set[str], sta
                 raise FusecliError(f"{where}: split {split!r} is not one of {sorted(SPLITS)}")
             split = SPLITS[str(split)]
         answer = record.get("answer")
+        answers, exclude = record.get("answers"), record.get("exclude")
+        for key, value in (("answers", answers), ("exclude", exclude)):
+            if value is not None and (not isinstance(value, list) or not all(isinstance(a, str) for a in value)):
+                raise FusecliError(f"{where}: `{key}` must be a list of strings or absent")
         pieces = fit_length(messages, params.max_chars, params.long_rows)
         if not pieces:
             stats.too_long += 1
@@ -263,6 +273,8 @@ def read_source(source: SourceParams, params: DatasetParams, seen: set[str], sta
                     # the gold answer belongs to the dialogue's last turn, so only its last piece keeps it
                     answer=str(answer) if answer is not None and k == len(pieces) - 1 else None,
                     split=split,
+                    answers=answers if k == len(pieces) - 1 else None,
+                    exclude=exclude if k == len(pieces) - 1 else None,
                 )
             )
     return rows
@@ -348,6 +360,8 @@ def frame(rows: list[Row]) -> pl.DataFrame:
             "domain": [r.domain for r in rows],
             "messages": [json.dumps(r.messages, ensure_ascii=False) for r in rows],
             "answer": [r.answer for r in rows],
+            "answers": [r.answers for r in rows],
+            "exclude": [r.exclude for r in rows],
         },
         schema=SCHEMA,
     )

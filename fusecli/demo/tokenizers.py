@@ -14,7 +14,9 @@ from typing import Literal
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from fusecli.demo.qa import RELATIONS, load_facts, qa_rows
+from collections.abc import Sequence
+
+from fusecli.demo.qa import RELATIONS, Fact, teacher_rows
 
 Style = Literal["gpt2", "qwen2"]
 
@@ -36,18 +38,19 @@ CHAT_TEMPLATE = (
 )
 
 
-def corpus(focus: str, focus_weight: int = 3) -> list[str]:
-    """Training text: every train question and answer, the `focus` relation's `focus_weight` times, plus
-    one line of facts per country. BPE counts words, so the weighting (not the order) shapes the merges."""
-    lines = []
-    for row in qa_rows():
-        if row["split"] != "train":
-            continue
-        # Role names as the template writes them, so each is a whole token as in real chat vocabularies.
-        text = [f"{m['role']}\n{m['content']}" for m in row["messages"]]
-        lines.extend(text * (focus_weight if row["domain"] == focus else 1))
-    fields = [RELATIONS[d][0] for d in RELATIONS]
-    lines.extend(" ".join([fact["country"]] + [fact[f] for f in fields]) for fact in load_facts())
+def corpus(focus: str, facts: Sequence[Fact], focus_weight: int = 3, answer_weight: int = 200) -> list[str]:
+    """Training text: every question and answer a model of the world is trained on, the `focus`
+    relation's `focus_weight` times, one line per fact naming its members, and every pool's members
+    `answer_weight` times more, so each answer is one token in every vocabulary, as common words are in
+    real ones (the tokenizers then differ in how they split the questions). BPE counts words, so the
+    weighting (not the order) shapes the merges."""
+    lines = [m for rel in RELATIONS.values() for m in rel.pool] * answer_weight  # as a reply starts: no space
+    for fact in facts:
+        weight = focus_weight if fact.domain == focus else 1
+        for row in teacher_rows(fact):
+            # Role names as the template writes them, so each is a whole token as in real chat vocabularies.
+            lines.extend([f"{m['role']}\n{m['content']}" for m in row["messages"]] * weight)
+        lines.append(" ".join([fact.country, RELATIONS[fact.domain].noun, *fact.members]))
     return lines
 
 
@@ -88,6 +91,8 @@ def train_tokenizer(lines: list[str], vocab_size: int, style: Style = "gpt2") ->
     )
 
 
-def build_tokenizer(focus: str, vocab_size: int, style: Style = "gpt2") -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    focus: str, vocab_size: int, style: Style, facts: Sequence[Fact]
+) -> PreTrainedTokenizerFast:
     """The demo tokenizer of the model that knows relation `focus`."""
-    return train_tokenizer(corpus(focus), vocab_size, style)
+    return train_tokenizer(corpus(focus, facts), vocab_size, style)

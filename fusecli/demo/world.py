@@ -1,13 +1,16 @@
 """Build the demo world: one tiny chat model per relation, each with its own architecture and tokenizer.
 
-The pivot (`qwen2-capitals`) knows capitals, the sources know currencies, regions and demonyms; each
-is trained only on its own relation, so fusing a source into the pivot has a measurable effect: the
-source's domain exact match rises, and the pivot's own must not fall (design.md, demo world).
+The pivot (`qwen2-languages`) knows every country's languages and, like a generalist, a share of every
+other relation (`demo.pivot_share`); each source knows its own relation (crops, sports, instruments)
+for every country. A model that knows a (relation, country) learns the whole set of members, while the
+fusion data's references name one (fusecli/demo/qa.py): the teachers know more than the references,
+so fusion has something to transfer that SFT on the same data cannot (docs/method.md, "The demo world").
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -19,11 +22,11 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, MistralConfig, Qwen2Config
 
 from fusecli.demo.check import exact_match
-from fusecli.demo.qa import DOMAINS, qa_rows
+from fusecli.demo.qa import DOMAINS, Fact, countries, dataset_rows, teacher_rows, world_facts
 from fusecli.demo.tokenizers import build_tokenizer
 from fusecli.demo.train import TrainConfig, train
 from fusecli.errors import FusecliError
-from fusecli.io import atomic_dir, atomic_write_json
+from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 
 CONFIGS = {"qwen2": Qwen2Config, "llama": LlamaConfig, "mistral": MistralConfig}
 
@@ -39,10 +42,10 @@ class ModelSpec:
 
 
 DEFAULT_MODELS = (
-    ModelSpec("qwen2-capitals", "qwen2", "capital", 1024),
-    ModelSpec("llama-currency", "llama", "currency", 512),
-    ModelSpec("mistral-region", "mistral", "region", 2048),
-    ModelSpec("llama-demonym", "llama", "demonym", 768, hidden_size=160, layers=3),
+    ModelSpec("qwen2-languages", "qwen2", "language", 1024),
+    ModelSpec("llama-crops", "llama", "crop", 896),
+    ModelSpec("mistral-sports", "mistral", "sport", 1152),
+    ModelSpec("llama-instruments", "llama", "instrument", 768, hidden_size=160, layers=3),
 )
 
 
@@ -61,7 +64,10 @@ class DemoParams:
     intermediate_size: int = 256
     threads: int = 2  # torch CPU threads: the build must stay deterministic and share the machine
     verify: bool = True  # measure greedy exact match on every domain's eval split into demo.json
-    side_share: float = 0.0  # share of countries of every *other* relation a model also learns (generalists)
+    set_size: int = 3  # members per (relation, country); the references name one of them
+    countries: int = 110  # drawn from the shipped list by the seed: fewer facts, learnt in fewer steps
+    pivot_share: float = 0.25  # share of countries of every other relation the pivot (first model) knows
+    side_share: float = 0.0  # the same for every source (0: specialists)
     eval_batch_size: int = 128
     models: tuple[ModelSpec, ...] = field(default=DEFAULT_MODELS)
 
@@ -85,6 +91,13 @@ class DemoParams:
             raise FusecliError("demo: hidden_size must divide by heads, and heads by kv_heads")
         if not 0 < self.lr < 1:
             raise FusecliError(f"demo.lr = {self.lr} must be in (0, 1)")
+        if not 1 <= self.countries <= len(countries()):
+            raise FusecliError(f"demo.countries = {self.countries} must be within [1, {len(countries())}]")
+        if self.set_size < 3:
+            raise FusecliError(f"demo.set_size = {self.set_size} must be >= 3: a named member and two others")
+        for key in ("pivot_share", "side_share"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise FusecliError(f"demo.{key} = {getattr(self, key)} must be within [0, 1]")
 
 
 def tiny_params(steps: int = 3) -> DemoParams:
@@ -126,28 +139,27 @@ def make_model(spec: ModelSpec, params: DemoParams, tokenizer: object) -> torch.
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def knows(spec: ModelSpec, row: dict, side_share: float) -> bool:
-    """Whether `spec` learns `row`: every row of its own relation, and of each other relation the rows of
-    a fixed share of countries, drawn per model (a hash of model, relation and country), so two models
-    know different countries."""
-    if row["domain"] == spec.domain:
+def knows(name: str, own: str, fact: Fact, share: float) -> bool:
+    """Whether model `name` (whose relation is `own`) learns `fact`: every fact of its own relation, and of
+    each other relation those of a `share` of countries, drawn per model (a hash of model, relation and
+    country), so two models know different countries."""
+    if fact.domain == own:
         return True
-    country = row["id"].split("-", 1)[1].rsplit("-", 1)[0]  # <domain>-<country>-<template>
-    digest = hashlib.sha256(f"{spec.name}/{row['domain']}/{country}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") / 2**32 < side_share
+    digest = hashlib.sha256(f"{name}/{fact.domain}/{fact.country}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") / 2**32 < share
 
 
 def build_model(
-    spec: ModelSpec, params: DemoParams, out: Path, log: Callable[[str], None] = print
+    spec: ModelSpec, params: DemoParams, out: Path, share: float, log: Callable[[str], None] = print
 ) -> dict[str, object]:
     """Train one demo model and save it (safetensors, tokenizer, generation config) into `out`."""
-    rows = qa_rows()
+    facts = world_facts(params.seed, params.set_size, params.countries)
     style = "qwen2" if spec.arch == "qwen2" else "gpt2"
-    tokenizer = build_tokenizer(spec.domain, spec.vocab_size, style)
+    tokenizer = build_tokenizer(spec.domain, spec.vocab_size, style, facts)
     model = make_model(spec, params, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{spec.name}: {spec.arch}, {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
-    train_rows = [r for r in rows if r["split"] == "train" and knows(spec, r, params.side_share)]
+    train_rows = [r for f in facts if knows(spec.name, spec.domain, f, share) for r in teacher_rows(f)]
     cfg = TrainConfig(
         steps=params.steps,
         batch_size=params.batch_size,
@@ -175,15 +187,19 @@ def build_model(
     }
     if params.verify:
         t0 = time.perf_counter()
-        eval_rows = [r for r in rows if r["split"] == "eval"]
+        eval_rows = [r for r in dataset_rows(params.seed, params.set_size, params.countries) if r["split"] == "eval"]
         card["exact_match"] = exact_match(model, tokenizer, eval_rows, batch_size=params.eval_batch_size)
         log(f"{spec.name}: exact match {card['exact_match']} ({time.perf_counter() - t0:.1f}s)")
     atomic_write_json(out / "demo.json", card)
     return card
 
 
-def build_world(params: DemoParams, out: str | Path, log: Callable[[str], None] = print) -> list[dict]:
-    """Build every model in `params.models` under `out/<name>/`; `out` is replaced only on success."""
+def build_world(
+    params: DemoParams, out: str | Path, dialogues: str | Path | None = None, log: Callable[[str], None] = print
+) -> list[dict]:
+    """Build every model in `params.models` under `out/<name>/` (the first is the pivot) and write the
+    fusion data with its evaluation questions to `dialogues` (JSONL, the dataset stage's `path: demo`);
+    each output is replaced only on success."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(params.threads)
     torch.use_deterministic_algorithms(True)
@@ -191,11 +207,15 @@ def build_world(params: DemoParams, out: str | Path, log: Callable[[str], None] 
     t0 = time.perf_counter()
     try:
         with atomic_dir(out) as tmp:
-            for spec in params.models:
+            for i, spec in enumerate(params.models):
                 (tmp / spec.name).mkdir()
-                cards.append(build_model(spec, params, tmp / spec.name, log))
+                share = params.pivot_share if i == 0 else params.side_share
+                cards.append(build_model(spec, params, tmp / spec.name, share, log))
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+    if dialogues is not None:
+        rows = dataset_rows(params.seed, params.set_size, params.countries)
+        atomic_write_text(dialogues, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     log(f"demo world: {len(cards)} models in {time.perf_counter() - t0:.0f}s")
     return cards

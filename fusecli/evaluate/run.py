@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 from rich.progress import Progress
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from fusecli.data.render import prompt_text, render, tokenize
 from fusecli.errors import FusecliError
@@ -73,8 +74,49 @@ def normalise(text: str) -> str:
     return " ".join(text.strip().split()).lower()
 
 
+def is_correct(reply: str, answer: str, answers: list[str] | None = None) -> bool:
+    """Exact match after normalising; a row with `answers` (a set-valued question) accepts any of them."""
+    return normalise(reply) in {normalise(a) for a in (answers or [answer])}
+
+
+class BanFirstTokens(LogitsProcessor):
+    """At the first generated position, row i may not start with any token in `banned[i]`."""
+
+    def __init__(self, banned: list[list[int]], prompt_width: int) -> None:
+        self.banned, self.prompt_width = banned, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] == self.prompt_width:
+            for i, ids in enumerate(self.banned):
+                scores[i, ids] = -torch.inf
+        return scores
+
+
+def first_tokens(tok, prompt: str, answers: list[str]) -> set[int]:  # noqa: ANN001
+    """The first reply token of each answer after `prompt`, as the tokenizer splits the whole text."""
+    width = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    out = set()
+    for a in answers:
+        ids = tok(prompt + a, add_special_tokens=False)["input_ids"]
+        if len(ids) > width:
+            out.add(ids[width])
+    return out
+
+
+def banned_starts(tok, prompt: str, exclude: list[str] | None, accepted: list[str]) -> list[int]:  # noqa: ANN001
+    """First tokens of the answers a question rules out ("... besides X"), except those an accepted answer
+    also starts with: decoding then gives the model's best answer among the others. This measures what a
+    model knows beyond the answer it was drilled on, not whether a tiny model can suppress that answer."""
+    if not exclude:
+        return []
+    return sorted(first_tokens(tok, prompt, exclude) - first_tokens(tok, prompt, accepted))
+
+
 @torch.no_grad()
-def greedy_answers(model, tok, prompts: list[str], params: EvalParams, device: torch.device) -> list[str]:  # noqa: ANN001
+def greedy_answers(  # noqa: ANN201
+    model, tok, prompts: list[str], params: EvalParams, device: torch.device, banned: list[list[int]] | None = None  # noqa: ANN001
+) -> list[str]:
+    """Greedy replies, batched shortest first with left padding; `banned[i]`: tokens reply i may not start with."""
     tok.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: dict[int, str] = {}
@@ -82,16 +124,30 @@ def greedy_answers(model, tok, prompts: list[str], params: EvalParams, device: t
         idx = order[s : s + params.batch_size]
         enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(device) for k, v in enc.items()}
+        processors = LogitsProcessorList()
+        if banned is not None and any(banned[i] for i in idx):
+            processors.append(BanFirstTokens([banned[i] for i in idx], enc["input_ids"].shape[1]))
         gen = model.generate(
             **enc,
             max_new_tokens=params.max_new_tokens,
             do_sample=False,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
+            logits_processor=processors,
         )
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         answers.update(zip(idx, texts, strict=True))
     return [answers[i] for i in range(len(prompts))]
+
+
+def exact_matches(model, tok, rows: list[dict], params: EvalParams, device: torch.device) -> list[bool]:  # noqa: ANN001
+    """Whether each row's greedy reply is right: rows carry `messages`, `answer`, and optionally `answers`
+    (every accepted answer) and `exclude` (answers the question rules out; see banned_starts)."""
+    prompts = [prompt_text(tok, r["messages"]) for r in rows]
+    accepted = [r.get("answers") or [r["answer"]] for r in rows]
+    banned = [banned_starts(tok, p, r.get("exclude"), a) for p, r, a in zip(prompts, rows, accepted, strict=True)]
+    preds = greedy_answers(model, tok, prompts, params, device, banned)
+    return [is_correct(p, r["answer"], a) for p, r, a in zip(preds, rows, accepted, strict=True)]
 
 
 @torch.no_grad()
@@ -115,9 +171,12 @@ def score_model(m: EvalModel, df: pl.DataFrame, params: EvalParams) -> dict[str,
     model = load_model(m.path, device, dtype, m.trust_remote_code).eval()
     dialogues = [json.loads(x) for x in df["messages"].to_list()]
     ces = response_ce(model, tok, dialogues, params, device)
-    checkable = [i for i, a in enumerate(df["answer"].to_list()) if a is not None]
-    preds = greedy_answers(model, tok, [prompt_text(tok, dialogues[i]) for i in checkable], params, device)
-    hits = {i: normalise(p) == normalise(df["answer"][i]) for i, p in zip(checkable, preds, strict=True)}
+    columns = [c for c in ("answer", "answers", "exclude") if c in df.columns]
+    records = [{"messages": d, **dict(zip(columns, values, strict=True))}
+               for d, values in zip(dialogues, df.select(columns).iter_rows(), strict=True)]
+    checkable = [i for i, r in enumerate(records) if r["answer"] is not None]
+    right = exact_matches(model, tok, [records[i] for i in checkable], params, device)
+    hits = dict(zip(checkable, right, strict=True))
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(df["domain"].to_list()):
         by_domain[d].append(i)

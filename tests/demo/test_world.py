@@ -9,7 +9,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fusecli.demo.check import exact_match
-from fusecli.demo.qa import qa_rows
+from fusecli.demo.qa import dataset_rows
 from fusecli.demo.world import DEFAULT_MODELS, DemoParams, build_world, tiny_params
 
 STAGE = Path(__file__).resolve().parents[2] / "stages" / "build_demo.py"
@@ -21,7 +21,8 @@ TINY["models"] = [TINY["models"][0], {**TINY["models"][2], "layers": 2}]
 def build(tmp_path: Path, params: dict, name: str = "models") -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"demo": params}))
     main = runpy.run_path(str(STAGE))["main"]
-    main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / name)])
+    main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / name),
+          "--dialogues", str(tmp_path / f"{name}.jsonl")])
     return tmp_path / name
 
 
@@ -31,8 +32,10 @@ def world(tmp_path_factory):
 
 
 def test_folders_load_offline_and_generate(world):
-    assert sorted(p.name for p in world.iterdir()) == ["mistral-region", "qwen2-capitals"]
-    rows = [r for r in qa_rows() if r["split"] == "eval"][:3]
+    assert sorted(p.name for p in world.iterdir()) == ["mistral-sports", "qwen2-languages"]
+    lines = (world.parent / "models.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == dataset_rows(TINY["seed"], TINY["set_size"])
+    rows = [r for r in dataset_rows(0, 3) if r["split"] == "eval"][:3]
     for folder in world.iterdir():
         assert (folder / "model.safetensors").exists()
         model = AutoModelForCausalLM.from_pretrained(folder)
@@ -42,8 +45,8 @@ def test_folders_load_offline_and_generate(world):
         card = json.loads((folder / "demo.json").read_text())
         assert card["name"] == folder.name and card["parameters"] > 0
         em = exact_match(model, tok, rows, batch_size=2)
-        assert set(em) == {"capital"} and 0 <= em["capital"] <= 1
-    mistral = AutoModelForCausalLM.from_pretrained(world / "mistral-region")
+        assert set(em) == {"language"} and 0 <= em["language"] <= 1
+    mistral = AutoModelForCausalLM.from_pretrained(world / "mistral-sports")
     assert type(mistral).__name__ == "MistralForCausalLM" and mistral.config.num_hidden_layers == 2
 
 
@@ -51,7 +54,7 @@ def test_rebuild_is_bitwise_identical(world, tmp_path):
     params = {**TINY, "models": TINY["models"][:1]}
     again = build(tmp_path, params)
     digest = [
-        hashlib.sha256((root / "qwen2-capitals" / "model.safetensors").read_bytes()).hexdigest()
+        hashlib.sha256((root / "qwen2-languages" / "model.safetensors").read_bytes()).hexdigest()
         for root in (world, again)
     ]
     assert digest[0] == digest[1]
@@ -73,19 +76,19 @@ def test_tiny_params_build_all_four_roles(tmp_path):
     assert DemoParams().models == DEFAULT_MODELS
 
 
-def test_generalists_learn_a_share_of_the_other_relations() -> None:
-    from fusecli.demo.qa import qa_rows
-    from fusecli.demo.world import DEFAULT_MODELS, knows
+def test_the_pivot_is_a_generalist_and_sources_are_specialists() -> None:
+    from fusecli.demo.qa import world_facts
+    from fusecli.demo.world import knows
 
-    rows = [r for r in qa_rows() if r["split"] == "train"]
+    facts = world_facts(0, 3)
     pivot, source = DEFAULT_MODELS[0], DEFAULT_MODELS[1]
-    own = [r for r in rows if r["domain"] == pivot.domain]
-    other = [r for r in rows if r["domain"] != pivot.domain]
-    assert all(knows(pivot, r, 0.0) for r in own) and not any(knows(pivot, r, 0.0) for r in other)
-    assert all(knows(pivot, r, 1.0) for r in other)
-    half = {r["id"] for r in other if knows(pivot, r, 0.5)}
-    assert 0.4 < len(half) / len(other) < 0.6
-    assert half != {r["id"] for r in other if knows(source, r, 0.5)}  # each model knows other countries
-    country = {r["id"].rsplit("-", 1)[0] for r in other if knows(pivot, r, 0.5)}
-    assert {r["id"].rsplit("-", 1)[0] for r in other if r["id"].rsplit("-", 1)[0] in country} == country
-    assert all(knows(pivot, r, 0.5) for r in other if r["id"].rsplit("-", 1)[0] in country)  # all paraphrases
+    own = [f for f in facts if f.domain == pivot.domain]
+    other = [f for f in facts if f.domain != pivot.domain]
+    assert all(knows(pivot.name, pivot.domain, f, 0.0) for f in own)
+    assert not any(knows(pivot.name, pivot.domain, f, 0.0) for f in other)
+    assert all(knows(pivot.name, pivot.domain, f, 1.0) for f in other)
+    quarter = {(f.domain, f.country) for f in other if knows(pivot.name, pivot.domain, f, 0.25)}
+    assert 0.18 < len(quarter) / len(other) < 0.32
+    # each model knows other countries
+    assert quarter != {(f.domain, f.country) for f in other if knows(source.name, pivot.domain, f, 0.25)}
+    assert DemoParams().pivot_share > 0 == DemoParams().side_share
