@@ -56,6 +56,11 @@ def test_summary_is_mean_and_half_range_and_the_readme_table_goes_between_the_ma
     text = readme.read_text()
     assert "old table" not in text and text.endswith(f"{quality.END}\n\nafter\n")
     assert "| pivot | 0.400 ± 0.200 | - | 0.400 ± 0.200 |" in text and "`fuse.gate=1.0`" in text
+    names = ["merged:sce", "control:pivot", "fused:a", "merged", "fuselm", "source:b", "sft_baseline", "pivot",
+             "control:merged", "control:merged:sce", "merged:linear", "source:a"]
+    assert quality.model_order(names) == ["pivot", "source:a", "source:b", "sft_baseline", "fused:a", "fuselm",
+                                          "merged:linear", "merged:sce", "control:merged:sce"]
+    assert quality.markdown(summary, [0, 1], [], ["ce"]).count("| model |") == 1
     readme.write_text("no markers")
     with pytest.raises(FusecliError, match="has no <!-- quality:begin --> ... <!-- quality:end --> markers"):
         quality.write_readme(readme, "table")
