@@ -31,11 +31,11 @@ def run_setting(spec: str, base: FuseParams, pivot: str, sources: list[str], out
         base, **{k: type(getattr(base, k))(v) for k, v in overrides.items()}, logging_steps=10**6, save_steps=10**6
     )
     root = out / spec
-    train(pivot, "extract/pivot", None, "data/train.parquet", str(root / "sft"), str(root / "sft-logs"),
+    train(pivot, "extract/pivot", [], "data/train.parquet", str(root / "sft"), str(root / "sft-logs"),
           dataclasses.replace(params, lam=1.0))  # fmt: skip
     for s in sources:
         logs = str(root / f"{s}-logs")
-        train(pivot, "extract/pivot", f"align/{s}", "data/train.parquet", str(root / s), logs, params)
+        train(pivot, "extract/pivot", [f"align/{s}"], "data/train.parquet", str(root / s), logs, params)
     for method in METHODS:
         merge_models(pivot, [(s, root / s) for s in sources], MergeParams(method=method), root / f"merged-{method}")
     models = {"sft": root / "sft", **{s: root / s for s in sources}, **{m: root / f"merged-{m}" for m in METHODS}}

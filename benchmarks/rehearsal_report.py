@@ -58,8 +58,8 @@ def stage_metrics(ws: Path, stage: str) -> dict:
         return _read(ws / "extract/sources" / item / "manifest.json").get("summary", {})
     if name == "fuse":
         return _read(ws / "logs/fuse" / item / "selection.json")
-    if name == "sft_baseline":
-        return _read(ws / "logs/sft_baseline/selection.json")
+    if name in ("fuse_all", "sft_baseline"):
+        return _read(ws / "logs" / name / "selection.json")
     return {}
 
 

@@ -1,8 +1,9 @@
 """DVC interop: where a source's outputs live, cleaning up after a removed source, and what is stale.
 
 Removing a source from models.lock is not enough: DVC keeps its outputs, their .gitignore lines and its
-`*@slug` entries in dvc.lock, and the merge stage (which depends on the whole `fused/` folder) would
-silently keep using the stale pair output. `dvc remove` refuses parametrized stages, so we clean up.
+`*@slug` entries in dvc.lock, and the stages over every source (merge@<method> depends on the whole `fused/`
+folder, fuse_all on `align/`) would silently keep using the stale outputs. `dvc remove` refuses parametrized
+stages, so we clean up.
 """
 
 from __future__ import annotations

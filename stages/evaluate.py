@@ -1,7 +1,7 @@
 """Stage evaluate: score every model the pipeline made or used, per held-out domain.
 
 python stages/evaluate.py --params params.yaml --lock models.lock --data data/eval.parquet --fused-dir fused
-  --baseline baseline/sft --merged-dir merged --out eval
+  --fused-all fused_all --baseline baseline/sft --merged-dir merged --out eval
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--lock", default="models.lock")
     ap.add_argument("--data", required=True)
     ap.add_argument("--fused-dir", default="fused")
+    ap.add_argument("--fused-all", default="fused_all", help="the FuseLLM-style student of every source (fuselm)")
     ap.add_argument("--baseline", default="baseline/sft")
     ap.add_argument("--merged-dir", default="merged", help="holds merged/<method>/ for every merge.methods")
     ap.add_argument("--out", default="eval")
@@ -36,7 +37,7 @@ def main() -> None:
     merge = merge_methods(args.params)
     lock = read_lock(args.lock)
     verify_pinned(lock, ".", lock.sources)  # pivot or source changed on disk after pinning: stop before any work
-    models = pipeline_models(args.lock, args.fused_dir, args.baseline, args.merged_dir, merge)
+    models = pipeline_models(args.lock, args.fused_dir, args.fused_all, args.baseline, args.merged_dir, merge)
     metrics = run_evaluate(params, models, args.data, merge, args.cache_dir or None)
     atomic_write_json(Path(args.out) / "metrics.json", metrics)
     atomic_write_text(Path(args.out) / "report.md", report_markdown(metrics))

@@ -1,4 +1,8 @@
-"""Stage fuse@<slug> (and sft_baseline): train the pivot on its own and a source's aligned distributions.
+"""Stage fuse@<slug> (and fuse_all, sft_baseline): train the pivot on its own and sources' aligned distributions.
+
+fuse@<slug> takes one source (`--align align/<slug>`); fuse_all, the FuseLLM-style row, takes every locked
+source at once (`--align-root align`: align/<slug> for each slug of models.lock), the fusion function
+choosing among all of them per sequence; sft_baseline takes none.
 
 Launch with `python`, `torchrun --nproc_per_node N` or `deepspeed` (params.yaml: launch.fuse).
 """
@@ -7,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from fusecli.config import load_section
-from fusecli.errors import fail_cleanly
+from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.fuse.train import FuseParams, train
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
@@ -22,24 +27,30 @@ def main() -> None:
     ap.add_argument("--lock", default="models.lock")
     ap.add_argument("--data", required=True)
     ap.add_argument("--pivot-extract", required=True)
-    ap.add_argument("--align", help="the source's aligned store; omit with --sft-baseline")
+    ap.add_argument("--align", action="append", default=[], help="a source's aligned store (repeatable)")
+    ap.add_argument("--align-root", help="teach with <root>/<slug> of every source in the lock (fuse_all)")
     ap.add_argument("--sft-baseline", action="store_true", help="lambda = 1: the pivot on the same data and steps")
     ap.add_argument("--out", required=True)
     ap.add_argument("--live-dir", required=True, help="dvclive metrics and the teacher-selection summary")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     params = load_section(FuseParams, "fuse", args.params)
-    if args.sft_baseline:
-        params = dataclasses.replace(params, lam=1.0)
-    elif not args.align:
-        ap.error("--align is required unless --sft-baseline")
     lock = read_lock(args.lock)
+    aligns = list(args.align)
+    if args.align_root:
+        if not lock.sources:
+            raise FusecliError(f"{args.lock} has no sources to fuse: add one with `fusecli add-source`")
+        aligns += [str(Path(args.align_root) / slug) for slug in sorted(lock.sources)]
+    if args.sft_baseline:
+        params, aligns = dataclasses.replace(params, lam=1.0), []
+    elif not aligns:
+        ap.error("--align or --align-root is required unless --sft-baseline")
     verify_pinned(lock, ".")  # the pivot's weights changed on disk after pinning: stop before any work
     pivot = lock.pivot
     train(
         pivot.path,
         args.pivot_extract,
-        None if args.sft_baseline else args.align,
+        aligns,
         args.data,
         args.out,
         args.live_dir,

@@ -83,7 +83,7 @@ def workspace(tmp_path_factory) -> Path:
     git_commit(ws, "workspace")
     proc = run(["dvc", "repro"], ws)
     stages = ran_stages(proc)
-    assert {"build_demo", "build_dataset", "extract_pivot", "evaluate", "report", "sft_baseline"} <= stages
+    assert {"build_demo", "build_dataset", "extract_pivot", "evaluate", "report", "sft_baseline", "fuse_all"} <= stages
     assert merge_stages(ws) <= stages
     return ws
 
@@ -93,7 +93,8 @@ def test_full_run_produces_metrics_of_every_model_and_method(workspace):
     lock = yaml.safe_load((workspace / "models.lock").read_text())
     merge = yaml.safe_load((workspace / "params.yaml").read_text())["merge"]
     slugs = sorted(lock["sources"])
-    expected = {"pivot", "sft_baseline", "merged"} | {f"source:{s}" for s in slugs} | {f"fused:{s}" for s in slugs}
+    expected = {"pivot", "sft_baseline", "merged", "fuselm"} | {f"source:{s}" for s in slugs}
+    expected |= {f"fused:{s}" for s in slugs}
     expected |= {f"merged:{m}" for m in merge["methods"]}
     assert set(metrics["models"]) == expected
     assert metrics["models"]["merged"] == metrics["models"][f"merged:{merge['method']}"]
@@ -117,7 +118,9 @@ def test_report_with_valid_pngs(workspace):
             assert im.format == "PNG" and im.width > 200 and im.height > 150
     assert "Incomplete inputs" not in index
     teachers = json.loads((workspace / "reports" / "teachers.json").read_text())
-    assert set(teachers) == set(yaml.safe_load((workspace / "models.lock").read_text())["sources"])
+    assert set(teachers) == set(yaml.safe_load((workspace / "models.lock").read_text())["sources"]) | {"fuselm"}
+    assert set(teachers["fuselm"]["share"]) == set(teachers) - {"fuselm"}  # fuse_all chose among every source
+    assert "| fuselm |" in index and "| fuse_all |" in index
 
 
 def test_metrics_and_plots_are_registered_with_dvc(workspace):
@@ -178,17 +181,21 @@ def test_add_then_remove_source_reruns_only_its_stages(workspace):
     third = "demo/models/llama-demonym"
     run(["fusecli", "add-source", third, "--name", "demonym"], workspace)
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    assert ran == {"extract@demonym", "align@demonym", "fuse@demonym", "evaluate", "report"} | merge_stages(workspace)
+    assert ran == {"extract@demonym", "align@demonym", "fuse@demonym", "fuse_all", "evaluate", "report"} | merge_stages(
+        workspace
+    )
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert {"source:demonym", "fused:demonym"} <= set(metrics["models"])
-    assert "demonym" in json.loads((workspace / "reports" / "teachers.json").read_text())
+    teachers = json.loads((workspace / "reports" / "teachers.json").read_text())
+    assert "demonym" in teachers and "demonym" in teachers["fuselm"]["share"]
 
     run(["fusecli", "remove-source", "demonym"], workspace)
     assert not (workspace / "fused" / "demonym").exists()
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    assert ran == {"evaluate", "report"} | merge_stages(workspace)
+    assert ran == {"fuse_all", "evaluate", "report"} | merge_stages(workspace)
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert "fused:demonym" not in metrics["models"]
+    assert "demonym" not in json.loads((workspace / "reports" / "teachers.json").read_text())["fuselm"]["share"]
     assert "fused:demonym" not in (workspace / "reports" / "index.md").read_text()
 
 

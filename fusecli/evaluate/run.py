@@ -65,7 +65,7 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class EvalModel:
-    name: str  # pivot, source:<slug>, sft_baseline, fused:<slug>, merged:<method>
+    name: str  # pivot, source:<slug>, sft_baseline, fused:<slug>, fuselm, merged:<method>
     path: str
     trust_remote_code: bool = False
 

@@ -1,8 +1,9 @@
 """The DVC `evaluate` stage: every model the pipeline made or used, side by side in eval/metrics.json.
 
 Models: the pivot, each locked source (with its own tokenizer and template), sft_baseline, each
-pair-fused model, `merged:<method>` for every method in merge.methods, and `merged`, the default
-method's scores again (so `dvc metrics diff` across merge.method changes reads one key).
+pair-fused model, `fuselm` (the FuseLLM-style row: one student distilled from every source at once),
+`merged:<method>` for every method in merge.methods, and `merged`, the default method's scores again
+(so `dvc metrics diff` across merge.method changes reads one key).
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ from fusecli.lock import read_lock
 from fusecli.merge.stage import MergeMethods
 
 MERGED = "merged"
+FUSELM = "fuselm"
 
 
 def pipeline_models(
-    lock: str | Path, fused_dir: str | Path, baseline: str | Path, merged_dir: str | Path, merge: MergeMethods
+    lock: str | Path,
+    fused_dir: str | Path,
+    fused_all: str | Path,
+    baseline: str | Path,
+    merged_dir: str | Path,
+    merge: MergeMethods,
 ) -> list[EvalModel]:
     locked = read_lock(lock)
     trust = locked.pivot.trust_remote_code  # every trained model is the pivot's architecture
@@ -29,6 +36,7 @@ def pipeline_models(
     models += [EvalModel(f"source:{s}", locked.sources[s].path, locked.sources[s].trust_remote_code) for s in slugs]
     models.append(EvalModel("sft_baseline", str(baseline), trust))
     models += [EvalModel(f"fused:{s}", str(Path(fused_dir) / s), trust) for s in slugs]
+    models.append(EvalModel(FUSELM, str(fused_all), trust))
     models += [EvalModel(f"{MERGED}:{m}", str(Path(merged_dir) / m), trust) for m in merge.methods]
     for m in models:
         if not Path(m.path).is_dir():

@@ -1,12 +1,15 @@
-"""Training examples for pair fusion: the pivot's tokens plus one sparse fused target per response token.
+"""Training examples for fusion: the pivot's tokens plus one sparse fused target per response token.
 
 The per-sequence teacher choice (MinCE, AvgCE, ...) is decided once here from the stored sequence CEs,
-so the trainer only sees (ids, probs) targets; selection statistics come out of the same pass.
+so the trainer only sees (ids, probs) targets; selection statistics come out of the same pass. The
+teachers are the pivot and one aligned store per source: one for a pair model (fuse@<slug>), all of them
+for the FuseLLM-style row (fuse_all), none for the SFT baseline.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +17,10 @@ import numpy as np
 import torch
 
 from fusecli.errors import FusecliError
-from fusecli.fuse.functions import FUSION_FUNCTIONS, fuse_targets, teacher_probs
+from fusecli.fuse.functions import FUSION_FUNCTIONS, apply_gate, fuse_targets, reference_targets, teacher_probs
 from fusecli.store import iter_records, read_manifest
+
+TEACHERS = ("model", "reference")  # fuse.teacher: the teachers' distributions, or the reference one-hot (control)
 
 
 @dataclass
@@ -26,52 +31,73 @@ class Example:
     target_probs: np.ndarray  # float32 [R, M]
 
 
+def _source_teacher(src: dict | None, n: int, k: int, temperature: float, i: int) -> tuple:
+    """(ids [R, K], probs [R, K], seq CE) of one aligned source for sequence i; absent: no mass, CE inf."""
+    if src is None:
+        return np.full((n, k), -1, dtype=np.int64), np.zeros((n, k)), float("inf")
+    if len(src["topk_ids"]) != n:
+        raise FusecliError(f"aligned targets of row {i} do not match the pivot's tokens: rerun align")
+    ids = src["topk_ids"].astype(np.int64)
+    probs = np.where(ids >= 0, teacher_probs(src["topk_logprobs"], temperature), 0.0)
+    return ids, probs, float(src["seq_ce"])
+
+
 def build_examples(
     pivot_extract: str | Path,
-    align_dir: str | Path | None,
+    aligns: Sequence[str | Path],
     data: str | Path,
     fusion_fn: str,
     temperature: float,
     vocab_size: int,
+    teacher: str = "model",
+    gate: float | None = None,
 ) -> tuple[list[Example], dict]:
-    """Join the pivot's store with the aligned source store on seq_index and fuse per sequence.
+    """Join the pivot's store with the aligned source stores on seq_index and fuse per sequence.
 
-    With `align_dir` None (the SFT baseline), targets are the pivot's own distribution; the loss then
+    Teacher 0 is the pivot, teacher k the k-th store of `aligns` (named by its folder, the source slug).
+    `gate` drops teachers whose sequence CE exceeds it before the fusion function runs; a sequence with no
+    teacher left gets the reference one-hot (plain SFT). `teacher` "reference" replaces every fused target
+    by the reference one-hot after the same selection (the control: what the teachers add beyond the
+    references). With no `aligns` (the SFT baseline) targets are the pivot's own distribution; the loss then
     uses lambda = 1 and ignores them.
     """
     if fusion_fn not in FUSION_FUNCTIONS:
         raise FusecliError(f"fuse.fusion_fn = {fusion_fn!r} is unknown: use one of {sorted(FUSION_FUNCTIONS)}")
+    if teacher not in TEACHERS:
+        raise FusecliError(f"fuse.teacher = {teacher!r} is unknown: use one of {list(TEACHERS)}")
     import polars as pl  # here, so the GPU benchmark needs no polars
 
     domains = pl.read_parquet(data, columns=["domain"])["domain"].to_list()
-    aligned = {}
-    if align_dir is not None:
-        read_manifest(align_dir)
-        aligned = {r["seq_index"]: r for r in iter_records(align_dir)}
+    names = ["pivot"] + [Path(a).name for a in aligns]
+    stores = []
+    for a in aligns:
+        read_manifest(a)
+        stores.append({r["seq_index"]: r for r in iter_records(a)})
     fn = FUSION_FUNCTIONS[fusion_fn]
     examples: list[Example] = []
-    chosen: dict[str, list[float]] = defaultdict(list)
+    weights: dict[str, list[np.ndarray]] = defaultdict(list)
+    gated: dict[str, list[bool]] = defaultdict(list)
     for rec in iter_records(pivot_extract):
         i = int(rec["seq_index"])
         positions = np.nonzero(rec["label_mask"])[0].astype(np.int64)
         ids = [rec["topk_ids"].astype(np.int64)]
         probs = [teacher_probs(rec["topk_logprobs"], temperature)]
         ces = [float(rec["seq_ce"])]
-        if i in aligned:
-            src = aligned[i]
-            if len(src["topk_ids"]) != len(positions):
-                raise FusecliError(f"aligned targets of row {i} do not match the pivot's tokens: rerun align")
-            ids.append(src["topk_ids"].astype(np.int64))
-            probs.append(np.where(src["topk_ids"] >= 0, teacher_probs(src["topk_logprobs"], temperature), 0.0))
-            ces.append(float(src["seq_ce"]))
-        elif align_dir is not None:
-            ids.append(np.full_like(ids[0], -1))
-            probs.append(np.zeros_like(probs[0]))
-            ces.append(float("inf"))
-        w = fn(np.asarray(ces))
-        if len(w) > 1:
-            chosen[domains[i]].append(float(w[1]))
-        t_ids, t_probs = fuse_targets(w, ids, probs)
+        for store in stores:
+            s_ids, s_probs, s_ce = _source_teacher(store.get(i), len(positions), ids[0].shape[1], temperature, i)
+            ids.append(s_ids)
+            probs.append(s_probs)
+            ces.append(s_ce)
+        competent = apply_gate(np.asarray(ces), gate)
+        none_left = not np.isfinite(competent).any()
+        w = np.zeros(len(ces)) if none_left else fn(competent)
+        if stores:
+            weights[domains[i]].append(w)
+            gated[domains[i]].append(none_left)
+        if none_left or teacher == "reference":
+            t_ids, t_probs = reference_targets(rec["input_ids"][positions])
+        else:
+            t_ids, t_probs = fuse_targets(w, ids, probs)
         if t_ids.max(initial=-1) >= vocab_size:
             raise FusecliError(
                 f"target id {int(t_ids.max())} is outside the pivot's vocabulary ({vocab_size}): "
@@ -87,12 +113,29 @@ def build_examples(
         )
     if not examples:
         raise FusecliError(f"{pivot_extract} holds no training sequences: check the dataset")
-    stats = {
+    return examples, selection_stats(weights, gated, names, fusion_fn, teacher, gate)
+
+
+def selection_stats(
+    weights: dict[str, list[np.ndarray]],
+    gated: dict[str, list[bool]],
+    names: list[str],
+    fusion_fn: str,
+    teacher: str,
+    gate: float | None,
+) -> dict:
+    """Per domain: the sources' share of the fused targets (MinCE: of sequences; AvgCE: mean weight), each
+    teacher's share, and the share of sequences the gate left without a teacher."""
+    mean_w = {d: np.mean(np.stack(v), axis=0) for d, v in sorted(weights.items())}
+    return {
         "fusion_fn": fusion_fn,
-        "source_share": {d: float(np.mean(v)) for d, v in sorted(chosen.items())},
-        "sequences": {d: len(v) for d, v in sorted(chosen.items())},
+        "teacher": teacher,
+        "gate": gate,
+        "source_share": {d: float(m[1:].sum()) for d, m in mean_w.items()},
+        "teacher_share": {name: {d: float(m[k]) for d, m in mean_w.items()} for k, name in enumerate(names)},
+        "gated_share": {d: float(np.mean(v)) for d, v in sorted(gated.items())},
+        "sequences": {d: len(v) for d, v in sorted(weights.items())},
     }
-    return examples, stats
 
 
 class FusionDataset(torch.utils.data.Dataset):

@@ -2,7 +2,9 @@
 
 Each function takes the teachers' sequence CEs (index 0 is the pivot itself) and returns per-teacher
 weights for that sequence; the target is sum_k w_k q_k, kept sparse as concatenated (ids, probs).
-Adding a function is one registered entry plus a test.
+Adding a function is one registered entry plus a test. Two switches act around the function:
+`apply_gate` drops incompetent teachers before it runs (fuse.gate), and `reference_targets` is the
+control target (fuse.teacher: reference) that replaces whatever the teachers would have taught.
 """
 
 from __future__ import annotations
@@ -51,6 +53,24 @@ def avg_ce(seq_ce: np.ndarray) -> np.ndarray:
     r = np.where(np.isfinite(seq_ce), np.exp(-seq_ce), -np.inf)
     z = np.exp(r - r.max())
     return z / z.sum()
+
+
+def apply_gate(seq_ce: np.ndarray, gate: float | None) -> np.ndarray:
+    """The teacher-competence gate: a teacher whose sequence CE exceeds `gate` nats is dropped (CE -> inf).
+
+    None is the paper (every teacher competes). A sequence whose teachers are all dropped gets no fusion term.
+    """
+    if gate is None:
+        return seq_ce
+    return np.where(seq_ce > gate, np.inf, seq_ce)
+
+
+def reference_targets(gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference one-hot as a sparse target: ids [R, 1] = the gold tokens, probs [R, 1] = 1.
+
+    Its fusion CE equals the SFT CE, so a row with this target trains exactly as plain SFT.
+    """
+    return gold.astype(np.int64)[:, None], np.ones((len(gold), 1), dtype=np.float32)
 
 
 def fuse_targets(weights: np.ndarray, ids: list[np.ndarray], probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

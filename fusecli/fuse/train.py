@@ -33,7 +33,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from fusecli.errors import FusecliError
 from fusecli.extract.topk import final_hidden
-from fusecli.fuse.data import Example, FusionDataset, build_examples, collate
+from fusecli.fuse.data import TEACHERS, Example, FusionDataset, build_examples, collate
 from fusecli.fuse.functions import FUSION_FUNCTIONS
 from fusecli.fuse.loss import combine, sparse_losses
 from fusecli.io import atomic_dir, atomic_write_json, remove_tree, sweep_stale
@@ -47,6 +47,8 @@ class FuseParams:
     lam: float = 0.9  # weight of the SFT term; 1.0 is plain SFT
     temperature: float = 1.0
     fusion_fn: str = "mince"
+    teacher: str = "model"  # model | reference: the control, every fused target is the reference one-hot
+    gate: float | None = None  # nats: drop teachers whose sequence CE exceeds it; None = every teacher (the paper)
     learning_rate: float = 5e-6
     epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -73,6 +75,10 @@ class FuseParams:
             raise FusecliError(f"fuse.lam = {self.lam} must be within [0, 1]")
         if self.fusion_fn not in FUSION_FUNCTIONS:
             raise FusecliError(f"fuse.fusion_fn = {self.fusion_fn!r} is unknown: use one of {sorted(FUSION_FUNCTIONS)}")
+        if self.teacher not in TEACHERS:
+            raise FusecliError(f"fuse.teacher = {self.teacher!r} is unknown: use one of {list(TEACHERS)}")
+        if self.gate is not None and self.gate <= 0:
+            raise FusecliError(f"fuse.gate = {self.gate} must be > 0 nats, or null to turn the gate off")
         if self.temperature <= 0:
             raise FusecliError(f"fuse.temperature = {self.temperature} must be > 0")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -325,7 +331,7 @@ def make_trainer(
     return trainer
 
 
-def check_inputs(pivot_extract: str | Path, align_dir: str | Path | None, vocab: int) -> None:
+def check_inputs(pivot_extract: str | Path, aligns: list[str], vocab: int) -> None:
     """Stop before training when the stores were made for another pivot or are incomplete."""
     made_for = read_manifest(pivot_extract)["meta"].get("codec", {}).get("vocab", vocab)
     if made_for != vocab:
@@ -333,7 +339,7 @@ def check_inputs(pivot_extract: str | Path, align_dir: str | Path | None, vocab:
             f"{pivot_extract} was extracted with a {made_for}-token vocabulary, the pivot has {vocab}: "
             "rerun extract_pivot for this pivot"
         )
-    if align_dir is not None:
+    for align_dir in aligns:
         aligned_to = read_manifest(align_dir)["meta"].get("pivot_vocab", 0)
         if aligned_to > vocab:
             raise FusecliError(
@@ -345,22 +351,25 @@ def check_inputs(pivot_extract: str | Path, align_dir: str | Path | None, vocab:
 def train(
     pivot_model: str,
     pivot_extract: str,
-    align_dir: str | None,
+    aligns: list[str],
     data: str,
     out: str,
     logs: str,
     params: FuseParams,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Train the pivot on (its own | source's) distributions; write an HF model folder to `out`."""
+    """Train the pivot on the fused distributions of itself and `aligns` (none: the SFT baseline); write an
+    HF model folder to `out`."""
     device = resolve_device(params.device)
     tokenizer = load_tokenizer(pivot_model, trust_remote_code)
     model = load_model(pivot_model, torch.device("cpu"), torch.float32, trust_remote_code)
     vocab = model.get_output_embeddings().weight.shape[0]
-    check_inputs(pivot_extract, align_dir, vocab)
-    examples, stats = build_examples(pivot_extract, align_dir, data, params.fusion_fn, params.temperature, vocab)
-    inputs = [Path(pivot_extract)] + ([Path(align_dir)] if align_dir else [])
-    key = run_key(inputs, params, {"pivot": str(pivot_model), "sft_only": align_dir is None})
+    check_inputs(pivot_extract, aligns, vocab)
+    examples, stats = build_examples(
+        pivot_extract, aligns, data, params.fusion_fn, params.temperature, vocab, params.teacher, params.gate
+    )
+    inputs = [Path(pivot_extract)] + [Path(a) for a in aligns]
+    key = run_key(inputs, params, {"pivot": str(pivot_model), "sft_only": not aligns})
     scratch = Path(params.scratch) / f"fuse-{key}"
     trainer = make_trainer(model, examples, tokenizer.pad_token_id or 0, params, scratch, device)
     checkpoint = last_complete_checkpoint(scratch, clean=trainer.is_world_process_zero())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fusecli.errors import FusecliError
+from fusecli.evaluate.stage import FUSELM
 
 CURVES = ("loss", "sft_loss", "fusion_loss")  # dvclive series of the fuse stage, one subplot each
 LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
@@ -54,6 +55,7 @@ def expected_models(slugs: list[str], methods: list[str]) -> list[str]:
         *(f"source:{s}" for s in slugs),
         "sft_baseline",
         *(f"fused:{s}" for s in slugs),
+        FUSELM,
         *(f"merged:{m}" for m in methods),
         "merged",
     ]
@@ -67,26 +69,49 @@ def _json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def fusion_runs(logs: str | Path, slugs: list[str]) -> dict[str, Path]:
+    """The dvclive folder of each run that fuses teachers: fuse@<slug> (one source) and fuse_all (every source)."""
+    return {f"fuse@{s}": Path(logs) / "fuse" / s for s in slugs} | {"fuse_all": Path(logs) / "fuse_all"}
+
+
+def _run_selection(selection: dict[str, Any], run: str, slugs: list[str]) -> dict[str, Any]:
+    """One run's selection.json as {fusion_fn, teacher, gate, share: {slug: {domain: s}}, gated: {domain: s}}."""
+    if run.startswith("fuse@"):  # a pair run: the source's share is source_share (also in older files)
+        share = {run.removeprefix("fuse@"): dict(selection.get("source_share") or {})}
+    else:
+        per_teacher = selection.get("teacher_share") or {}
+        share = {s: dict(per_teacher[s]) for s in slugs if isinstance(per_teacher.get(s), dict)}
+    return {
+        "fusion_fn": selection.get("fusion_fn"),
+        "teacher": selection.get("teacher"),
+        "gate": selection.get("gate"),
+        "share": share,
+        "gated": dict(selection.get("gated_share") or {}),
+    }
+
+
 def load_teachers(logs: str | Path, align: str | Path, slugs: list[str]) -> Found:
-    """Who taught what: per source, the fusion function's source share per domain (share of sequences
-    where MinCE chose the source's distribution over the pivot's; the mean weight for AvgCE), from
-    logs/fuse/<slug>/selection.json, and the alignment coverage from align/<slug>/coverage.json."""
-    out: dict[str, dict[str, Any]] = {}
+    """Who taught what: {"coverage": {slug: c}, "runs": {run: selection or None}}.
+
+    Per fusion run (fuse@<slug>, fuse_all), from its selection.json: per source and domain the share of
+    sequences whose teacher was that source (MinCE; the mean weight for AvgCE), and per domain the share of
+    sequences the competence gate (fuse.gate) left without a teacher. Per source, the alignment coverage
+    from align/<slug>/coverage.json.
+    """
+    coverage: dict[str, float | None] = {}
+    runs: dict[str, dict[str, Any] | None] = {}
     missing = []
     for slug in slugs:
-        selection = _json(Path(logs) / "fuse" / slug / "selection.json")
-        coverage = _json(Path(align) / slug / "coverage.json")
-        if selection is None:
-            missing.append(f"{Path(logs) / 'fuse' / slug / 'selection.json'} (run `dvc repro fuse@{slug}`)")
-        if coverage is None:
+        found = _json(Path(align) / slug / "coverage.json")
+        if found is None:
             missing.append(f"{Path(align) / slug / 'coverage.json'} (run `dvc repro align@{slug}`)")
-        out[slug] = {
-            "fusion_fn": (selection or {}).get("fusion_fn"),
-            "share": dict((selection or {}).get("source_share") or {}),
-            "sequences": dict((selection or {}).get("sequences") or {}),
-            "coverage": (coverage or {}).get("coverage"),
-        }
-    return Found(out, missing)
+        coverage[slug] = (found or {}).get("coverage")
+    for run, folder in fusion_runs(logs, slugs).items():
+        selection = _json(folder / "selection.json")
+        if selection is None:
+            missing.append(f"{folder / 'selection.json'} (run `dvc repro {run}`)")
+        runs[run] = None if selection is None else _run_selection(selection, run, slugs)
+    return Found({"coverage": coverage, "runs": runs}, missing)
 
 
 def _tsv(path: Path) -> tuple[list[float], list[float]]:
@@ -102,12 +127,12 @@ def _tsv(path: Path) -> tuple[list[float], list[float]]:
 
 
 def training_runs(logs: str | Path, slugs: list[str]) -> dict[str, Path]:
-    """The dvclive folder of each training run: fuse@<slug> and sft_baseline."""
-    return {f"fuse@{s}": Path(logs) / "fuse" / s for s in slugs} | {"sft_baseline": Path(logs) / "sft_baseline"}
+    """The dvclive folder of each training run: fuse@<slug>, fuse_all and sft_baseline."""
+    return fusion_runs(logs, slugs) | {"sft_baseline": Path(logs) / "sft_baseline"}
 
 
 def load_curves(logs: str | Path, slugs: list[str]) -> Found:
-    """dvclive series per run: {run: {series: (steps, values)}} for fuse@<slug> and sft_baseline."""
+    """dvclive series per run: {run: {series: (steps, values)}} for fuse@<slug>, fuse_all and sft_baseline."""
     runs = training_runs(logs, slugs)
     out: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     missing = []

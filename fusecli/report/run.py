@@ -1,9 +1,10 @@
 """`fusecli report` and the `report` stage: reports/index.md, its PNGs, and the who-taught-what metrics.
 
 The paper's comparisons side by side: every model's per-domain scores (EM and CE) as tables and
-grouped bars, the merge methods against each other, which source taught which domain (the MinCE
-selection shares and the alignment coverage), the dvclive training curves and the merge coefficients
-per layer (SCE eta, VaRM weights). Anything missing, such as a metrics file from an older run, is
+grouped bars (the pair models, the FuseLLM-style `fuselm` and the merge methods against each other),
+which source taught which domain (the MinCE selection shares, the alignment coverage and what the
+competence gate dropped), the dvclive training curves and the merge coefficients per layer (SCE eta,
+VaRM weights). Anything missing, such as a metrics file from an older run, is
 listed at the top of the report instead of failing it.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusecli.evaluate.run import harness_table
+from fusecli.evaluate.stage import FUSELM
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
 from fusecli.merge.stage import merge_methods
@@ -27,7 +29,7 @@ class ReportInputs:
     metrics: Path  # eval/metrics.json
     lock: Path  # models.lock
     params: Path  # params.yaml (merge.method, merge.methods)
-    logs: Path  # logs/: fuse/<slug>/ and sft_baseline/ (dvclive, selection.json)
+    logs: Path  # logs/: fuse/<slug>/, fuse_all/ and sft_baseline/ (dvclive, selection.json)
     align: Path  # align/<slug>/coverage.json
     merged: Path  # merged/<method>/merge_report.json
 
@@ -50,27 +52,61 @@ def score_table(scores: dict[str, dict], metric: str, domains: list[str]) -> lis
 
 
 def teachers_table(teachers: dict[str, dict]) -> list[str]:
-    domains = sorted({d for t in teachers.values() for d in t["share"]})
+    """One row per (fusion run, source): the source's alignment coverage and its share per domain."""
+    runs = {run: sel for run, sel in teachers["runs"].items() if sel is not None}
+    domains = sorted({d for sel in runs.values() for share in sel["share"].values() for d in share})
     if not domains:
         return ["No fusion selection logs found."]
-    lines = [
-        "| source | fusion | coverage | " + " | ".join(domains) + " |",
-        "|---" * (len(domains) + 3) + "|",
-    ]
-    for slug, t in teachers.items():
-        shares = " | ".join(_fmt(t["share"].get(d)) for d in domains)
-        lines.append(f"| {slug} | {t['fusion_fn'] or '-'} | {_fmt(t['coverage'])} | {shares} |")
+    lines = ["| run | source | fusion | coverage | " + " | ".join(domains) + " |", "|---" * (len(domains) + 4) + "|"]
+    for run, sel in teachers["runs"].items():
+        slugs = [run.removeprefix("fuse@")] if run.startswith("fuse@") else list(teachers["coverage"])
+        for slug in slugs:
+            share = (sel or {}).get("share", {}).get(slug, {})
+            cells = " | ".join(_fmt(share.get(d)) for d in domains)
+            fn = (sel or {}).get("fusion_fn") or "-"
+            lines.append(f"| {run} | {slug} | {fn} | {_fmt(teachers['coverage'].get(slug))} | {cells} |")
     return lines
 
 
+def gate_lines(teachers: dict[str, dict]) -> list[str]:
+    """The competence gate's effect: per fusion run and domain, the share of sequences left without a teacher;
+    and a warning when the targets were the control's reference one-hots."""
+    runs = {run: sel for run, sel in teachers["runs"].items() if sel is not None}
+    lines = []
+    if any(sel["teacher"] == "reference" for sel in runs.values()):
+        lines += ["> **Control run** (`fuse.teacher: reference`): every fused target was the reference one-hot; "
+                  "the shares above are the selection those targets replaced.", ""]
+    gated = {run: sel for run, sel in runs.items() if sel["gate"] is not None}
+    if not gated:
+        return lines + ["Competence gate off (`fuse.gate: null`): every teacher competes, as in the paper.", ""]
+    domains = sorted({d for sel in gated.values() for d in sel["gated"]})
+    lines += ["Share of sequences whose every teacher's CE exceeded `fuse.gate` (no fusion term: plain SFT):", "",
+              "| run | gate (nats) | " + " | ".join(domains) + " |", "|---" * (len(domains) + 2) + "|"]
+    for run, sel in gated.items():
+        cells = " | ".join(_fmt(sel["gated"].get(d)) for d in domains)
+        lines.append(f"| {run} | {sel['gate']:g} | {cells} |")
+    return lines + [""]
+
+
 def teacher_metrics(teachers: dict[str, dict]) -> dict[str, dict]:
-    """Numbers only, for `dvc metrics diff`: {slug: {"coverage": c, "share": {domain: s}}}."""
+    """Numbers only, for `dvc metrics diff`: {slug: {"coverage": c, "share": {domain: s}, "gated": {domain: g}}}
+    from the pair runs, and {FUSELM: {"share": {slug: {domain: s}}, "gated": {domain: g}}} from fuse_all."""
     out: dict[str, dict] = {}
-    for slug, t in teachers.items():
-        entry: dict = {"share": {d: float(v) for d, v in t["share"].items()}}
-        if t["coverage"] is not None:
-            entry["coverage"] = float(t["coverage"])
-        out[slug] = entry
+    for run, sel in teachers["runs"].items():
+        pair = run.startswith("fuse@")
+        slug = run.removeprefix("fuse@")
+        entry: dict = {}
+        if sel is not None:
+            shares = {s: {d: float(v) for d, v in share.items()} for s, share in sel["share"].items()}
+            entry["share"] = shares.get(slug, {}) if pair else shares
+            if sel["gated"]:
+                entry["gated"] = {d: float(v) for d, v in sel["gated"].items()}
+        elif pair:
+            entry["share"] = {}
+        if pair and teachers["coverage"].get(slug) is not None:
+            entry["coverage"] = float(teachers["coverage"][slug])
+        if pair or sel is not None:
+            out[slug if pair else FUSELM] = entry
     return out
 
 
@@ -125,10 +161,12 @@ def build_report(inputs: ReportInputs, out: str | Path) -> Path:
         lines += score_table(ordered, "ce", domains) + [""]
         lines += harness_table(metrics["lm_eval"], "###")
         lines += ["## Who taught what", "",
-                  "Per source: the alignment coverage (share of pivot response tokens with a mapped source "
+                  "Per fusion run (`fuse@<source>`: the pair model; `fuse_all`: `fuselm`, every source at once) and "
+                  "source: the alignment coverage (share of pivot response tokens with a mapped source "
                   "distribution) and, per domain, the share of training sequences whose teacher was the source "
-                  "rather than the pivot (MinCE; the source's mean weight for AvgCE).", ""]
+                  "(MinCE; the source's mean weight for AvgCE).", ""]
         lines += teachers_table(teachers.data) + [""]
+        lines += gate_lines(teachers.data)
         lines += ["## Training curves", ""]
         if curves.data:
             plots.training_curves(curves.data, tmp / "curves.png")

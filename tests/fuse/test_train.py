@@ -51,7 +51,7 @@ def fusion_loss(model_dir, d):
     from fusecli.fuse.loss import sparse_losses
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    examples, _ = build_examples(d / "extract", d / "align", d / "train.parquet", "mince", 1.0, 10_000)
+    examples, _ = build_examples(d / "extract", [d / "align"], d / "train.parquet", "mince", 1.0, 10_000)
     b = collate([{"input_ids": e.input_ids, "positions": e.positions, "ids": e.target_ids,
                   "probs": e.target_probs} for e in examples])
     with torch.no_grad():
@@ -62,7 +62,7 @@ def fusion_loss(model_dir, d):
 
 
 def test_training_lowers_fusion_loss_and_writes_hf_folder(pair):
-    stats = train(str(pair / "pivot"), str(pair / "extract"), str(pair / "align"), str(pair / "train.parquet"),
+    stats = train(str(pair / "pivot"), str(pair / "extract"), [str(pair / "align")], str(pair / "train.parquet"),
                   str(pair / "fused"), str(pair / "logs"), params(pair))
     assert fusion_loss(pair / "fused", pair) < fusion_loss(pair / "pivot", pair) - 0.1
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (pair / "fused").iterdir()}
@@ -79,7 +79,7 @@ class Killer(TrainerCallback):
 
 
 def test_resume_after_kill_reaches_identical_weights(pair, monkeypatch):
-    args = (str(pair / "pivot"), str(pair / "extract"), str(pair / "align"), str(pair / "train.parquet"))
+    args = (str(pair / "pivot"), str(pair / "extract"), [str(pair / "align")], str(pair / "train.parquet"))
     train(*args, str(pair / "straight"), str(pair / "logs_a"), params(pair))
     original = train_mod.FusionTrainer.__init__
 
@@ -109,7 +109,7 @@ def test_missing_aligned_shard_is_a_one_line_error(pair, tmp_path):
     shutil.copytree(pair / "align", broken)
     next(broken.glob("shard-*.safetensors")).unlink()
     with pytest.raises(FusecliError, match="missing: rerun") as err:
-        train(str(pair / "pivot"), str(pair / "extract"), str(broken), str(pair / "train.parquet"),
+        train(str(pair / "pivot"), str(pair / "extract"), [str(broken)], str(pair / "train.parquet"),
               str(tmp_path / "out"), str(tmp_path / "logs"), params(pair))
     assert "\n" not in str(err.value)
 
@@ -119,16 +119,16 @@ def test_stores_made_for_another_pivot_vocabulary_are_refused(pair, tmp_path):
     from fusecli.fuse.train import check_inputs
 
     vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(pair / "pivot"))
-    check_inputs(pair / "extract", pair / "align", vocab)
+    check_inputs(pair / "extract", [pair / "align"], vocab)
     with pytest.raises(FusecliError, match="rerun extract_pivot"):
-        check_inputs(pair / "extract", None, vocab + 1)
+        check_inputs(pair / "extract", [], vocab + 1)
     w = StoreWriter.open(tmp_path / "align", {"kind": "align", "pivot_vocab": vocab + 7})
     w.write_all([])
     w.close()
     with pytest.raises(FusecliError, match="rerun align"):
-        check_inputs(pair / "extract", tmp_path / "align", vocab)
+        check_inputs(pair / "extract", [tmp_path / "align"], vocab)
     with pytest.raises(FusecliError, match="outside the pivot's vocabulary"):
-        build_examples(pair / "extract", pair / "align", pair / "train.parquet", "mince", 1.0, 5)
+        build_examples(pair / "extract", [pair / "align"], pair / "train.parquet", "mince", 1.0, 5)
 
 
 def test_lambda_outside_unit_interval_exits_with_one_line(tmp_path, monkeypatch, capsys):

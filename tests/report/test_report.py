@@ -49,7 +49,13 @@ def ws(tmp_path):
         write_json(run / "selection.json", {"fusion_fn": "mince", "sequences": {d: 10 for d in DOMAINS},
                                             "source_share": {d: float(j == k) for j, d in enumerate(DOMAINS)}})
         write_json(tmp_path / "align" / slug / "coverage.json", {"coverage": 0.9 - k / 10})
-    for run in [*(tmp_path / "logs/fuse" / s for s in SLUGS), tmp_path / "logs/sft_baseline"]:
+    write_json(tmp_path / "logs/fuse_all/selection.json",  # what fuse_all writes: every source, gated at 1 nat
+               {"fusion_fn": "mince", "teacher": "model", "gate": 1.0, "sequences": {d: 10 for d in DOMAINS},
+                "teacher_share": {"pivot": {d: 0.1 for d in DOMAINS}, "a": {d: 0.5 for d in DOMAINS},
+                                  "b": {d: 0.2 for d in DOMAINS}},
+                "source_share": {d: 0.7 for d in DOMAINS}, "gated_share": {d: 0.2 for d in DOMAINS}})
+    runs = [*(tmp_path / "logs/fuse" / s for s in SLUGS), tmp_path / "logs/fuse_all", tmp_path / "logs/sft_baseline"]
+    for run in runs:
         for name in ("loss", "sft_loss", "fusion_loss"):
             tsv = run / "plots/metrics" / f"{name}.tsv"
             tsv.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +91,10 @@ def test_report_from_complete_inputs(ws):
     for name in expected_models(SLUGS, METHODS)[:-1]:  # `merged` is merged:sce, shown once
         assert f"| {name} |" in text
     assert "| merged |" not in text
-    assert "| a | mince | 0.900 | 1.000 | 0.000 | 0.000 |" in text
+    assert "| fuse@a | a | mince | 0.900 | 1.000 | 0.000 | 0.000 |" in text
+    assert "| fuse_all | b | mince | 0.800 | 0.200 | 0.200 | 0.200 |" in text
+    assert "| fuse_all | 1 | 0.200 | 0.200 | 0.200 |" in text  # the gate's share of teacherless sequences
+    assert "| fuselm |" in text
     assert "| pivot | 0.000 | 0.100 | - | 0.050 |" in text  # region has no checkable answers: `-`, not 0
     pngs = ["scores_em", "scores_ce", "curves", "coefficients_sce", "coefficients_varm"]
     assert sorted(p.stem for p in (ws / "reports/plots").iterdir()) == sorted(pngs)  # ties has no coefficients
@@ -94,8 +103,10 @@ def test_report_from_complete_inputs(ws):
         assert_png(ws / "reports/plots" / f"{name}.png")
     teachers = json.loads((ws / "reports/teachers.json").read_text())
     assert teachers["b"] == {"coverage": pytest.approx(0.8), "share": {"capital": 0.0, "currency": 1.0, "region": 0.0}}
+    assert teachers["fuselm"] == {"share": {"a": {d: 0.5 for d in DOMAINS}, "b": {d: 0.2 for d in DOMAINS}},
+                                  "gated": {d: 0.2 for d in DOMAINS}}
     curves = sorted(p.relative_to(ws / "reports/curves").as_posix() for p in (ws / "reports/curves").rglob("*.*"))
-    assert curves == sorted(f"{run}/{n}.tsv" for run in ("fuse/a", "fuse/b", "sft_baseline")
+    assert curves == sorted(f"{run}/{n}.tsv" for run in ("fuse/a", "fuse/b", "fuse_all", "sft_baseline")
                             for n in ("fusion_loss", "loss", "sft_loss"))
 
 
@@ -115,7 +126,7 @@ def test_older_metrics_and_missing_logs_are_reported_not_fatal(ws):
     assert "not in the current models.lock / merge.methods: `fused:old`" in text
     assert "logs/fuse/b/selection.json (run `dvc repro fuse@b`)" in text
     assert "merged/varm/merge_report.json (run `dvc repro merge@varm`)" in text
-    assert "| b | - | 0.800 | - | - | - |" in text
+    assert "| fuse@b | b | - | 0.800 | - | - | - |" in text
     for name in ("scores_em", "scores_ce", "curves", "coefficients_sce"):
         assert_png(ws / "reports/plots" / f"{name}.png")
 
@@ -144,3 +155,13 @@ def test_cli_report(ws):
     (ws / "eval/metrics.json").unlink()
     result = CliRunner().invoke(app, ["--workspace", str(ws), "report"])
     assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_the_control_is_flagged_and_an_ungated_run_says_so(ws):
+    for run in ("fuse/a", "fuse/b", "fuse_all"):
+        path = ws / "logs" / run / "selection.json"
+        selection = json.loads(path.read_text())
+        write_json(path, {**selection, "teacher": "reference", "gate": None})
+    text = build_report(inputs(ws), ws / "reports").read_text()
+    assert "**Control run** (`fuse.teacher: reference`)" in text
+    assert "Competence gate off (`fuse.gate: null`)" in text and "| gate (nats) |" not in text

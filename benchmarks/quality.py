@@ -1,0 +1,309 @@
+"""The quality benchmark (issue 13): every model of the pipeline over several seeds, and the control.
+
+For each seed it copies the repository's working tree (git's tracked files with their uncommitted changes,
+plus untracked files git does not ignore) into a fresh folder, sets every `seed` key of params.yaml (found
+by walking the file) to the seed, applies the --set overrides, runs the whole `dvc repro` and reads
+eval/metrics.json. Then it sets `fuse.teacher: reference`, the control (every fused target is the reference
+one-hot), and runs `dvc repro` again: DVC reruns the training stages that read the `fuse` section, the
+merges, evaluate and report. Per model (pivot, sources, sft_baseline, the pair models, fuselm, every merge
+method, then the retrained ones again prefixed `control:`) and per domain it prints mean ± spread over the
+seeds, the spread being half the max-min range, writes every seed's numbers and the summary to --out, and
+with --readme writes the Markdown tables between the marker comments of that file.
+
+    python benchmarks/quality.py --seeds 0,1,2 --out quality.json --readme README.md
+    python benchmarks/quality.py --set fuse.gate=1.0 --out quality-gate1.json      # one ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fusecli.errors import FusecliError, fail_cleanly
+from fusecli.io import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTROL = "control:"
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+SPREAD = "half the max-min range over seeds"
+
+
+def workspace_files(repo: Path) -> list[str]:
+    """The working tree as git sees it: tracked files (as they are on disk) and untracked, unignored ones."""
+    proc = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FusecliError(f"{repo} is not a git repository: pass --repo the fusecli checkout")
+    return [f for f in proc.stdout.split("\n") if f and (repo / f).is_file()]
+
+
+def copy_workspace(repo: Path, dest: Path) -> None:
+    """A fresh workspace at `dest`: the working tree's files, committed to a new git repository (DVC needs one)."""
+    for f in workspace_files(repo):
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / f, dest / f)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=q@q", "-c", "user.name=q", "commit", "-qm", "quality benchmark"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+
+
+def seed_paths(node: Any, path: tuple = ()) -> list[tuple]:
+    """The path of every key named `seed` in params.yaml, in mappings and lists at any depth."""
+    found = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, value in items:
+        if key == "seed" and not isinstance(value, dict | list):
+            found.append((*path, key))
+        else:
+            found += seed_paths(value, (*path, key))
+    return found
+
+
+def set_path(params: dict, path: tuple, value: Any) -> None:
+    node = params
+    for key in path[:-1]:
+        if isinstance(node, dict):
+            node = node.setdefault(key, {})
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            raise FusecliError(f"params.yaml has no {'.'.join(map(str, path))}: fix the --set key")
+    if not isinstance(node, dict | list):
+        raise FusecliError(f"params.yaml's {'.'.join(map(str, path[:-1]))} is not a section: fix the --set key")
+    node[path[-1]] = value
+
+
+def parse_set(spec: str) -> tuple[tuple, Any]:
+    """`fuse.gate=1.0` -> (("fuse", "gate"), 1.0); the value is YAML (null, [a, b], {k: v} work)."""
+    key, sep, raw = spec.partition("=")
+    if not sep or not key:
+        raise FusecliError(f"--set {spec!r} is not KEY=VALUE: write e.g. --set fuse.gate=1.0")
+    return tuple(int(k) if k.isdigit() else k for k in key.split(".")), yaml.safe_load(raw)
+
+
+def configure(workspace: Path, seed: int, overrides: list[tuple[tuple, Any]]) -> list[str]:
+    """Set every seed of the workspace's params.yaml to `seed`, then the overrides; returns the seed keys."""
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    seeds = seed_paths(params)
+    for p in seeds:
+        set_path(params, p, seed)
+    for p, value in overrides:
+        set_path(params, p, value)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return [".".join(map(str, p)) for p in seeds]
+
+
+def repro(workspace: Path, log: Path) -> None:
+    """`dvc repro` with this interpreter's environment first on PATH (the stages run `python`) and the copy's
+    own fusecli first on PYTHONPATH (not the one this environment has installed)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join([str(workspace), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        code = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=env, stdout=out,
+                              stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise FusecliError(f"dvc repro failed in {workspace} (exit {code}): see {log}")
+
+
+def read_scores(workspace: Path) -> dict[str, dict[str, dict[str, float | None]]]:
+    """eval/metrics.json's `models`: {model: {domain: {score: value}}}, with a `mean` over the domains."""
+    path = workspace / "eval" / "metrics.json"
+    try:
+        models = json.loads(path.read_text())["models"]
+    except (OSError, ValueError, KeyError):
+        raise FusecliError(f"{path} is missing or has no 'models': see the dvc repro log") from None
+    out = {}
+    for model, domains in models.items():
+        per = {d: dict(s) for d, s in domains.items()}
+        keys = sorted({k for s in per.values() for k in s})
+        means = {}
+        for k in keys:
+            values = [s[k] for s in per.values() if isinstance(s.get(k), int | float)]
+            means[k] = sum(values) / len(values) if values else None
+        out[model] = {**per, "mean": means}
+    return out
+
+
+def summarize(runs: dict[int, dict[str, dict]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per model, domain and score: mean, spread (half the max-min range), min, max and n over the seeds."""
+    summary: dict = {}
+    for scores in runs.values():
+        for model, domains in scores.items():
+            for domain, values in domains.items():
+                for key, v in values.items():
+                    if isinstance(v, int | float) and math.isfinite(v):
+                        summary.setdefault(model, {}).setdefault(domain, {}).setdefault(key, []).append(float(v))
+    for domains in summary.values():
+        for values in domains.values():
+            for key, vs in values.items():
+                values[key] = {"mean": sum(vs) / len(vs), "spread": (max(vs) - min(vs)) / 2, "min": min(vs),
+                               "max": max(vs), "n": len(vs)}
+    return summary
+
+
+ORDER = ("pivot", "source:", "sft_baseline", "fused:", "fuselm", "merged:")  # evaluate's order of models
+
+
+def model_order(models: list[str]) -> list[str]:
+    """evaluate's order (pivot, sources, sft_baseline, pair models, fuselm, merges), the control's after. Left
+    out: the `merged` alias (the default method's scores again) where the methods' own rows are present, and
+    the control's pivot and sources (the same models: the control retrains only what reads `fuse`)."""
+
+    def rank(name: str) -> tuple:
+        control = name.startswith(CONTROL)
+        base = name.removeprefix(CONTROL)
+        group = next((i for i, p in enumerate(ORDER) if base == p or (p.endswith(":") and base.startswith(p))),
+                     len(ORDER))
+        return control, group, base
+
+    has_methods = any(m.removeprefix(CONTROL).startswith("merged:") for m in models)
+    shown = [m for m in models if not (has_methods and m.removeprefix(CONTROL) == "merged")]
+    shown = [m for m in shown if not (m.startswith(CONTROL) and rank(m)[1] < ORDER.index("sft_baseline"))]
+    return sorted(shown, key=rank)
+
+
+def domain_order(summary: dict) -> list[str]:
+    return sorted({d for domains in summary.values() for d in domains if d != "mean"}) + ["mean"]
+
+
+def score_keys(summary: dict, wanted: list[str] | None = None) -> list[str]:
+    found = sorted({k for domains in summary.values() for values in domains.values() for k in values})
+    return found if wanted is None else [k for k in wanted if k in found]
+
+
+def cell(stats: dict | None) -> str:
+    return "-" if stats is None else f"{stats['mean']:.3f} ± {stats['spread']:.3f}"
+
+
+def markdown(summary: dict, seeds: list[int], overrides: list[str], scores: list[str] | None = None) -> str:
+    """One table per score (em, ce, ...): rows are models, columns the domains and their mean."""
+    domains = domain_order(summary)
+    lines = [f"Mean ± spread ({SPREAD}) over seeds {', '.join(map(str, seeds))}"
+             + (f", with {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
+             + f"; `{CONTROL}` rows: `fuse.teacher: reference`. Generated by `benchmarks/quality.py`.", ""]
+    for key in score_keys(summary, scores):
+        lines += [f"**{key}**", "", "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+        for model in model_order(list(summary)):
+            per = summary[model]
+            lines.append(f"| {model} | " + " | ".join(cell(per.get(d, {}).get(key)) for d in domains) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_readme(path: Path, table: str) -> None:
+    text = path.read_text()
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise FusecliError(f"{path} has no {BEGIN} ... {END} markers: add them where the table goes")
+    head, rest = text.split(BEGIN, 1)
+    atomic_write_text(path, f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+
+
+def print_tables(summary: dict, console: Console, scores: list[str] | None = None) -> None:
+    domains = domain_order(summary)
+    for key in score_keys(summary, scores):
+        table = Table(title=f"{key}: mean ± spread ({SPREAD})")
+        table.add_column("model")
+        for d in domains:
+            table.add_column(d, justify="right")
+        for model in model_order(list(summary)):
+            table.add_row(model, *(cell(summary[model].get(d, {}).get(key)) for d in domains))
+        console.print(table)
+
+
+def run_seed(repo: Path, workdir: Path, seed: int, overrides: list, progress: Progress, task: Any) -> dict:
+    """One seed: the pipeline, then the control; returns {"seed_keys", "main", "control"} scores."""
+    ws = workdir / f"seed-{seed}"
+    if ws.exists():
+        shutil.rmtree(ws)
+    progress.update(task, description=f"seed {seed}: copying the workspace")
+    copy_workspace(repo, ws)
+    keys = configure(ws, seed, overrides)
+    progress.update(task, description=f"seed {seed}: dvc repro")
+    repro(ws, workdir / f"seed-{seed}.log")
+    main = read_scores(ws)
+    progress.advance(task)
+    configure(ws, seed, [*overrides, (("fuse", "teacher"), "reference")])
+    progress.update(task, description=f"seed {seed}: dvc repro (control)")
+    repro(ws, workdir / f"seed-{seed}-control.log")
+    control = read_scores(ws)
+    progress.advance(task)
+    return {"seed_keys": keys, "main": main, "control": control}
+
+
+@fail_cleanly
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one pipeline run (and control) each")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a params.yaml override applied in every run, e.g. fuse.gate=1.0 (repeatable)")
+    ap.add_argument("--out", type=Path, default=Path("quality.json"), help="per-seed numbers and the summary")
+    ap.add_argument("--readme", type=Path, help="write the Markdown tables between the markers of this file")
+    ap.add_argument("--scores", help="comma-separated score keys for the tables, e.g. em,ce (default: all)")
+    ap.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose working tree is benchmarked")
+    ap.add_argument("--workdir", type=Path, help="where the per-seed workspaces go (default: a temp folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the per-seed workspaces")
+    args = ap.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise FusecliError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise FusecliError("--seeds is empty: pass e.g. --seeds 0,1,2")
+    overrides = [parse_set(s) for s in args.overrides]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fusecli-quality-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    runs: dict[int, dict] = {}
+    started = time.time()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total} runs"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("quality", total=2 * len(seeds))
+        for seed in seeds:
+            runs[seed] = run_seed(args.repo.resolve(), workdir, seed, overrides, progress, task)
+            if not args.keep:
+                shutil.rmtree(workdir / f"seed-{seed}", ignore_errors=True)
+    merged = {seed: {**r["main"], **{f"{CONTROL}{m}": s for m, s in r["control"].items()}} for seed, r in runs.items()}
+    summary = summarize(merged)
+    scores = [k for k in args.scores.split(",") if k] if args.scores else None
+    table = markdown(summary, seeds, args.overrides, scores)
+    result = {
+        "command": shlex.join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+        "wall_s": round(time.time() - started, 1),
+        "seeds": seeds,
+        "overrides": args.overrides,
+        "seed_keys": runs[seeds[0]]["seed_keys"],
+        "spread": SPREAD,
+        "runs": {str(seed): scores for seed, scores in merged.items()},
+        "summary": summary,
+    }
+    atomic_write_json(args.out, result)
+    print_tables(summary, Console(), scores)
+    if args.readme:
+        write_readme(args.readme, table)
+    console.print(f"wrote {args.out}" + (f" and the tables in {args.readme}" if args.readme else "")
+                  + f" ({result['wall_s']:.0f} s; logs in {workdir})")
+
+
+if __name__ == "__main__":
+    main()
