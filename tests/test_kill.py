@@ -193,7 +193,7 @@ def test_fuse_resumed_mid_epoch_matches_an_uninterrupted_run(request, monkeypatc
     (other weights); dvclive resumed after its own last step, past the checkpoint (steps logged twice,
     the curve shifted); train_loss averaged only the steps after the resume."""
     d = request.getfixturevalue("pair")  # tests/fuse/test_train.py's pivot, stores and data: 2 steps an epoch
-    args = (str(d / "pivot"), str(d / "extract"), str(d / "align"), str(d / "train.parquet"))
+    args = (str(d / "pivot"), str(d / "extract"), [str(d / "align")], str(d / "train.parquet"))
     params = dataclasses.replace(fuse_tests.params(d), save_steps=3, logging_steps=1, scratch=str(d / "kill-scratch"))
     train_mod.train(*args, str(d / "kill-a"), str(d / "kill-logs-a"), params)
     original = train_mod.FusionTrainer.__init__

@@ -157,3 +157,33 @@ def test_deepspeed_config_is_completed_by_the_transformers_integration():
                                             torch.float32))
     assert ds.is_zero3() and ds.config["train_batch_size"] == 128
     assert ds.config["gradient_accumulation_steps"] == 32 and ds.config["bf16"]["enabled"] is False
+
+
+def test_align_root_teaches_with_every_locked_source_in_slug_order(tmp_path, monkeypatch):
+    import sys
+
+    from fusecli.lock import Lock, ModelEntry, dump_lock
+    from stages import fuse as stage
+
+    def entry(name):
+        return ModelEntry(name=name, origin="local", path=f"m/{name}", repo=None, revision=None,
+                          content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=64,
+                          dtype="float32", chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
+
+    (tmp_path / "params.yaml").write_text("fuse:\n  gate: 1.0\n  teacher: reference\n")
+    (tmp_path / "models.lock").write_text(dump_lock(Lock(pivot=entry("p"), sources={"b": entry("b"), "a": entry("a")})))
+    calls = []
+    monkeypatch.setattr(stage, "verify_pinned", lambda *a, **k: None)
+    monkeypatch.setattr(stage, "train", lambda *a: calls.append(a))
+    base = ["fuse.py", "--params", str(tmp_path / "params.yaml"), "--lock", str(tmp_path / "models.lock"),
+            "--data", "d", "--pivot-extract", "p", "--out", "o", "--live-dir", "l"]
+    monkeypatch.setattr(sys, "argv", [*base, "--align-root", "align"])
+    stage.main()
+    assert calls[-1][2] == ["align/a", "align/b"]
+    assert calls[-1][6].gate == 1.0 and calls[-1][6].teacher == "reference"
+    monkeypatch.setattr(sys, "argv", [*base, "--align", "align/b"])
+    stage.main()
+    assert calls[-1][2] == ["align/b"]
+    monkeypatch.setattr(sys, "argv", [*base, "--sft-baseline"])
+    stage.main()
+    assert calls[-1][2] == [] and calls[-1][6].lam == 1.0
