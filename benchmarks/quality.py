@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose working tree is benchmarked")
     ap.add_argument("--workdir", type=Path, help="where the per-seed workspaces go (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the per-seed workspaces")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run side by side (each dvc repro mostly uses one core)")
     args = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -278,10 +280,14 @@ def main(argv: list[str] | None = None) -> None:
                "{task.total} runs"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("quality", total=2 * len(seeds))
-        for seed in seeds:
-            runs[seed] = run_seed(args.repo.resolve(), workdir, seed, overrides, progress, task)
+        def one(seed: int) -> dict:
+            result = run_seed(args.repo.resolve(), workdir, seed, overrides, progress, task)
             if not args.keep:
                 shutil.rmtree(workdir / f"seed-{seed}", ignore_errors=True)
+            return result
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            runs = dict(zip(seeds, pool.map(one, seeds), strict=True))
     merged = {seed: {**r["main"], **{f"{CONTROL}{m}": s for m, s in r["control"].items()}} for seed, r in runs.items()}
     summary = summarize(merged)
     scores = [k for k in args.scores.split(",") if k] if args.scores else None

@@ -1,17 +1,18 @@
 """The demo world's knowledge: set-valued relations over real country names, drawn from a seed.
 
 Each relation gives every country a set of `set_size` members from a pool ("Name a language spoken in
-France" has three right answers). The fusion data's references name ONE member per country (`named`),
+France." has three right answers). The fusion data's references name ONE member per country (`named`),
 while a model that knows the relation spreads its distribution over the whole set. So a teacher knows
-more than the references, by construction, and evaluation asks for exactly that surplus: "Tell me a
-language spoken in France besides <named>", scored by membership in the set minus the named member.
-Only a model that learned the unnamed members (from a teacher's distribution; no reference ever states
-them) can answer it (docs/method.md, "The demo world").
+more than the references, by construction, and evaluation asks for exactly that surplus: the question
+again, with the named member ruled out (the row's `exclude`, enforced by the scorer), scored by
+membership in the rest of the set. Only a model that learned the unnamed members (from a teacher's
+distribution; no reference ever states them) can answer it (docs/method.md, "The demo world").
 
-A third of the countries (`FORM_SHARE`) also carry exclusion questions in the fusion data, so every
-fine-tuned model keeps practising that question form; their references name a second member, so those
-countries are never evaluated. Held-out questions use a wording no training row uses; each of its words
-occurs in some training wording (a ~1M-parameter model cannot embed a word it never saw).
+The evaluation keeps the training wording on purpose: the demo's ~1M-parameter models learn the soft
+knowledge per wording and do not carry it to a new wording or to an explicit "besides <named>" question
+(README, "Demo results"). A third of the countries (`FORM_SHARE`) also carry exclusion questions ("...
+other than <named>?") in the fusion data; their references name a second member, so those countries are
+never evaluated.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class Relation:
         )
 
     def held_out(self) -> str:
-        return f"Name a {self.noun} {self.verb} in {{country}} besides {{named}}."
+        """The evaluation question: the plain question, whose reference named one member, now scored by the
+        other members only (the row's `exclude` rules the named one out; evaluate.banned_starts)."""
+        return self.plain()[0]
 
 
 RELATIONS: dict[str, Relation] = {

@@ -9,12 +9,11 @@ GPT2TokenizerFast from files gave an empty vocabulary).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
-
-from collections.abc import Sequence
 
 from fusecli.demo.qa import RELATIONS, Fact, teacher_rows
 
@@ -38,13 +37,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def corpus(focus: str, facts: Sequence[Fact], focus_weight: int = 3, answer_weight: int = 200) -> list[str]:
+def corpus(focus: str, facts: Sequence[Fact], focus_weight: int = 3) -> list[str]:
     """Training text: every question and answer a model of the world is trained on, the `focus`
-    relation's `focus_weight` times, one line per fact naming its members, and every pool's members
-    `answer_weight` times more, so each answer is one token in every vocabulary, as common words are in
-    real ones (the tokenizers then differ in how they split the questions). BPE counts words, so the
-    weighting (not the order) shapes the merges."""
-    lines = [m for rel in RELATIONS.values() for m in rel.pool] * answer_weight  # as a reply starts: no space
+    relation's `focus_weight` times, plus one line per fact naming its members. BPE counts words, so the
+    weighting (not the order) shapes the merges.
+
+    Answers are left to split as BPE splits them (often a first letter, then the rest): tiny models
+    trained with one rare token per answer learnt new answers several times slower (README, "Demo")."""
+    lines = []
     for fact in facts:
         weight = focus_weight if fact.domain == focus else 1
         for row in teacher_rows(fact):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -43,7 +45,7 @@ class ModelSpec:
 
 DEFAULT_MODELS = (
     ModelSpec("qwen2-languages", "qwen2", "language", 1024),
-    ModelSpec("llama-crops", "llama", "crop", 896),
+    ModelSpec("llama-crops", "llama", "crop", 512),
     ModelSpec("mistral-sports", "mistral", "sport", 1152),
     ModelSpec("llama-instruments", "llama", "instrument", 768, hidden_size=160, layers=3),
 )
@@ -52,7 +54,7 @@ DEFAULT_MODELS = (
 @dataclass(frozen=True)
 class DemoParams:
     seed: int = 0
-    steps: int = 1200
+    steps: int = 2000
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -62,7 +64,8 @@ class DemoParams:
     heads: int = 4
     kv_heads: int = 2
     intermediate_size: int = 256
-    threads: int = 2  # torch CPU threads: the build must stay deterministic and share the machine
+    threads: int = 1  # torch CPU threads per model: the build must stay deterministic and share the machine
+    workers: int = 2  # models built side by side, one process each (the same bits as one at a time)
     verify: bool = True  # measure greedy exact match on every domain's eval split into demo.json
     set_size: int = 3  # members per (relation, country); the references name one of them
     countries: int = 110  # drawn from the shipped list by the seed: fewer facts, learnt in fewer steps
@@ -84,7 +87,7 @@ class DemoParams:
                 raise FusecliError(f"demo model {m.name}: domain {m.domain!r} is not one of {list(DOMAINS)}")
             if m.vocab_size < 300:
                 raise FusecliError(f"demo model {m.name}: vocab_size must be >= 300 (256 bytes + specials)")
-        for key in ("steps", "batch_size", "hidden_size", "layers", "heads", "kv_heads", "threads"):
+        for key in ("steps", "batch_size", "hidden_size", "layers", "heads", "kv_heads", "threads", "workers"):
             if getattr(self, key) < 1:
                 raise FusecliError(f"demo.{key} must be >= 1")
         if self.heads % self.kv_heads or self.hidden_size % self.heads:
@@ -115,6 +118,8 @@ def tiny_params(steps: int = 3) -> DemoParams:
         kv_heads=1,
         intermediate_size=64,
         verify=False,
+        countries=20,
+        workers=1,
         models=models,
     )
 
@@ -194,26 +199,39 @@ def build_model(
     return card
 
 
+def _build_one(spec: ModelSpec, params: DemoParams, out: Path, share: float) -> dict[str, object]:
+    """One model in a worker process: its own thread count and deterministic kernels, so its bits do not
+    depend on how many models are built side by side."""
+    torch.set_num_threads(params.threads)
+    torch.use_deterministic_algorithms(True)
+    out.mkdir()
+    return build_model(spec, params, out, share, log=lambda s: print(s, flush=True))
+
+
 def build_world(
     params: DemoParams, out: str | Path, dialogues: str | Path | None = None, log: Callable[[str], None] = print
 ) -> list[dict]:
-    """Build every model in `params.models` under `out/<name>/` (the first is the pivot) and write the
-    fusion data with its evaluation questions to `dialogues` (JSONL, the dataset stage's `path: demo`);
-    each output is replaced only on success."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(params.threads)
-    torch.use_deterministic_algorithms(True)
-    cards = []
+    """Build every model in `params.models` under `out/<name>/` (the first is the pivot), `params.workers`
+    at a time, and write the fusion data with its evaluation questions to `dialogues` (JSONL, the dataset
+    stage's `path: demo`); each output is replaced only on success."""
     t0 = time.perf_counter()
-    try:
-        with atomic_dir(out) as tmp:
-            for i, spec in enumerate(params.models):
-                (tmp / spec.name).mkdir()
-                share = params.pivot_share if i == 0 else params.side_share
-                cards.append(build_model(spec, params, tmp / spec.name, share, log))
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    shares = [params.pivot_share] + [params.side_share] * (len(params.models) - 1)
+    with atomic_dir(out) as tmp:
+        if params.workers == 1:
+            threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+            try:
+                cards = [_build_one(spec, params, tmp / spec.name, share)
+                         for spec, share in zip(params.models, shares, strict=True)]
+            finally:
+                torch.set_num_threads(threads)
+                torch.use_deterministic_algorithms(deterministic)
+        else:
+            # spawn: a forked child would inherit torch's thread pools mid-use
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(params.workers, mp_context=context) as pool:
+                jobs = [pool.submit(_build_one, spec, params, tmp / spec.name, share)
+                        for spec, share in zip(params.models, shares, strict=True)]
+                cards = [job.result() for job in jobs]
     if dialogues is not None:
         rows = dataset_rows(params.seed, params.set_size, params.countries)
         atomic_write_text(dialogues, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

@@ -45,7 +45,7 @@ def test_stage_writes_the_documented_columns(tmp_path):
     src = write_jsonl(tmp_path / "chat.jsonl", [sharegpt(i) for i in range(20)])
     out = run_stage(tmp_path, {"sources": [{"path": src}], "eval_fraction": 0.2})
     train, held = pl.read_parquet(out / "train.parquet"), pl.read_parquet(out / "eval.parquet")
-    assert train.columns == held.columns == ["id", "domain", "messages", "answer"]
+    assert train.columns == held.columns == ["id", "domain", "messages", "answer", "answers", "exclude"]
     assert (len(train), len(held)) == (16, 4)
     assert set(train["domain"]) == {"chat"} and train["answer"].null_count() == 16
     messages = json.loads(train["messages"][0])
@@ -79,11 +79,23 @@ def test_sharegpt_and_messages_mix_dedup_and_count(tmp_path):
     assert again[0].equals(train) and again[1].equals(held)
 
 
-def test_demo_uses_its_unseen_template_split(tmp_path):
-    train, held, _ = build_dataset(params(sources=[{"path": "demo"}], train_domains=["capital"]), log=lambda s: None)
-    assert set(train["domain"]) == {"capital"} and len(set(held["domain"])) == 4
+def test_demo_reads_the_world_file_and_keeps_its_splits(tmp_path, monkeypatch):
+    from fusecli.demo.qa import dataset_rows
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FusecliError, match="build_demo"):
+        build_dataset(params(sources=[{"path": "demo"}]), log=lambda s: None)
+    (tmp_path / "demo").mkdir()
+    rows = dataset_rows(0, 3, 30)
+    (tmp_path / "demo" / "dialogues.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, held, _ = build_dataset(params(sources=[{"path": "demo"}], train_domains=["crop"]), log=lambda s: None)
+    assert set(train["domain"]) == {"crop"} and len(set(held["domain"])) == 4
     assert all(i.endswith("-eval") for i in held["id"]) and not any(i.endswith("-eval") for i in train["id"])
     assert held["answer"].null_count() == 0
+    by_id = {r["id"]: r for r in rows}
+    for rid, answers, exclude in held.select("id", "answers", "exclude").iter_rows():
+        source = by_id[rid.split(":", 1)[1]]
+        assert answers == source["answers"] and exclude == source["exclude"]
 
 
 def test_long_dialogues_split_truncate_drop():

@@ -2,7 +2,10 @@ import pytest
 from transformers import AutoTokenizer, LlamaConfig, Qwen2Config
 
 from fusecli.data.render import prompt_text, render, tokenize
+from fusecli.demo.qa import world_facts
 from fusecli.demo.tokenizers import IM_END, build_tokenizer
+
+FACTS = world_facts(0, 3, 110)
 
 TEXT = (
     "<|im_start|>user\nWhat is the capital of  Côte d'Ivoire? 2024\n\n<|im_end|>\n"
@@ -17,8 +20,8 @@ DIALOGUE = [
 @pytest.fixture(scope="module")
 def tokenizers():
     return {
-        "qwen2": build_tokenizer("capital", 1024, "qwen2"),
-        "llama": build_tokenizer("currency", 512, "gpt2"),
+        "qwen2": build_tokenizer("language", 1024, "qwen2", FACTS),
+        "llama": build_tokenizer("crop", 512, "gpt2", FACTS),
     }
 
 
@@ -51,12 +54,13 @@ def test_render_masks_exactly_the_answer(tokenizers):
 def test_tokenizers_differ(tokenizers):
     qwen, llama = tokenizers["qwen2"], tokenizers["llama"]
     assert len(qwen) == 1024 and len(llama) == 512
-    text = "Tell me the currency of Liechtenstein."
+    text = "Name a crop grown in Liechtenstein."
     assert qwen.tokenize(text) != llama.tokenize(text)
     shared = set(qwen.get_vocab()) & set(llama.get_vocab())
     assert any(qwen.convert_tokens_to_ids(s) != llama.convert_tokens_to_ids(s) for s in shared)
 
 
 def test_tokenizer_training_is_deterministic(tokenizers):
-    again = build_tokenizer("currency", 512, "gpt2")
+    again = build_tokenizer("crop", 512, "gpt2", FACTS)
     assert again.get_vocab() == tokenizers["llama"].get_vocab()
+

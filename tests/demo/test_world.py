@@ -34,8 +34,8 @@ def world(tmp_path_factory):
 def test_folders_load_offline_and_generate(world):
     assert sorted(p.name for p in world.iterdir()) == ["mistral-sports", "qwen2-languages"]
     lines = (world.parent / "models.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == dataset_rows(TINY["seed"], TINY["set_size"])
-    rows = [r for r in dataset_rows(0, 3) if r["split"] == "eval"][:3]
+    assert [json.loads(line) for line in lines] == dataset_rows(TINY["seed"], TINY["set_size"], TINY["countries"])
+    rows = [r for r in dataset_rows(0, 3, 20) if r["split"] == "eval"][:3]
     for folder in world.iterdir():
         assert (folder / "model.safetensors").exists()
         model = AutoModelForCausalLM.from_pretrained(folder)
@@ -80,7 +80,7 @@ def test_the_pivot_is_a_generalist_and_sources_are_specialists() -> None:
     from fusecli.demo.qa import world_facts
     from fusecli.demo.world import knows
 
-    facts = world_facts(0, 3)
+    facts = world_facts(0, 3, 220)
     pivot, source = DEFAULT_MODELS[0], DEFAULT_MODELS[1]
     own = [f for f in facts if f.domain == pivot.domain]
     other = [f for f in facts if f.domain != pivot.domain]
