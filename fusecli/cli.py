@@ -247,6 +247,28 @@ def recover(ctx: typer.Context) -> None:
     console.print("nothing torn: run `dvc repro`" if not repaired else "run `dvc repro`")
 
 
+@app.command("dataset-deps")
+def dataset_deps(
+    ctx: typer.Context,
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file, relative to the workspace."),
+) -> None:
+    """Write the dataset files of params.yaml's dataset.sources into dvc.yaml as deps of build_dataset."""
+    from fusecli.config import load_section  # imported here: polars is slow to load for the other commands
+    from fusecli.data.build import DatasetParams
+    from fusecli.data.deps import sync_declared
+
+    root = workspace_of(ctx).root
+    dataset = load_section(DatasetParams, "dataset", root / params)
+    added, removed = sync_declared(dataset, root / "dvc.yaml")
+    console = _console()
+    for path in added:
+        console.print(f"[green]added[/] {path} to build_dataset deps")
+    for path in removed:
+        console.print(f"[yellow]removed[/] {path} from build_dataset deps")
+    if not added and not removed:
+        console.print("dvc.yaml: build_dataset already depends on every dataset file")
+
+
 app.command("merge")(merge_command)
 app.command("inspect-alignment")(inspect_command)
 app.command("report")(report_command)
