@@ -14,6 +14,7 @@ from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.extract.run import ExtractParams, ModelRef, Rank, dropped_warnings, extract
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
+from fusecli.runtime import pin_runtime
 
 
 @fail_cleanly
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    pin_runtime(args.params)  # thread count and deterministic kernels from params.yaml
     params = load_section(ExtractParams, "extract", args.params)
     lock = read_lock(args.lock)
     if args.model != "pivot" and args.model not in lock.sources:
