@@ -269,6 +269,32 @@ def dataset_deps(
         console.print("dvc.yaml: build_dataset already depends on every dataset file")
 
 
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file, relative to the workspace."),
+) -> None:
+    """Preflight before `dvc repro`: params.yaml, every pinned model and the dataset files, in seconds."""
+    from fusecli import check as preflight  # imported here: the parameter classes pull in torch
+    from fusecli.config import load_section
+    from fusecli.data.build import DatasetParams
+    from fusecli.data.deps import check_declared
+
+    ws = workspace_of(ctx)
+    path = ws.root / params
+    console = _console()
+    console.print(f"{params}: valid ({', '.join(preflight.check_params(path))})")
+    preflight.check_hardware(path)
+    names = preflight.check_models(ws.lock, ws.root, preflight.Limits.of(path))
+    console.print(f"{ws.lock.name}: {len(names)} model(s) are causal LMs with whole weights, chat templates and "
+                  "enough context")
+    files = preflight.check_dataset_files(path, ws.root)
+    if (ws.root / "dvc.yaml").is_file():
+        check_declared(load_section(DatasetParams, "dataset", path), ws.root / "dvc.yaml")
+    console.print(f"dataset: {len(files)} file(s) readable and tracked by DVC")
+    console.print("[green]ready[/]: run `dvc repro`")
+
+
 app.command("merge")(merge_command)
 app.command("inspect-alignment")(inspect_command)
 app.command("report")(report_command)

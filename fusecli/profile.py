@@ -10,6 +10,7 @@ not a silently ignored setting.
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,22 @@ def apply_profile(params: Path, profile: Path) -> list[Change]:
     if changes:
         buf = io.StringIO()
         yaml.dump(base, buf)
+        validate(buf.getvalue(), profile)
         atomic_write_text(params, buf.getvalue())
     return changes
+
+
+def validate(text: str, profile: Path) -> None:
+    """Load the overlaid parameters with the stages' own loaders (fusecli/check.py) before writing them."""
+    from fusecli.check import check_params  # imported here: the parameter classes pull in torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(text)
+        try:
+            check_params(path, require_all=False)
+        except FusecliError as exc:
+            raise FusecliError(f"{profile} would make params.yaml invalid: {exc}") from None
 
 
 def profile_command(

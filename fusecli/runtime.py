@@ -38,3 +38,13 @@ def pin_runtime(params: str | Path = "params.yaml") -> RuntimeParams:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any CUDA work
         torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
     return runtime
+
+
+def start_stage(params: str | Path, lock: str | Path, models: bool = True) -> None:
+    """The first call of every stage that spends minutes: pin threads and kernels, then the preflight
+    (fusecli/check.py) of params.yaml and (`models`: the stage loads weights) the pinned models, so a
+    bad input stops it in seconds."""
+    from fusecli.check import preflight
+
+    pin_runtime(params)
+    preflight(params, lock, models)

@@ -19,6 +19,7 @@ from typing import Any
 from filelock import FileLock
 
 from fusecli import hashing
+from fusecli.check import check_weights
 from fusecli.errors import FusecliError
 from fusecli.lock import DVC_PINNED, SLUG_RE, ModelEntry, validate_slug
 
@@ -150,11 +151,7 @@ def _redact(text: str) -> str:
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
     if hashing.safetensors_files(folder):
-        for index in folder.glob("*.safetensors.index.json"):
-            shards = set(_read_json(index).get("weight_map", {}).values())
-            missing = sorted(s for s in shards if not (folder / s).is_file())
-            if missing:
-                raise FusecliError(f"{index.name} in {folder} lists missing shard {missing[0]}: finish the download")
+        check_weights(folder)  # every shard present and whole: a cut download is refused before pinning
         return
     if hashing.pickle_files(folder):
         if allow_pickle:

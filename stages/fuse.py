@@ -13,7 +13,7 @@ from fusecli.errors import fail_cleanly
 from fusecli.fuse.train import FuseParams, train
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
-from fusecli.runtime import pin_runtime
+from fusecli.runtime import start_stage
 
 
 @fail_cleanly
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--live-dir", required=True, help="dvclive metrics and the teacher-selection summary")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    pin_runtime(args.params)  # thread count and deterministic kernels from params.yaml
+    start_stage(args.params, args.lock)  # threads and kernels from params.yaml, then the preflight
     params = load_section(FuseParams, "fuse", args.params)
     if args.sft_baseline:
         params = dataclasses.replace(params, lam=1.0)

@@ -108,6 +108,19 @@ def source_name(source: SourceParams) -> str:
     return source.name or ("demo" if source.path == "demo" else Path(source.path).stem)
 
 
+def read_text(path: Path) -> str:
+    """A text dataset file as UTF-8 (a leading byte-order mark is dropped); any other encoding is one line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise FusecliError(
+            f"{path} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}): re-save it as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}"
+        ) from None
+
+
 def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location, record) pairs from a JSONL, JSON-array or parquet file, or the demo Q&A."""
     if path == "demo":
@@ -125,7 +138,7 @@ def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         return
     if p.suffix not in (".jsonl", ".json"):
         raise FusecliError(f"dataset source {path}: unsupported file type; use .jsonl, .json or .parquet")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p)
     if p.suffix == ".json" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)
