@@ -66,3 +66,8 @@ def test_extract_and_merge_run_on_model_folders_with_spaces(spaced):
     run(["dvc", "repro", "-s", "extract@two", "merge@linear"], spaced)
     assert (spaced / "extract" / "sources" / "two" / "manifest.json").is_file()
     assert list((spaced / "merged" / "linear").glob("*.safetensors"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [*(spaced / "merged").rglob("*"), *(spaced / "extract").rglob("*"), spaced / "models.lock"]:
+        want = (0o777 if path.is_dir() else 0o666) & ~umask  # index, card, report: not mkstemp's 0600
+        assert path.stat().st_mode & 0o777 == want, path
