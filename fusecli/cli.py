@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 
 from fusecli import hashing, sources, workspace
 from fusecli.align.inspect import inspect_command
+from fusecli.busy import workspace_change
 from fusecli.errors import FusecliError, describe_os_error
 from fusecli.lock import DVC_PINNED, Lock, ModelEntry, locked_update, read_lock
 from fusecli.merge.cli import merge_command
@@ -139,6 +140,14 @@ def add_source(
 ) -> None:
     """Pin a source model into models.lock (its extract/align/fuse stages are added)."""
     ws = workspace_of(ctx)
+    with workspace_change(ws.root):
+        entry = _add_source(ws, ref, name, revision, trust_remote_code, allow_pickle, replace)
+    _warn_pickle(entry, ws.root, f"sources.{entry.name}")
+    _console().print(f"[green]pinned[/] sources.{entry.name}: {_summary(entry)}; run `dvc repro`")
+
+
+def _add_source(ws: Workspace, ref: str, name: str | None, revision: str | None, trust_remote_code: bool,
+                allow_pickle: bool, replace: bool) -> ModelEntry:
     located = sources.locate(ref, ws.root, name, revision, trust_remote_code)
     _check_slug_free(read_lock(ws.lock), located.slug, replace)  # fail before a long download
     entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle)
@@ -146,8 +155,7 @@ def add_source(
         assert update.lock is not None
         _check_slug_free(update.lock, entry.name, replace)  # another process may have added it meanwhile
         update.lock = update.lock.with_source(entry)
-    _warn_pickle(entry, ws.root, f"sources.{entry.name}")
-    _console().print(f"[green]pinned[/] sources.{entry.name}: {_summary(entry)}; run `dvc repro`")
+    return entry
 
 
 @app.command("remove-source")
@@ -157,7 +165,7 @@ def remove_source(
 ) -> None:
     """Drop a source from models.lock and delete its outputs and DVC records."""
     ws = workspace_of(ctx)
-    with locked_update(ws.lock) as update:
+    with workspace_change(ws.root), locked_update(ws.lock) as update:
         lock = update.lock
         assert lock is not None
         if slug == lock.pivot.name:
@@ -185,6 +193,14 @@ def set_pivot(
 ) -> None:
     """Pin the pivot (the merge base); creates models.lock if there is none."""
     ws = workspace_of(ctx)
+    with workspace_change(ws.root):
+        entry = _set_pivot(ws, ref, name, revision, trust_remote_code, allow_pickle)
+    _warn_pickle(entry, ws.root, "pivot")
+    _console().print(f"[green]pinned[/] pivot {entry.name}: {_summary(entry)}; run `dvc repro`")
+
+
+def _set_pivot(ws: Workspace, ref: str, name: str | None, revision: str | None, trust_remote_code: bool,
+               allow_pickle: bool) -> ModelEntry:
     located = sources.locate(ref, ws.root, name, revision, trust_remote_code)
     if ws.lock.exists() and located.slug in read_lock(ws.lock).sources:
         raise FusecliError(f"{located.slug!r} is already a source: pass --name to pick another slug for the pivot")
@@ -197,8 +213,7 @@ def set_pivot(
             raise FusecliError(f"{entry.name!r} is already a source: pass --name to pick another slug for the pivot")
         else:
             update.lock = update.lock.with_pivot(entry)
-    _warn_pickle(entry, ws.root, "pivot")
-    _console().print(f"[green]pinned[/] pivot {entry.name}: {_summary(entry)}; run `dvc repro`")
+    return entry
 
 
 @app.command("list")
@@ -240,7 +255,9 @@ def status(ctx: typer.Context) -> None:
 @app.command("recover")
 def recover(ctx: typer.Context) -> None:
     """After a killed `dvc repro`: repair DVC's own files that the kill left torn, then rerun `dvc repro`."""
-    repaired = workspace.recover(workspace_of(ctx).root)
+    root = workspace_of(ctx).root
+    with workspace_change(root):
+        repaired = workspace.recover(root)
     console = _console()
     for item in repaired:
         console.print(f"[yellow]repaired[/] {item}")
@@ -259,7 +276,8 @@ def dataset_deps(
 
     root = workspace_of(ctx).root
     dataset = load_section(DatasetParams, "dataset", root / params)
-    added, removed = sync_declared(dataset, root / "dvc.yaml")
+    with workspace_change(root):
+        added, removed = sync_declared(dataset, root / "dvc.yaml")
     console = _console()
     for path in added:
         console.print(f"[green]added[/] {path} to build_dataset deps")

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from ruamel.yaml import YAML
 
+from fusecli.busy import workspace_change
 from fusecli.config import read_yaml
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
@@ -95,7 +96,8 @@ def profile_command(
         raise FusecliError(f"profile {profile} not found: pass a YAML file such as params.gpu.yaml")
     if not target.is_file():
         raise FusecliError(f"{target} not found: run in the workspace or pass --params")
-    changes = apply_profile(target, profile)
+    with workspace_change(root):
+        changes = apply_profile(target, profile)
     console = Console()
     if not changes:
         console.print(f"{target.name}: already matches {profile}")

@@ -41,10 +41,13 @@ def pin_runtime(params: str | Path = "params.yaml") -> RuntimeParams:
 
 
 def start_stage(params: str | Path, lock: str | Path, models: bool = True) -> None:
-    """The first call of every stage that spends minutes: pin threads and kernels, then the preflight
+    """The first call of every stage that spends minutes: hold the workspace lock (fusecli/busy.py), pin
+    threads and kernels, then the preflight
     (fusecli/check.py) of params.yaml and (`models`: the stage loads weights) the pinned models, so a
     bad input stops it in seconds."""
+    from fusecli.busy import hold_for_stage
     from fusecli.check import preflight
 
+    hold_for_stage(".")  # until this process exits: fusecli commands that change the workspace wait for us
     pin_runtime(params)
     preflight(params, lock, models)
