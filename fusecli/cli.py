@@ -242,6 +242,10 @@ def status(ctx: typer.Context) -> None:
     for entry in lock.sources.values():
         hashing.verify_entry(entry, ws.root, cache)
     console.print("pinned files: unchanged")
+    unignored = workspace.unignored_outputs(ws.root)
+    if unignored:
+        console.print(f"[red]not ignored by git[/] (a failed `dvc repro` took the lines back; `git add -A` would "
+                      f"commit them): {', '.join(unignored)}: run `fusecli recover`")
     stale = workspace.stale_stages(ws.root)
     if not stale:
         console.print("[green]pipeline up to date[/]")
@@ -254,7 +258,7 @@ def status(ctx: typer.Context) -> None:
 
 @app.command("recover")
 def recover(ctx: typer.Context) -> None:
-    """After a killed `dvc repro`: repair DVC's own files that the kill left torn, then rerun `dvc repro`."""
+    """After a killed or failed `dvc repro`: repair DVC's torn files and lost .gitignore lines, then rerun it."""
     root = workspace_of(ctx).root
     with workspace_change(root):
         repaired = workspace.recover(root)
