@@ -113,15 +113,17 @@ def check_weights(folder: Path) -> None:
         _safetensors_whole(shard)
 
 
-def check_model(entry: ModelEntry, root: Path, role: str, extract: Limits, missing_ok: bool = False) -> None:
+def check_model(entry: ModelEntry, root: Path, role: str, extract: Limits, missing_ok: bool = False) -> bool:
     """A pinned model is a causal LM with whole weights, a chat template, enough context and vocabulary.
 
-    `missing_ok` (the stages): a missing folder is left to the stage's pin check, which names the fix."""
+    `missing_ok` (the stages): a missing folder is left to the stage's pin check, which names the fix.
+    Returns False for a folder not there to check (a demo model before build_demo has run)."""
     folder = entry.folder(root)
     if not folder.is_dir():
-        if missing_ok:
-            return
-        raise FusecliError(f"{role}: model folder {entry.path} is missing: download or copy it back, or re-pin")
+        if missing_ok or entry.origin == "demo":  # demo models are the build_demo stage's output
+            return False
+        fix = "run `fusecli pull-models`" if entry.origin == "hub" else "copy it back, or re-pin"
+        raise FusecliError(f"{role}: model folder {entry.path} is missing: {fix}")
     if not (folder / "config.json").is_file():
         raise FusecliError(f"{role} {entry.path}: no config.json: download or copy the model again")
     try:
@@ -151,16 +153,15 @@ def check_model(entry: ModelEntry, root: Path, role: str, extract: Limits, missi
             "tokens): lower extract.k (the release uses 10)"
         )
     check_weights(folder)
+    return True
 
 
 def check_models(lock: str | Path, root: str | Path, extract: Limits, missing_ok: bool = False) -> list[str]:
-    """Check the pivot and every source of models.lock; return their names."""
+    """Check the pivot and every source of models.lock; return the names of those on disk (all checked)."""
     pinned = read_lock(lock)
     root = Path(root)
-    check_model(pinned.pivot, root, "pivot", extract, missing_ok)
-    for slug, entry in pinned.sources.items():
-        check_model(entry, root, f"source {slug}", extract, missing_ok)
-    return pinned.names()
+    roles = [("pivot", pinned.pivot), *((f"source {slug}", e) for slug, e in pinned.sources.items())]
+    return [entry.name for role, entry in roles if check_model(entry, root, role, extract, missing_ok)]
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,21 @@ def recover(ctx: typer.Context) -> None:
     console.print("nothing torn: run `dvc repro`" if not repaired else "run `dvc repro`")
 
 
+@app.command("pull-models")
+def pull_models(ctx: typer.Context) -> None:
+    """Download the pinned revision of every hub model into models/<slug> and verify its content hash."""
+    from fusecli.pull import hub_models
+    from fusecli.pull import pull_models as pull
+
+    ws = workspace_of(ctx)
+    lock = read_lock(ws.lock)
+    console = _console()
+    with workspace_change(ws.root):
+        fetched = pull(lock, ws.root, console.print)
+    total, n = len(hub_models(lock)), len(fetched)
+    console.print(f"[green]{total} hub model(s) in place[/] ({n} fetched, {total - n} up to date)")
+
+
 @app.command("dataset-deps")
 def dataset_deps(
     ctx: typer.Context,
@@ -307,9 +322,10 @@ def check(
     console = _console()
     console.print(f"{params}: valid ({', '.join(preflight.check_params(path))})")
     preflight.check_hardware(path)
-    names = preflight.check_models(ws.lock, ws.root, preflight.Limits.of(path))
-    console.print(f"{ws.lock.name}: {len(names)} model(s) are causal LMs with whole weights, chat templates and "
-                  "enough context")
+    checked = preflight.check_models(ws.lock, ws.root, preflight.Limits.of(path))
+    unbuilt = len(read_lock(ws.lock).names()) - len(checked)
+    console.print(f"{ws.lock.name}: {len(checked)} model(s) are causal LMs with whole weights, chat templates and "
+                  "enough context" + (f"; {unbuilt} demo model(s) not built yet (build_demo)" if unbuilt else ""))
     files = preflight.check_dataset_files(path, ws.root)
     if (ws.root / "dvc.yaml").is_file():
         check_declared(load_section(DatasetParams, "dataset", path), ws.root / "dvc.yaml")

@@ -682,7 +682,7 @@ CHECK_CASES = {
     "unknown-section": (_then(_complete, _params(lambda d: d.update(extras={"a": 1}))),
                         ("params.yaml: unknown section 'extras'", "valid sections are")),
     "model-folder-missing": (_then(_complete, lambda r: shutil.rmtree(r / "local/llama")),
-                             ("source llama: model folder local/llama is missing", "download or copy it back")),
+                             ("source llama: model folder local/llama is missing", "copy it back, or re-pin")),
     "masked-lm": (_then(_complete, _config("local/qwen/config.json", architectures=["RobertaForMaskedLM"])),
                   ("pivot local/qwen is a RobertaForMaskedLM, not a causal LM",)),
     "latin1-dataset": (_then(_complete, _latin1), ("latin1.jsonl is not UTF-8 (byte 0xf9 on line 1)", "iconv")),
