@@ -30,13 +30,18 @@ demo: install
 	fusecli list
 	cat reports/index.md
 
-# The pipeline against the DVC remote (what .github/workflows/reproduce.yml runs): pull what exists,
-# rerun what changed, push outputs and run cache. PROFILE=gpu first applies params.gpu.yaml (`fusecli profile`).
+# The pipeline against the DVC remote (what .github/workflows/reproduce.yml runs): fetch the pinned hub models
+# (git-ignored models/<slug>, outside DVC), check everything, pull what exists, rerun what changed, push
+# outputs and run cache. PROFILE=gpu first applies params.gpu.yaml (`fusecli profile`). HUB_OFFLINE=1 takes
+# the hub models from the Hugging Face cache only.
 PROFILE ?=
+HUB_OFFLINE ?= 0
 reproduce: install
 ifneq ($(PROFILE),)
 	fusecli profile params.$(PROFILE).yaml
 endif
+	HF_HUB_OFFLINE=$(HUB_OFFLINE) fusecli pull-models
+	fusecli check
 	dvc pull --allow-missing
 	dvc repro --pull
 	dvc push --run-cache

@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 
 from fusecli import hashing, sources, workspace
 from fusecli.align.inspect import inspect_command
+from fusecli.busy import workspace_change
 from fusecli.errors import FusecliError, describe_os_error
 from fusecli.lock import DVC_PINNED, Lock, ModelEntry, locked_update, read_lock
 from fusecli.merge.cli import merge_command
@@ -139,6 +140,14 @@ def add_source(
 ) -> None:
     """Pin a source model into models.lock (its extract/align/fuse stages are added)."""
     ws = workspace_of(ctx)
+    with workspace_change(ws.root):
+        entry = _add_source(ws, ref, name, revision, trust_remote_code, allow_pickle, replace)
+    _warn_pickle(entry, ws.root, f"sources.{entry.name}")
+    _console().print(f"[green]pinned[/] sources.{entry.name}: {_summary(entry)}; run `dvc repro`")
+
+
+def _add_source(ws: Workspace, ref: str, name: str | None, revision: str | None, trust_remote_code: bool,
+                allow_pickle: bool, replace: bool) -> ModelEntry:
     located = sources.locate(ref, ws.root, name, revision, trust_remote_code)
     _check_slug_free(read_lock(ws.lock), located.slug, replace)  # fail before a long download
     entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle)
@@ -146,8 +155,7 @@ def add_source(
         assert update.lock is not None
         _check_slug_free(update.lock, entry.name, replace)  # another process may have added it meanwhile
         update.lock = update.lock.with_source(entry)
-    _warn_pickle(entry, ws.root, f"sources.{entry.name}")
-    _console().print(f"[green]pinned[/] sources.{entry.name}: {_summary(entry)}; run `dvc repro`")
+    return entry
 
 
 @app.command("remove-source")
@@ -157,7 +165,7 @@ def remove_source(
 ) -> None:
     """Drop a source from models.lock and delete its outputs and DVC records."""
     ws = workspace_of(ctx)
-    with locked_update(ws.lock) as update:
+    with workspace_change(ws.root), locked_update(ws.lock) as update:
         lock = update.lock
         assert lock is not None
         if slug == lock.pivot.name:
@@ -185,6 +193,14 @@ def set_pivot(
 ) -> None:
     """Pin the pivot (the merge base); creates models.lock if there is none."""
     ws = workspace_of(ctx)
+    with workspace_change(ws.root):
+        entry = _set_pivot(ws, ref, name, revision, trust_remote_code, allow_pickle)
+    _warn_pickle(entry, ws.root, "pivot")
+    _console().print(f"[green]pinned[/] pivot {entry.name}: {_summary(entry)}; run `dvc repro`")
+
+
+def _set_pivot(ws: Workspace, ref: str, name: str | None, revision: str | None, trust_remote_code: bool,
+               allow_pickle: bool) -> ModelEntry:
     located = sources.locate(ref, ws.root, name, revision, trust_remote_code)
     if ws.lock.exists() and located.slug in read_lock(ws.lock).sources:
         raise FusecliError(f"{located.slug!r} is already a source: pass --name to pick another slug for the pivot")
@@ -197,8 +213,7 @@ def set_pivot(
             raise FusecliError(f"{entry.name!r} is already a source: pass --name to pick another slug for the pivot")
         else:
             update.lock = update.lock.with_pivot(entry)
-    _warn_pickle(entry, ws.root, "pivot")
-    _console().print(f"[green]pinned[/] pivot {entry.name}: {_summary(entry)}; run `dvc repro`")
+    return entry
 
 
 @app.command("list")
@@ -227,6 +242,10 @@ def status(ctx: typer.Context) -> None:
     for entry in lock.sources.values():
         hashing.verify_entry(entry, ws.root, cache)
     console.print("pinned files: unchanged")
+    unignored = workspace.unignored_outputs(ws.root)
+    if unignored:
+        console.print(f"[red]not ignored by git[/] (a failed `dvc repro` took the lines back; `git add -A` would "
+                      f"commit them): {', '.join(unignored)}: run `fusecli recover`")
     stale = workspace.stale_stages(ws.root)
     if not stale:
         console.print("[green]pipeline up to date[/]")
@@ -239,12 +258,79 @@ def status(ctx: typer.Context) -> None:
 
 @app.command("recover")
 def recover(ctx: typer.Context) -> None:
-    """After a killed `dvc repro`: repair DVC's own files that the kill left torn, then rerun `dvc repro`."""
-    repaired = workspace.recover(workspace_of(ctx).root)
+    """After a killed or failed `dvc repro`: repair DVC's torn files and lost .gitignore lines, then rerun it."""
+    root = workspace_of(ctx).root
+    with workspace_change(root):
+        repaired = workspace.recover(root)
     console = _console()
     for item in repaired:
         console.print(f"[yellow]repaired[/] {item}")
     console.print("nothing torn: run `dvc repro`" if not repaired else "run `dvc repro`")
+
+
+@app.command("pull-models")
+def pull_models(ctx: typer.Context) -> None:
+    """Download the pinned revision of every hub model into models/<slug> and verify its content hash."""
+    from fusecli.pull import hub_models
+    from fusecli.pull import pull_models as pull
+
+    ws = workspace_of(ctx)
+    lock = read_lock(ws.lock)
+    console = _console()
+    with workspace_change(ws.root):
+        fetched = pull(lock, ws.root, console.print)
+    total, n = len(hub_models(lock)), len(fetched)
+    console.print(f"[green]{total} hub model(s) in place[/] ({n} fetched, {total - n} up to date)")
+
+
+@app.command("dataset-deps")
+def dataset_deps(
+    ctx: typer.Context,
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file, relative to the workspace."),
+) -> None:
+    """Write the dataset files of params.yaml's dataset.sources into dvc.yaml as deps of build_dataset."""
+    from fusecli.config import load_section  # imported here: polars is slow to load for the other commands
+    from fusecli.data.build import DatasetParams
+    from fusecli.data.deps import sync_declared
+
+    root = workspace_of(ctx).root
+    dataset = load_section(DatasetParams, "dataset", root / params)
+    with workspace_change(root):
+        added, removed = sync_declared(dataset, root / "dvc.yaml")
+    console = _console()
+    for path in added:
+        console.print(f"[green]added[/] {path} to build_dataset deps")
+    for path in removed:
+        console.print(f"[yellow]removed[/] {path} from build_dataset deps")
+    if not added and not removed:
+        console.print("dvc.yaml: build_dataset already depends on every dataset file")
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file, relative to the workspace."),
+) -> None:
+    """Preflight before `dvc repro`: params.yaml, every pinned model and the dataset files, in seconds."""
+    from fusecli import check as preflight  # imported here: the parameter classes pull in torch
+    from fusecli.config import load_section
+    from fusecli.data.build import DatasetParams
+    from fusecli.data.deps import check_declared
+
+    ws = workspace_of(ctx)
+    path = ws.root / params
+    console = _console()
+    console.print(f"{params}: valid ({', '.join(preflight.check_params(path))})")
+    preflight.check_hardware(path)
+    checked = preflight.check_models(ws.lock, ws.root, preflight.Limits.of(path))
+    unbuilt = len(read_lock(ws.lock).names()) - len(checked)
+    console.print(f"{ws.lock.name}: {len(checked)} model(s) are causal LMs with whole weights, chat templates and "
+                  "enough context" + (f"; {unbuilt} demo model(s) not built yet (build_demo)" if unbuilt else ""))
+    files = preflight.check_dataset_files(path, ws.root)
+    if (ws.root / "dvc.yaml").is_file():
+        check_declared(load_section(DatasetParams, "dataset", path), ws.root / "dvc.yaml")
+    console.print(f"dataset: {len(files)} file(s) readable and tracked by DVC")
+    console.print("[green]ready[/]: run `dvc repro`")
 
 
 app.command("merge")(merge_command)

@@ -76,13 +76,14 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    """Write to a temp file in the same folder, fsync, then rename over `path` (with the umask's usual mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600; give it the mode open() would
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -10,6 +10,7 @@ not a silently ignored setting.
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from ruamel.yaml import YAML
 
+from fusecli.busy import workspace_change
 from fusecli.config import read_yaml
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
@@ -64,8 +66,22 @@ def apply_profile(params: Path, profile: Path) -> list[Change]:
     if changes:
         buf = io.StringIO()
         yaml.dump(base, buf)
+        validate(buf.getvalue(), profile)
         atomic_write_text(params, buf.getvalue())
     return changes
+
+
+def validate(text: str, profile: Path) -> None:
+    """Load the overlaid parameters with the stages' own loaders (fusecli/check.py) before writing them."""
+    from fusecli.check import check_params  # imported here: the parameter classes pull in torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(text)
+        try:
+            check_params(path, require_all=False)
+        except FusecliError as exc:
+            raise FusecliError(f"{profile} would make params.yaml invalid: {exc}") from None
 
 
 def profile_command(
@@ -80,7 +96,8 @@ def profile_command(
         raise FusecliError(f"profile {profile} not found: pass a YAML file such as params.gpu.yaml")
     if not target.is_file():
         raise FusecliError(f"{target} not found: run in the workspace or pass --params")
-    changes = apply_profile(target, profile)
+    with workspace_change(root):
+        changes = apply_profile(target, profile)
     console = Console()
     if not changes:
         console.print(f"{target.name}: already matches {profile}")

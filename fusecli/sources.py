@@ -19,6 +19,7 @@ from typing import Any
 from filelock import FileLock
 
 from fusecli import hashing
+from fusecli.check import check_weights
 from fusecli.errors import FusecliError
 from fusecli.lock import DVC_PINNED, SLUG_RE, ModelEntry, validate_slug
 
@@ -150,11 +151,7 @@ def _redact(text: str) -> str:
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
     if hashing.safetensors_files(folder):
-        for index in folder.glob("*.safetensors.index.json"):
-            shards = set(_read_json(index).get("weight_map", {}).values())
-            missing = sorted(s for s in shards if not (folder / s).is_file())
-            if missing:
-                raise FusecliError(f"{index.name} in {folder} lists missing shard {missing[0]}: finish the download")
+        check_weights(folder)  # every shard present and whole: a cut download is refused before pinning
         return
     if hashing.pickle_files(folder):
         if allow_pickle:
@@ -243,7 +240,7 @@ def describe_folder(folder: Path, slug: str, root: Path, origin: str | None = No
     )
 
 
-def _hub_error(repo: str, revision: str | None, exc: Exception) -> FusecliError:
+def hub_error(repo: str, revision: str | None, exc: Exception) -> FusecliError:
     from huggingface_hub.errors import (
         GatedRepoError,
         OfflineModeIsEnabled,
@@ -265,7 +262,7 @@ def _hub_error(repo: str, revision: str | None, exc: Exception) -> FusecliError:
     return FusecliError(f"hub request for {repo} failed: {_one_line(exc)}: check the network and retry")
 
 
-def _hub_patterns(files: list[str], trust_remote_code: bool, allow_pickle: bool) -> list[str]:
+def hub_patterns(files: list[str], trust_remote_code: bool, allow_pickle: bool) -> list[str]:
     patterns = ["*.safetensors", "*.json", *hashing.TOKENIZER_FILES]
     if not any(f.endswith(".safetensors") for f in files):
         patterns += ["*.bin", "*.bin.index.json"] if allow_pickle else []
@@ -284,7 +281,7 @@ def _pin_hub(repo: str, slug: str, root: Path, revision: str | None, trust_remot
     try:
         info = HfApi().model_info(repo, revision=revision)
     except Exception as exc:  # network, auth, missing repo: each becomes one actionable line
-        raise _hub_error(repo, revision, exc) from None
+        raise hub_error(repo, revision, exc) from None
     files = [s.rfilename for s in (info.siblings or [])]
     top = [f for f in files if "/" not in f]
     if not any(f.endswith(".safetensors") for f in top):
@@ -293,7 +290,7 @@ def _pin_hub(repo: str, slug: str, root: Path, revision: str | None, trust_remot
                 f"{repo}@{info.sha} has no safetensors weights: pick a revision with safetensors, "
                 "or pass --allow-pickle for pickle weights (they can run code on load)"
             )
-    patterns = _hub_patterns(top, trust_remote_code, allow_pickle)
+    patterns = hub_patterns(top, trust_remote_code, allow_pickle)
     local_dir = root / HUB_DIR / slug
     local_dir.parent.mkdir(parents=True, exist_ok=True)
     # One download per folder at a time; a second add of the same slug waits, then fails on the duplicate.
@@ -301,7 +298,7 @@ def _pin_hub(repo: str, slug: str, root: Path, revision: str | None, trust_remot
         try:
             snapshot_download(repo, revision=info.sha, local_dir=local_dir, allow_patterns=patterns)
         except Exception as exc:
-            raise _hub_error(repo, revision, exc) from None
+            raise hub_error(repo, revision, exc) from None
         # Files left from an earlier snapshot in this folder would change what is hashed and loaded.
         wanted = {f for f in top if any(fnmatch(f, p) for p in patterns)}
         for stale in hashing.hashed_files(local_dir):

@@ -191,6 +191,44 @@ def stale_stages(root: str | Path) -> dict[str, str]:
     return dict(sorted(stale.items()))
 
 
+def unignored_outputs(root: str | Path) -> list[str]:
+    """DVC-cached outputs on disk that git does not ignore, so `git add -A` would commit them.
+
+    DVC adds an output's .gitignore line when its stage finishes, but takes the additions of the whole
+    run back when a later stage fails, while the finished stages stay in dvc.lock and on disk."""
+    root = Path(root).resolve()
+    if not (root / ".git").exists() or not (root / ".dvc").is_dir():
+        return []
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            outs = [PurePosixPath(Path(out.fs_path).relative_to(root).as_posix())
+                    for stage in repo.index.stages for out in stage.outs if out.use_cache and out.is_in_repo]
+    except DvcException as exc:
+        raise FusecliError(f"cannot read the pipeline in {root}: {exc}: run `dvc status` for details") from None
+    present = sorted({o.as_posix() for o in outs if (root / o).exists()})
+    if not present:
+        return []
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=root, input="\n".join(present),
+                          capture_output=True, text=True)
+    if proc.returncode not in (0, 1):  # 1: none of them is ignored
+        raise FusecliError(f"git check-ignore failed in {root}: {proc.stderr.strip()}: check the git repository")
+    ignored = set(proc.stdout.splitlines())
+    return [p for p in present if p not in ignored]
+
+
+def ignore_outputs(root: str | Path, outputs: list[str]) -> None:
+    """Add DVC's own line for each output (`/c` in `a/b/.gitignore` for `a/b/c`)."""
+    root = Path(root)
+    for out in map(PurePosixPath, outputs):
+        gitignore = root / out.parent / ".gitignore"
+        text = gitignore.read_text(encoding="utf-8") if gitignore.is_file() else ""
+        if f"/{out.name}" not in text.splitlines():
+            atomic_write_text(gitignore, text + ("" if not text or text.endswith("\n") else "\n") + f"/{out.name}\n")
+
+
 # What a killed `dvc repro` can leave torn. DVC rewrites these files in place (truncate, then write), so a
 # SIGKILL in between leaves them cut and every later DVC command stops: "Unable to read RWLock-file
 # '.dvc/tmp/rwlock'. JSON structure is corrupted" (treeverse/dvc#7615) or "'./dvc.lock' validation failed".
@@ -199,13 +237,19 @@ EMPTY_LOCK = "schema: '2.0'\nstages: {}\n"
 
 
 def recover(root: str | Path) -> list[str]:
-    """Repair DVC's files that a kill left torn, under DVC's workspace lock; return what was repaired.
+    """Repair DVC's files that a kill left torn and the .gitignore lines a failed run took back, under
+    DVC's workspace lock; return what was repaired.
 
     Outputs need nothing: fusecli writes them atomically and DVC reruns a stage it has not recorded.
     """
     root = Path(root).resolve()
     repaired: list[str] = []
     with dvc_repo_lock(root):
+        unignored = unignored_outputs(root)
+        if unignored:
+            ignore_outputs(root, unignored)
+            repaired.append(f".gitignore: {len(unignored)} output(s) git would have committed, ignored again "
+                            f"({', '.join(unignored)})")
         if _torn_rwlock(root / RWLOCK):
             (root / RWLOCK).unlink()
             repaired.append(f"{RWLOCK}: torn, deleted (it only lists running DVC processes)")

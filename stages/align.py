@@ -13,6 +13,7 @@ from fusecli.config import load_section
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
+from fusecli.runtime import start_stage
 
 
 def _models(args: argparse.Namespace) -> tuple[str, str, tuple[bool, bool]]:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--source-model", help="the source's model or tokenizer folder (instead of the lock)")
     ap.add_argument("--trust-remote-code", action="store_true", help="with --*-model: allow tokenizer code")
     args = ap.parse_args(argv)
+    start_stage(args.params, args.lock, models=False)  # threads, kernels, params preflight (tokenizers only)
     params = load_section(AlignParams, "align", args.params)
     pivot_model, source_model, trust_remote_code = _models(args)
     cov = run_align(

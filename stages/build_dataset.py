@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fusecli.config import load_section
 from fusecli.data.build import DatasetParams, run
+from fusecli.data.deps import check_declared
 from fusecli.errors import fail_cleanly
 
 
@@ -14,8 +16,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="data")
+    parser.add_argument("--dvc-yaml", type=Path, default=Path("dvc.yaml"), help="checked: every dataset file is a dep")
     args = parser.parse_args(argv)
-    run(load_section(DatasetParams, "dataset", args.params), args.out)
+    params = load_section(DatasetParams, "dataset", args.params)
+    if args.dvc_yaml.exists():  # absent when run outside a DVC workspace: nothing to keep in step
+        check_declared(params, args.dvc_yaml)
+    run(params, args.out)
 
 
 if __name__ == "__main__":

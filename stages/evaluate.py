@@ -18,6 +18,7 @@ from fusecli.hashing import verify_pinned
 from fusecli.io import atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
 from fusecli.merge.stage import merge_methods
+from fusecli.runtime import start_stage
 
 
 @fail_cleanly
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--out", default="eval")
     ap.add_argument("--cache-dir", default=str(DEFAULT_DIR), help="per-model result cache; '' turns it off")
     args = ap.parse_args()
+    start_stage(args.params, args.lock)  # threads and kernels from params.yaml, then the preflight
     params = load_section(EvalParams, "evaluate", args.params)
     merge = merge_methods(args.params)
     lock = read_lock(args.lock)

@@ -14,6 +14,7 @@ from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.extract.run import ExtractParams, ModelRef, Rank, dropped_warnings, extract
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
+from fusecli.runtime import start_stage
 
 
 @fail_cleanly
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    start_stage(args.params, args.lock)  # threads and kernels from params.yaml, then the preflight
     params = load_section(ExtractParams, "extract", args.params)
     lock = read_lock(args.lock)
     if args.model != "pivot" and args.model not in lock.sources:

@@ -18,6 +18,7 @@ from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.fuse.train import FuseParams, train
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
+from fusecli.runtime import start_stage
 
 
 @fail_cleanly
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--live-dir", required=True, help="dvclive metrics and the teacher-selection summary")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    start_stage(args.params, args.lock)  # threads and kernels from params.yaml, then the preflight
     params = load_section(FuseParams, "fuse", args.params)
     lock = read_lock(args.lock)
     aligns = list(args.align)

@@ -13,6 +13,7 @@ from fusecli.errors import fail_cleanly
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
 from fusecli.merge.stage import merge_fused, stage_params
+from fusecli.runtime import start_stage
 
 
 @fail_cleanly
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", default=None, help="one of merge.methods (default: merge.method)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    start_stage(args.params, args.lock)  # threads and kernels from params.yaml, then the preflight
     params = stage_params(args.params, args.method)
     lock = read_lock(args.lock)
     if args.base.resolve() == lock.pivot.folder(".").resolve():

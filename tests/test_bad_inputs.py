@@ -535,3 +535,228 @@ def test_disk_full_during_a_shard_write(site: Path, stage: Callable, monkeypatch
     assert done == sorted(p.name for p in Path("new/extract").glob("shard-*"))
     for name in done:
         assert Path("new/extract", name).read_bytes() == Path("extract/sources/llama", name).read_bytes()
+
+
+# --- preflight: every stage checks all of params.yaml and every pinned model before any work ------------------
+
+def _config(path: str, **changes: object) -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        config = json.loads((root / path).read_text())
+        config.update(changes)
+        (root / path).write_text(json.dumps(config))
+
+    return edit
+
+
+def _cut(path: str, keep: Callable[[int], int]) -> Callable[[Path], None]:
+    def cut(root: Path) -> None:
+        data = (root / path).read_bytes()
+        (root / path).write_bytes(data[: keep(len(data))])
+
+    return cut
+
+
+def _bad_header(root: Path) -> None:
+    path = root / "local/llama/model.safetensors"
+    body = b"{not json}"
+    path.write_bytes(len(body).to_bytes(8, "little") + body + path.read_bytes()[8 + len(body):])
+
+
+def _index_with_missing_shard(root: Path) -> None:
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}
+    (root / "local/llama/model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def _source_without_template(root: Path) -> None:
+    lock = read_lock("models.lock")
+    source = dataclasses.replace(lock.sources["llama"], chat_template_hash=None)
+    Path("models.lock").write_text(dump_lock(lock.with_source(source)))
+
+
+def _section(name: str, **values: object) -> Callable[[Path], None]:
+    return _params(lambda d: d.setdefault(name, {}).update(values))
+
+
+def _needs_no_gpu(case: str) -> None:
+    if torch.cuda.is_available():
+        pytest.skip(f"{case}: checks the refusal on a machine without CUDA")
+
+
+PREFLIGHT_CASES = {
+    "masked-lm": (_config("local/llama/config.json", architectures=["BertForMaskedLM"]), EXTRACT,
+                  ("is a BertForMaskedLM, not a causal LM", "pin a chat model")),
+    "context-shorter-than-max-length": (_section("extract", max_length=512, batch_tokens=1024), EXTRACT,
+                                        ("has a context of 256 tokens, below extract.max_length = 512",
+                                         "lower extract.max_length")),
+    "k-larger-than-vocabulary": (_section("extract", k=5000), EXTRACT,
+                                 ("extract.k = 5000 is larger than the vocabulary of pivot", "lower extract.k")),
+    "truncated-weights": (_cut("local/llama/model.safetensors", lambda n: n // 2), EXTRACT,
+                          ("model.safetensors is", "the file is truncated; download or copy it again")),
+    "weights-cut-inside-the-header": (_cut("local/llama/model.safetensors", lambda n: 20), EXTRACT,
+                                      ("is truncated or not safetensors", "download or copy it again")),
+    "corrupt-safetensors-header": (_bad_header, EXTRACT, ("corrupt safetensors header", "download or copy it again")),
+    "index-names-a-missing-shard": (_index_with_missing_shard, EXTRACT,
+                                    ("lists missing shard model-00002-of-00002.safetensors", "finish the download")),
+    "config-not-json": (write_text("local/llama/config.json", "{"), EXTRACT,
+                        ("config.json is not valid JSON", "download or copy it again")),
+    "source-without-chat-template-stops-fuse": (_source_without_template, FUSE,
+                                                ("source llama local/llama has no chat template",
+                                                 "set tokenizer.chat_template")),
+    "other-section-lambda-stops-extract": (_section("fuse", lam="high"), EXTRACT,
+                                           ("fuse.lam = 'high'", "must be of type float")),
+    "unknown-merge-method-stops-extract": (_section("merge", methods=["slerp"], method="slerp"), EXTRACT,
+                                           ("merge method 'slerp' is unknown", "use one of")),
+    "launch-not-a-mapping": (_params(lambda d: d.update(launch="python")), EXTRACT,
+                             ("launch must map exactly `extract` and `fuse`",)),
+    "launch-empty-command": (_params(lambda d: d.update(launch={"extract": "", "fuse": "python"})), FUSE,
+                             ("launch.extract = ''", "must be a command")),
+    "runtime-threads-zero": (_section("runtime", threads=0), FUSE, ("runtime.threads = 0 must be >= 1",)),
+    "runtime-unknown-key": (_section("runtime", thread=2), EVALUATE, ("runtime: unknown key 'thread'",)),
+    "runtime-threads-not-a-number": (_section("runtime", threads="all"), MERGE,
+                                     ("runtime.threads = 'all' must be of type int",)),
+    "demo-wrong-type": (_section("demo", steps="many"), EXTRACT, ("demo.steps = 'many' must be of type int",)),
+    "dataset-unknown-long-rows": (_section("dataset", long_rows="chop"), FUSE,
+                                  ("dataset.long_rows = 'chop' is not one of",)),
+    "fuse-batch-not-a-multiple": (_section("fuse", global_batch_size=6), EXTRACT,
+                                  ("fuse.global_batch_size must be a multiple of fuse.micro_batch_size",)),
+    "align-k-zero-stops-evaluate": (_section("align", k=0), EVALUATE, ("align.k = 0 must be at least 1",)),
+}
+
+
+@pytest.mark.parametrize("case", PREFLIGHT_CASES)
+def test_preflight_stops_a_stage_before_any_work(site: Path, stage: Callable, case: str) -> None:
+    breaks, args, words = PREFLIGHT_CASES[case]
+    breaks(site)
+    before = snapshot(site)
+    assert_refused(stage(args), words, site, before)
+
+
+NO_GPU = "run on a GPU machine, or restore the CPU settings (git checkout params.yaml)"
+GPU_CASES = {
+    "extract-device-cuda": (_section("extract", device="cuda"), EXTRACT,
+                            ("extract.device = 'cuda' but this machine has no CUDA GPU", NO_GPU)),
+    "merge-device-cuda": (_section("merge", device="cuda"), MERGE, ("merge.device = 'cuda'", NO_GPU)),
+    "fuse-zero-stage": (_section("fuse", zero_stage=2), FUSE, ("fuse.zero_stage = 2 (DeepSpeed ZeRO) needs CUDA",)),
+    "launch-one-process-per-gpu": (_params(lambda d: d.update(launch={"extract": "torchrun --nproc_per_node gpu",
+                                                                       "fuse": "python"})), EVALUATE,
+                                   ("launch.extract = 'torchrun --nproc_per_node gpu' starts one process per GPU",)),
+}
+
+
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_gpu_profile_on_a_machine_without_cuda(site: Path, stage: Callable, case: str) -> None:
+    _needs_no_gpu(case)
+    breaks, args, words = GPU_CASES[case]
+    breaks(site)
+    before = snapshot(site)
+    assert_refused(stage(args), words, site, before)
+
+
+# --- fusecli check: the whole preflight, with every section required ----------------------------------------
+
+REPO_PARAMS = yaml.safe_load((STAGES.parent / "params.yaml").read_text())
+
+
+def _complete(root: Path) -> None:
+    """The site's params.yaml with the sections it leaves out taken from the repository's."""
+    edit_yaml("params.yaml", lambda d: d.update({k: v for k, v in REPO_PARAMS.items() if k not in d}))
+
+
+def _then(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
+    def run(root: Path) -> None:
+        for step in steps:
+            step(root)
+
+    return run
+
+
+def _latin1(root: Path) -> None:
+    row = {"messages": [{"role": "user", "content": "Où est Besançon ?"},
+                        {"role": "assistant", "content": "En France."}]}
+    (root / "latin1.jsonl").write_bytes((json.dumps(row, ensure_ascii=False) + "\n").encode("latin-1"))
+    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "latin1.jsonl"}]}))
+
+
+CHECK_CASES = {
+    "section-missing": (lambda r: None, ("params.yaml has no 'launch' section", "add it")),
+    "unknown-section": (_then(_complete, _params(lambda d: d.update(extras={"a": 1}))),
+                        ("params.yaml: unknown section 'extras'", "valid sections are")),
+    "model-folder-missing": (_then(_complete, lambda r: shutil.rmtree(r / "local/llama")),
+                             ("source llama: model folder local/llama is missing", "copy it back, or re-pin")),
+    "masked-lm": (_then(_complete, _config("local/qwen/config.json", architectures=["RobertaForMaskedLM"])),
+                  ("pivot local/qwen is a RobertaForMaskedLM, not a causal LM",)),
+    "latin1-dataset": (_then(_complete, _latin1), ("latin1.jsonl is not UTF-8 (byte 0xf9 on line 1)", "iconv")),
+    "dataset-file-missing": (_then(_complete, _params(lambda d: d.update(dataset={"sources": [{"path": "x.jsonl"}]}))),
+                             ("dataset source x.jsonl not found", "fix `path` in params.yaml")),
+    "gpu-launcher-without-gpu": (_then(_complete, _params(lambda d: d["launch"].update(
+        fuse="torchrun --nproc_per_node gpu"))), ("launch.fuse = 'torchrun --nproc_per_node gpu' starts one process",)),
+}
+
+
+@pytest.mark.parametrize("case", CHECK_CASES)
+def test_fusecli_check(site: Path, case: str) -> None:
+    if case == "gpu-launcher-without-gpu":
+        _needs_no_gpu(case)
+    breaks, words = CHECK_CASES[case]
+    breaks(site)
+    before = snapshot(site)
+    assert_refused(run_cli(["check"]), words, site, before)
+
+
+def test_fusecli_check_passes_a_sound_workspace(site: Path) -> None:
+    _complete(site)
+    result = run_cli(["check"])
+    assert result.code == 0, result.err
+    assert "2 model(s) are causal LMs" in result.out and "ready" in result.out
+
+
+# --- dataset files: encodings, dependencies -----------------------------------------------------------------
+
+def test_latin1_jsonl_is_one_line_not_a_traceback(site: Path, stage: Callable) -> None:
+    _latin1(site)
+    before = snapshot(site)
+    assert_refused(stage(["build_dataset", "--out", "new/data"]),
+                   ("latin1.jsonl is not UTF-8", "re-save it as UTF-8", "iconv -f latin1 -t utf-8"), site, before)
+
+
+def test_utf8_with_a_byte_order_mark_is_read(site: Path, stage: Callable) -> None:
+    rows = "".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}?"},
+                                            {"role": "assistant", "content": f"A{i}"}]}) + "\n" for i in range(10))
+    (site / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "bom.jsonl", "eval_fraction": 0.2}]}))
+    result = stage(["build_dataset", "--out", "new/data"])
+    assert result.code == 0, result.err
+    assert pl.read_parquet("new/data/train.parquet").height + pl.read_parquet("new/data/eval.parquet").height == 10
+
+
+def test_dataset_file_that_is_not_a_dvc_dependency(site: Path, stage: Callable) -> None:
+    shutil.copy(STAGES.parent / "dvc.yaml", site / "dvc.yaml")
+    (site / "mine.jsonl").write_text("")
+    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "mine.jsonl"}]}))
+    before = snapshot(site)
+    assert_refused(stage(["build_dataset", "--out", "new/data"]),
+                   ("'mine.jsonl' is not a dependency of build_dataset", "run `fusecli dataset-deps`"), site, before)
+
+
+def test_add_source_refuses_truncated_weights(site: Path) -> None:
+    shutil.copytree(site / "local/llama", site / "local/cut")
+    _cut("local/cut/model.safetensors", lambda n: n - 100)(site)
+    before = snapshot(site)
+    assert_refused(run_cli(["add-source", "local/cut"]), ("is truncated", "download or copy it again"), site, before)
+
+
+# --- fusecli profile: what it would write is loaded with the stages' loaders first --------------------------
+
+PROFILE_CASES = {
+    "lambda-not-a-number": ("fuse:\n  lam: high\n", ("would make params.yaml invalid", "fuse.lam = 'high'")),
+    "unknown-merge-method": ("merge:\n  methods: [slerp]\n", ("merge method 'slerp' is unknown",)),
+    "k-out-of-range": ("extract:\n  k: 0\n", ("extract.k = 0", "must be >= 1")),
+}
+
+
+@pytest.mark.parametrize("case", PROFILE_CASES)
+def test_profile_refuses_what_the_stages_would_refuse(site: Path, case: str) -> None:
+    text, words = PROFILE_CASES[case]
+    (site / "profile.yaml").write_text(text)
+    before = snapshot(site)
+    assert_refused(run_cli(["profile", "profile.yaml"]), words, site, before)

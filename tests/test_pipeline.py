@@ -165,6 +165,22 @@ def test_noop_repro_runs_nothing(workspace):
     assert ran_stages(run(["dvc", "repro"], workspace)) == set()
 
 
+def test_speed_only_keys_and_lambda_leave_what_they_cannot_change_up_to_date(workspace):
+    """align.workers and fuse.save_steps change no output; fuse.lam changes fuse@ but not sft_baseline."""
+    path = workspace / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    try:
+        edited = deep_update(yaml.safe_load(original), {"align": {"workers": 2}, "fuse": {"save_steps": 2000}})
+        path.write_text(yaml.safe_dump(edited, sort_keys=False))
+        assert json.loads(run(["dvc", "status", "--json"], workspace).stdout or "{}") == {}
+        path.write_text(yaml.safe_dump(deep_update(params, {"fuse": {"lam": 0.5}}), sort_keys=False))
+        stale = set(json.loads(run(["dvc", "status", "--json"], workspace).stdout))
+        assert {s for s in stale if s.startswith("fuse@")} and "sft_baseline" not in stale
+    finally:
+        path.write_text(original)
+
+
 def test_reordering_sources_runs_nothing(workspace):
     lock_path = workspace / "models.lock"
     original = lock_path.read_text()

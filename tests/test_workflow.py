@@ -128,7 +128,8 @@ def test_makefile_reproduce_pulls_repros_pushes():
     assert recipe, "Makefile has no reproduce target"
     lines = recipe.group(1)
     assert "fusecli profile params.$(PROFILE).yaml" in lines  # the GPU profile, as README documents it
-    assert lines.index("fusecli profile") < lines.index("dvc pull") < lines.index("dvc repro") < lines.index("dvc push")
+    assert lines.index("fusecli profile") < lines.index("fusecli pull-models") < lines.index("fusecli check")
+    assert lines.index("fusecli check") < lines.index("dvc pull") < lines.index("dvc repro") < lines.index("dvc push")
 
 
 def test_remote_credentials_come_from_secrets(workflow):

@@ -151,3 +151,39 @@ def test_stale_stages_and_clean_source_with_real_dvc(tmp_path: Path, monkeypatch
 def test_stale_stages_needs_a_dvc_workspace(tmp_path: Path) -> None:
     with pytest.raises(FusecliError, match="not a DVC workspace: run `git init && dvc init`"):
         workspace.stale_stages(tmp_path)
+
+
+def test_outputs_a_failed_repro_left_unignored_are_found_by_status_and_repaired_by_recover(ws: Path) -> None:
+    """DVC takes back the .gitignore lines of a run whose later stage failed; `git add -A` would commit them."""
+    from typer.testing import CliRunner
+
+    from fusecli.cli import app
+
+    assert CliRunner().invoke(app, ["set-pivot", "local/qwen"]).exit_code == 0
+    (ws / "dvc.yaml").write_text(textwrap.dedent("""\
+        stages:
+          first:
+            cmd: mkdir -p out/a && echo x > out/a/f && echo 1 > m.json
+            outs: [out/a]
+            metrics:
+              - m.json:
+                  cache: false
+          second:
+            cmd: exit 1
+            deps: [out/a]
+            outs: [out/b]
+        """))
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=ws, check=True, capture_output=True)
+    failed = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, capture_output=True, text=True)
+    assert failed.returncode != 0 and (ws / "out/a/f").is_file()
+    assert workspace.unignored_outputs(ws) == ["out/a"]  # m.json is meant for git: not listed
+
+    status = CliRunner().invoke(app, ["status"], env={"COLUMNS": "300"})
+    assert "not ignored by git" in status.stdout and "out/a: run `fusecli recover`" in status.stdout, status.stdout
+    recovered = CliRunner().invoke(app, ["recover"], env={"COLUMNS": "300"})
+    assert recovered.exit_code == 0 and ".gitignore: 1 output(s)" in recovered.stdout, recovered.stdout
+    assert workspace.unignored_outputs(ws) == []
+    assert (ws / "out/.gitignore").read_text() == "/a\n"
+    assert subprocess.run(["git", "check-ignore", "-q", "out/a/f"], cwd=ws).returncode == 0
+    assert "not ignored by git" not in CliRunner().invoke(app, ["status"]).stdout

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from rich.console import Console
@@ -53,6 +53,8 @@ class AlignParams:
     vocab_map: Literal["ms", "em", "mined_vocab"] = "ms"
     k: int = 10
     workers: int = 1
+
+    UNHASHED: ClassVar[tuple[str, ...]] = ("workers",)  # speed only: dvc.yaml's align@ does not hash them
 
     def validate(self) -> None:
         if self.k < 1:

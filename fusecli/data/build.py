@@ -70,6 +70,7 @@ class DatasetParams:
     max_chars: int = 8000  # of all message contents of one row
     long_rows: Literal["split", "truncate", "drop"] = "split"
     dedup: bool = True
+    bad_rows: Literal["error", "skip"] = "error"  # skip: drop rows with no reply, tool calls or null content
     train_domains: tuple[str, ...] | None = None  # None: every domain
     eval_domains: tuple[str, ...] | None = None  # None: every domain
 
@@ -109,6 +110,8 @@ class SourceStats:
     pieces: int = 0  # extra rows made by splitting long dialogues
     duplicates: int = 0
     domain_filtered: int = 0
+    bad: dict[str, int] = field(default_factory=dict)  # skipped rows by reason (dataset.bad_rows: skip)
+    bad_ids: list[str] = field(default_factory=list)  # the first few skipped rows
     train: int = 0
     eval: int = 0
     notes: list[str] = field(default_factory=list)
@@ -116,6 +119,19 @@ class SourceStats:
 
 def source_name(source: SourceParams) -> str:
     return source.name or ("demo" if source.path == "demo" else Path(source.path).stem)
+
+
+def read_text(path: Path) -> str:
+    """A text dataset file as UTF-8 (a leading byte-order mark is dropped); any other encoding is one line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise FusecliError(
+            f"{path} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}): re-save it as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}"
+        ) from None
 
 
 def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -131,7 +147,7 @@ def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         return
     if p.suffix not in (".jsonl", ".json"):
         raise FusecliError(f"dataset source {path}: unsupported file type; use .jsonl, .json or .parquet")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p)
     if p.suffix == ".json" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)
@@ -149,48 +165,62 @@ def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             raise FusecliError(f"{path}:{n} is not valid JSON: fix or remove the line") from None
 
 
+class BadRow(FusecliError):
+    """One row that cannot be a training dialogue; `dataset.bad_rows: skip` drops it and counts its reason."""
+
+    def __init__(self, where: str, reason: str, detail: str) -> None:
+        super().__init__(f"{where}: {detail}: fix or drop the row, or set dataset.bad_rows: skip")
+        self.reason = reason
+
+
+TOOL_ROLES = ("tool", "function", "ipython")
+
+
 def _content(value: Any, where: str) -> str:
     """Message content as text; OpenAI's list-of-parts form keeps only its text parts."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
         return "".join(p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text")
-    raise FusecliError(f"{where}: message content must be a string, got {type(value).__name__}")
+    if value is None:
+        raise BadRow(where, "null content", "a message has null content")
+    raise BadRow(where, "content not text", f"message content must be a string, got {type(value).__name__}")
 
 
 def to_messages(record: dict[str, Any], where: str) -> list[Message]:
     """Normalise a ShareGPT or OpenAI record to `[{"role", "content"}]`, ending with an assistant turn."""
     if not isinstance(record, dict):
-        raise FusecliError(f"{where}: expected a JSON object per row")
+        raise BadRow(where, "not an object", "expected a JSON object per row")
     turns = record.get("messages")
     if turns is None and record.get("conversations") is not None:
         turns = record["conversations"]
     if isinstance(turns, str):  # a parquet column holding JSON text
         turns = json.loads(turns)
     if not isinstance(turns, list):
-        raise FusecliError(f"{where}: row has no `messages` or `conversations` list: use ShareGPT or OpenAI form")
+        raise BadRow(where, "no messages", "row has no `messages` or `conversations` list (ShareGPT or OpenAI form)")
     messages = []
     if isinstance(record.get("system"), str) and record["system"].strip():
         messages.append({"role": "system", "content": record["system"]})
     for turn in turns:
         if not isinstance(turn, dict):
-            raise FusecliError(f"{where}: every turn must be an object")
+            raise BadRow(where, "turn not an object", "every turn must be an object")
+        if turn.get("role") in TOOL_ROLES or turn.get("tool_calls") or turn.get("function_call"):
+            raise BadRow(where, "tool call", "a turn is a tool call or result, which a chat template cannot render")
         if "role" in turn:
             role, content = turn["role"], turn.get("content")
         else:
             speaker = str(turn.get("from", "")).lower()
             if speaker not in SHAREGPT_ROLES:
-                raise FusecliError(
-                    f"{where}: unknown ShareGPT speaker {turn.get('from')!r}: use one of {sorted(SHAREGPT_ROLES)}"
-                )
+                known = ", ".join(sorted(SHAREGPT_ROLES))
+                raise BadRow(where, "unknown role", f"unknown ShareGPT speaker {turn.get('from')!r} (known: {known})")
             role, content = SHAREGPT_ROLES[speaker], turn.get("value")
         if role not in ROLES:
-            raise FusecliError(f"{where}: unknown role {role!r}: use one of {list(ROLES)}")
+            raise BadRow(where, "unknown role", f"unknown role {role!r} (known: {', '.join(ROLES)})")
         messages.append({"role": role, "content": _content(content, where)})
     while messages and messages[-1]["role"] != "assistant":
         messages.pop()  # trailing prompts have no response to learn from
     if not messages:
-        raise FusecliError(f"{where}: row has no assistant turn: every dialogue needs an assistant reply")
+        raise BadRow(where, "no assistant reply", "row has no assistant turn: every dialogue needs an assistant reply")
     return messages
 
 
@@ -234,13 +264,33 @@ def fit_length(messages: list[Message], max_chars: int, mode: str) -> list[list[
     return pieces[:1] if mode == "truncate" else pieces
 
 
+BAD_IDS_SHOWN = 5
+
+
+def bad_rows_note(stats: SourceStats) -> str | None:
+    """`skipped 3 bad rows (no assistant reply 2, tool call 1; first: r4, r7, 12)` for the summary line."""
+    if not stats.bad:
+        return None
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(stats.bad.items()))
+    return f"skipped {sum(stats.bad.values())} bad rows ({reasons}; first: {', '.join(stats.bad_ids)})"
+
+
 def read_source(source: SourceParams, params: DatasetParams, seen: set[str], stats: SourceStats) -> list[Row]:
     """Every usable row of one source, normalised, length-fitted and deduplicated against `seen`."""
     name = source_name(source)
     rows = []
     for where, record in read_records(source.path):
         stats.read += 1
-        messages = to_messages(record, where)
+        try:
+            messages = to_messages(record, where)
+        except BadRow as exc:
+            if params.bad_rows == "error":
+                raise
+            stats.bad[exc.reason] = stats.bad.get(exc.reason, 0) + 1
+            if len(stats.bad_ids) < BAD_IDS_SHOWN:
+                row_id = record.get("id") if isinstance(record, dict) else None
+                stats.bad_ids.append(str(row_id) if row_id is not None else where)
+            continue
         raw_id = record.get("id")
         if raw_id is None:
             raw_id = hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
@@ -333,6 +383,8 @@ def build_dataset(
             if count is not None and count > len(pool):
                 stats.notes.append(f"{what} {count} > {len(pool)} rows available: took all")
         tr, ev = sample(tr, source.count, rng), sample(ev, source.eval_count, rng)
+        if note := bad_rows_note(stats):
+            stats.notes.append(note)
         stats.train, stats.eval = len(tr), len(ev)
         log(
             f"{name}: read {stats.read}, too long {stats.too_long}, split pieces +{stats.pieces}, "

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -69,6 +69,8 @@ class FuseParams:
     logging_steps: int = 10
     logits_chunk: int = 2048
     scratch: str = "scratch"
+
+    UNHASHED: ClassVar[tuple[str, ...]] = ("save_steps", "scratch")  # no output byte depends on them: unhashed
 
     def validate(self) -> None:
         if not 0.0 <= self.lam <= 1.0:

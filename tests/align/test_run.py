@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import runpy
 from pathlib import Path
@@ -158,6 +159,18 @@ def test_offsets_method_with_workers_matches_one_process(cross, tokenizer_dirs):
     for a, b in zip(_records(root / "offsets1"), _records(root / "offsets2"), strict=True):
         for key in ("topk_ids", "topk_logprobs", "mapped"):
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_workers_change_no_byte_of_the_default_mined_output(cross, tokenizer_dirs):
+    """align.workers is unhashed in dvc.yaml (AlignParams.UNHASHED): the pool must not change one byte."""
+    root = cross["root"]
+    two = run_align(dataclasses.replace(cross["params"], workers=2), cross["pivot"], cross["source"],
+                    tokenizer_dirs["byte"], tokenizer_dirs["meta"], root / "mined2")
+    assert two == cross["cov"]
+    files = sorted(p.relative_to(cross["out"]) for p in cross["out"].rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(root / "mined2") for p in (root / "mined2").rglob("*") if p.is_file())
+    for f in files:
+        assert (cross["out"] / f).read_bytes() == (root / "mined2" / f).read_bytes(), f
 
 
 def test_stage_entry_point(cross, tokenizer_dirs, tmp_path, capsys):

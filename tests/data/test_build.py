@@ -37,7 +37,9 @@ def params(**kw) -> DatasetParams:
 def run_stage(tmp_path: Path, section: dict) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": section}))
     main = runpy.run_path(str(STAGE))["main"]
-    main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "data")])
+    # no dvc.yaml in tmp_path: outside a DVC workspace there are no deps to keep in step with the sources
+    main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "data"), "--dvc-yaml",
+          str(tmp_path / "dvc.yaml")])
     return tmp_path / "data"
 
 
@@ -156,3 +158,33 @@ def test_missing_source_and_bad_json(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"messages": [}\n')
     with pytest.raises(FusecliError, match="bad.jsonl:1 is not valid JSON"):
         build_dataset(params(sources=[{"path": str(tmp_path / "bad.jsonl")}]))
+
+
+IMPERFECT = [
+    {"id": "noreply", "messages": [{"role": "user", "content": "hello?"}]},
+    {"id": "tool", "messages": [{"role": "user", "content": "weather?"},
+                                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+                                {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]},
+    {"id": "null", "messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "ok"}]},
+    {"id": "noreply2", "conversations": [{"from": "human", "value": "anyone?"}]},
+]
+
+
+def test_one_imperfect_row_is_an_error_by_default_that_names_the_skip_setting(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "chat.jsonl", [openai(i) for i in range(10)] + IMPERFECT[2:3])
+    with pytest.raises(SystemExit):
+        run_stage(tmp_path, {"sources": [{"path": src}]})
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "a message has null content" in err and "set dataset.bad_rows: skip" in err
+
+
+def test_skip_drops_imperfect_rows_and_counts_them_by_reason(tmp_path, capsys):
+    rows = [openai(i) for i in range(10)]
+    src = write_jsonl(tmp_path / "chat.jsonl", rows[:3] + IMPERFECT + rows[3:])
+    out = run_stage(tmp_path, {"sources": [{"path": src}], "bad_rows": "skip", "eval_fraction": 0.2})
+    n = pl.read_parquet(out / "train.parquet").height + pl.read_parquet(out / "eval.parquet").height
+    assert n == 10
+    summary = capsys.readouterr().out
+    assert ("skipped 4 bad rows (no assistant reply 2, null content 1, tool call 1; "
+            "first: noreply, tool, null, noreply2)") in summary

@@ -9,6 +9,7 @@ from fusecli.fuse import train as train_mod
 from fusecli.fuse.data import build_examples
 from fusecli.fuse.train import FuseParams, train
 from fusecli.store import StoreWriter, iter_records
+from tests.killing import TIMING_KEYS
 from tests.tiny import write_dataset, write_model
 
 
@@ -70,6 +71,21 @@ def test_training_lowers_fusion_loss_and_writes_hf_folder(pair):
     # the source is far more confident than the random pivot, so MinCE chose it everywhere
     assert stats["source_share"] == {"capital": 1.0, "currency": 1.0, "region": 1.0}
     assert (pair / "logs" / "metrics.json").exists()
+
+
+def test_checkpoint_interval_changes_no_byte_of_the_output(pair):
+    """fuse.save_steps is unhashed in dvc.yaml (FuseParams.UNHASHED): checkpoints must not change the result."""
+    args = (str(pair / "pivot"), str(pair / "extract"), str(pair / "align"), str(pair / "train.parquet"))
+    train(*args, str(pair / "save4"), str(pair / "logs4"), params(pair, save_steps=4))
+    train(*args, str(pair / "save6"), str(pair / "logs6"), params(pair, save_steps=6))
+    files = sorted(p.name for p in (pair / "save4").iterdir())
+    assert files == sorted(p.name for p in (pair / "save6").iterdir())
+    for name in files:
+        assert (pair / "save4" / name).read_bytes() == (pair / "save6" / name).read_bytes(), name
+    curves = sorted(p.relative_to(pair / "logs4") for p in (pair / "logs4").rglob("*.tsv") if p.stem not in TIMING_KEYS)
+    assert len(curves) > 3
+    for f in curves:
+        assert (pair / "logs4" / f).read_bytes() == (pair / "logs6" / f).read_bytes(), f
 
 
 class Killer(TrainerCallback):

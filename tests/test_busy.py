@@ -1,0 +1,81 @@
+"""fusecli refuses to change a workspace while a `dvc repro` stage runs in it (a real, concurrent repro)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fusecli.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGE = """\
+import time
+from pathlib import Path
+from fusecli.runtime import start_stage
+start_stage("params.yaml", "models.lock")
+Path("started").touch()
+while not Path("go").exists():
+    time.sleep(0.05)
+Path("out.txt").write_text("done")
+"""
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout + result.stderr
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def test_workspace_changes_wait_for_a_running_dvc_repro(ws: Path) -> None:
+    assert cli("set-pivot", "local/qwen")[0] == 0
+    assert cli("add-source", "local/llama")[0] == 0
+    (ws / "stage.py").write_text(STAGE)
+    params = (ROOT / "params.yaml").read_text().replace("max_length: 256", "max_length: 64")  # tiny models' context
+    (ws / "params.yaml").write_text(params)
+    (ws / "dvc.yaml").write_text(textwrap.dedent("""\
+        stages:
+          slow:
+            cmd: python stage.py
+            deps: [stage.py]
+            outs: [out.txt]
+        """))
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=ws, check=True, capture_output=True)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(ws / "started", repro)
+        lock_before = (ws / "models.lock").read_bytes()
+        (ws / "gpu.yaml").write_text("fuse:\n  lam: 0.9\n")
+        for args in (["remove-source", "llama"], ["add-source", "local/llama", "--name", "again"],
+                     ["set-pivot", "local/llama", "--name", "piv"], ["profile", "gpu.yaml"], ["recover"],
+                     ["dataset-deps"]):
+            code, out = cli(*args)
+            lines = [line for line in out.splitlines() if line.startswith("error: ")]
+            assert code == 1 and len(lines) == 1, (args, out)
+            assert "a `dvc repro` stage is running in" in lines[0] and "wait for it to finish" in lines[0], out
+        assert (ws / "models.lock").read_bytes() == lock_before
+        assert "lam: 0.7" in (ws / "params.yaml").read_text()
+        assert cli("list")[0] == 0  # reading is fine
+    finally:
+        (ws / "go").touch()
+        out, _ = repro.communicate(timeout=300)
+    assert repro.returncode == 0, out
+    assert (ws / "out.txt").read_text() == "done"
+    code, out = cli("remove-source", "llama")
+    assert code == 0, out
