@@ -1,0 +1,44 @@
+# The device runs behind docs/benchmarks.md's issue-15/16 tables, in the batches they were sent in
+# (2 x H200; one GPU by CUDA_VISIBLE_DEVICES where a table says one GPU). Writes logs and JSON to $OUT.
+#   bash benchmarks/gpu_batch.sh one   # 7B extraction steps (GPU 0) beside the 1.5B fusion steps (GPU 1), then 7B fusion
+#   bash benchmarks/gpu_batch.sh two   # 2-GPU extraction scaling (with the old warm-up, then fixed), ZeRO-2 scaling
+set -u
+source benchmarks/gpu_env.sh || exit 1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+case "$1" in
+one)
+    (CUDA_VISIBLE_DEVICES=0 python3 benchmarks/extract.py --sizes 7b --seqs 384 \
+        --variants naive,ours,ours+compile,ours+compile@32768,ours+compile@65536 \
+        --json "$OUT/extract7b.jsonl" >"$OUT/extract7b.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=1 python3 benchmarks/fuse.py --size 1.5b --accum 4 --steps 4 --warmup 2 \
+        --variants sft,sft-same,fusion,sft+nockpt,sft-same+autockpt+fusedadam,fusion+autockpt+fusedadam,sft-same+autockpt+fusedadam+compile,fusion+autockpt+fusedadam+compile,sft-same+autockpt+fusedadam+liger,fusion+autockpt+fusedadam+liger \
+        --json "$OUT/fuse15.jsonl" >"$OUT/fuse15.log" 2>&1
+     CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -p no:cacheprovider tests/fuse/test_kernels.py >"$OUT/kernels.log" 2>&1) &
+    wait
+    CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/fuse.py --size 7b --micro 1 --accum 4 --steps 3 --warmup 2 \
+        --loss-chunk 1024 --variants fusion+fusedadam --json "$OUT/fuse7b.jsonl" >"$OUT/fuse7b.log" 2>&1
+    tail -n 14 "$OUT/extract7b.log" "$OUT/fuse7b.log"; tail -n 16 "$OUT/fuse15.log"; tail -n 3 "$OUT/kernels.log"
+    ;;
+two)
+    export BENCH_KEEP=1
+    torchrun --nproc_per_node 2 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 1024 \
+        --shard-size 256 --cold-ranks --json "$OUT/dp.jsonl" >"$OUT/dp_cold.log" 2>&1
+    CUDA_VISIBLE_DEVICES=0 python3 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 8192 \
+        --json "$OUT/dp.jsonl" >"$OUT/dp1.log" 2>&1
+    torchrun --nproc_per_node 2 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 8192 \
+        --json "$OUT/dp.jsonl" >"$OUT/dp2.log" 2>&1
+    n=0; bad=0
+    for f in /tmp/bench-1.5b-ours+compile-w1/*.safetensors; do
+        n=$((n + 1)); cmp -s "$f" "/tmp/bench-1.5b-ours+compile-w2/$(basename "$f")" || bad=$((bad + 1))
+    done
+    echo "shards compared: $n, differing: $bad" | tee "$OUT/dp_cmp.txt"
+    rm -rf /tmp/bench-1.5b-*
+    torchrun --nproc_per_node 1 benchmarks/fuse.py --size 1.5b --zero 2 --micro 4 --accum 2 --steps 4 --warmup 2 \
+        --variants fusion+autockpt+fusedadam --json "$OUT/zero.jsonl" >"$OUT/zero1.log" 2>&1
+    torchrun --nproc_per_node 2 benchmarks/fuse.py --size 1.5b --zero 2 --micro 4 --accum 1 --steps 4 --warmup 2 \
+        --variants fusion+autockpt+fusedadam --json "$OUT/zero.jsonl" >"$OUT/zero2.log" 2>&1
+    tail -n 4 "$OUT/dp_cold.log" "$OUT/dp1.log" "$OUT/dp2.log" "$OUT/zero1.log" "$OUT/zero2.log"
+    grep -h per_rank "$OUT/dp.jsonl" | python3 -c "import sys, json; [print(json.loads(l)['world'], json.loads(l)['per_rank']) for l in sys.stdin]"
+    ;;
+esac
