@@ -23,6 +23,7 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -52,6 +53,13 @@ class StepTimer(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.t0)
+
+
+class NoSave(TrainerCallback):
+    """The Trainer saves a checkpoint at its last step: gigabytes per variant, not part of a step."""
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        control.should_save = False
 
 
 class Profile(TrainerCallback):
@@ -158,9 +166,11 @@ def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
         trainer = make_trainer(model, data, 0, params, out, device)
     timer = StepTimer()
     trainer.add_callback(timer)
+    trainer.add_callback(NoSave())
     if args.profile:
         trainer.add_callback(Profile(args.warmup))
     trainer.train()
+    shutil.rmtree(out, ignore_errors=True)
     step = statistics.median(timer.times[args.warmup :])
     tokens = args.micro * world * args.accum * args.seq
     flops = model_flops_per_token(model, n_params(model), args.seq, training=True)

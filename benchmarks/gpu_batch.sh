@@ -1,7 +1,8 @@
 # The device runs behind docs/benchmarks.md's issue-15/16 tables, in the batches they were sent in
 # (2 x H200; one GPU by CUDA_VISIBLE_DEVICES where a table says one GPU). Writes logs and JSON to $OUT.
 #   bash benchmarks/gpu_batch.sh one   # 7B extraction steps (GPU 0) beside the 1.5B fusion steps (GPU 1), then 7B fusion
-#   bash benchmarks/gpu_batch.sh two   # 2-GPU extraction scaling (with the old warm-up, then fixed), ZeRO-2 scaling
+#   bash benchmarks/gpu_batch.sh one-b # 7B fusion (GPU 0) beside fuse.compile / liger (GPU 1), then 2-GPU extraction, old warm-up
+#   bash benchmarks/gpu_batch.sh two   # 2-GPU extraction scaling on 8,192 rows, ZeRO-2 scaling
 set -u
 source benchmarks/gpu_env.sh || exit 1
 OUT=${OUT:-/tmp/out}
@@ -12,18 +13,26 @@ one)
         --variants naive,ours,ours+compile,ours+compile@32768,ours+compile@65536 \
         --json "$OUT/extract7b.jsonl" >"$OUT/extract7b.log" 2>&1) &
     (CUDA_VISIBLE_DEVICES=1 python3 benchmarks/fuse.py --size 1.5b --accum 4 --steps 4 --warmup 2 \
-        --variants sft,sft-same,fusion,sft+nockpt,sft-same+autockpt+fusedadam,fusion+autockpt+fusedadam,sft-same+autockpt+fusedadam+compile,fusion+autockpt+fusedadam+compile,sft-same+autockpt+fusedadam+liger,fusion+autockpt+fusedadam+liger \
-        --json "$OUT/fuse15.jsonl" >"$OUT/fuse15.log" 2>&1
+        --variants sft,sft-same,fusion,sft+nockpt,sft-same+autockpt+fusedadam,fusion+autockpt+fusedadam,sft-same+autockpt+fusedadam+compile \
+        --json "$OUT/fuse15.jsonl" >"$OUT/fuse15.log" 2>&1) &
+    wait
+    tail -n 14 "$OUT/extract7b.log"; tail -n 16 "$OUT/fuse15.log"
+    ;;
+one-b)  # after the first batch filled the disk with the Trainer's final checkpoints (now not written)
+    (CUDA_VISIBLE_DEVICES=0 timeout 240 python3 benchmarks/fuse.py --size 7b --micro 1 --accum 4 --steps 3 --warmup 2 \
+        --loss-chunk 1024 --variants fusion+fusedadam --json "$OUT/fuse7b.jsonl" >"$OUT/fuse7b.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=1 python3 benchmarks/fuse.py --size 1.5b --accum 4 --steps 4 --warmup 2 \
+        --variants sft,fusion+autockpt+fusedadam+compile,sft-same+autockpt+fusedadam+liger,fusion+autockpt+fusedadam+liger,sft-same+autockpt+fusedadam+liger+compile,fusion+autockpt+fusedadam+liger+compile \
+        --json "$OUT/fuse15b.jsonl" >"$OUT/fuse15b.log" 2>&1
      CUDA_VISIBLE_DEVICES=1 python3 -m pytest -q -p no:cacheprovider tests/fuse/test_kernels.py >"$OUT/kernels.log" 2>&1) &
     wait
-    CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/fuse.py --size 7b --micro 1 --accum 4 --steps 3 --warmup 2 \
-        --loss-chunk 1024 --variants fusion+fusedadam --json "$OUT/fuse7b.jsonl" >"$OUT/fuse7b.log" 2>&1
-    tail -n 14 "$OUT/extract7b.log" "$OUT/fuse7b.log"; tail -n 16 "$OUT/fuse15.log"; tail -n 3 "$OUT/kernels.log"
+    torchrun --nproc_per_node 2 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 1024 \
+        --shard-size 256 --cold-ranks --json "$OUT/dp_cold.jsonl" >"$OUT/dp_cold.log" 2>&1
+    tail -n 5 "$OUT/fuse7b.log" "$OUT/dp_cold.log"; tail -n 9 "$OUT/fuse15b.log"; tail -n 3 "$OUT/kernels.log"
+    grep -h per_rank "$OUT/dp_cold.jsonl" | cut -c1-400
     ;;
 two)
     export BENCH_KEEP=1
-    torchrun --nproc_per_node 2 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 1024 \
-        --shard-size 256 --cold-ranks --json "$OUT/dp.jsonl" >"$OUT/dp_cold.log" 2>&1
     CUDA_VISIBLE_DEVICES=0 python3 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 8192 \
         --json "$OUT/dp.jsonl" >"$OUT/dp1.log" 2>&1
     torchrun --nproc_per_node 2 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 8192 \
@@ -38,7 +47,7 @@ two)
         --variants fusion+autockpt+fusedadam --json "$OUT/zero.jsonl" >"$OUT/zero1.log" 2>&1
     torchrun --nproc_per_node 2 benchmarks/fuse.py --size 1.5b --zero 2 --micro 4 --accum 1 --steps 4 --warmup 2 \
         --variants fusion+autockpt+fusedadam --json "$OUT/zero.jsonl" >"$OUT/zero2.log" 2>&1
-    tail -n 4 "$OUT/dp_cold.log" "$OUT/dp1.log" "$OUT/dp2.log" "$OUT/zero1.log" "$OUT/zero2.log"
+    tail -n 4 "$OUT/dp1.log" "$OUT/dp2.log" "$OUT/zero1.log" "$OUT/zero2.log"
     grep -h per_rank "$OUT/dp.jsonl" | python3 -c "import sys, json; [print(json.loads(l)['world'], json.loads(l)['per_rank']) for l in sys.stdin]"
     ;;
 esac

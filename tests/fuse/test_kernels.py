@@ -95,7 +95,7 @@ def test_cpu_keeps_the_plain_step(tmp_path):
     model = tiny_qwen2()
     before = copy.deepcopy(model.state_dict())
     apply_kernels(model, "liger", torch.device("cpu"))
-    assert type(model.model.norm).__module__.startswith("transformers")
+    assert model.model.norm.forward.__func__.__module__.startswith("transformers")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(FusecliError, match="fuse.kernels"):
         apply_kernels(model, "magic", torch.device("cpu"))
@@ -109,7 +109,7 @@ def test_liger_kernels_match_the_plain_model_on_gpu():
     plain = tiny_qwen2().to(device).train()
     fused = copy.deepcopy(plain)
     apply_kernels(fused, "liger", device)
-    assert "liger" in type(fused.model.norm).__module__
+    assert "liger" in fused.model.norm.forward.__func__.__module__  # liger binds its forward to the instance
     ref_loss, ref_grads = loss_and_grads(plain, ids)
     loss, grads = loss_and_grads(fused, ids)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-5)
