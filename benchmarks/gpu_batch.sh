@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_batch.sh one   # 7B extraction steps (GPU 0) beside the 1.5B fusion steps (GPU 1), then 7B fusion
 #   bash benchmarks/gpu_batch.sh one-b # 7B fusion (GPU 0) beside fuse.compile / liger (GPU 1), then 2-GPU extraction, old warm-up
 #   bash benchmarks/gpu_batch.sh two   # 2-GPU extraction scaling on 8,192 rows, ZeRO-2 scaling
+#   bash benchmarks/gpu_batch.sh three # fusion at micro-batch 8, 7B extraction over 1,024 rows, 2-GPU extraction at 512
 set -u
 source benchmarks/gpu_env.sh || exit 1
 OUT=${OUT:-/tmp/out}
@@ -49,5 +50,25 @@ two)
         --variants fusion+autockpt+fusedadam --json "$OUT/zero.jsonl" >"$OUT/zero2.log" 2>&1
     tail -n 4 "$OUT/dp1.log" "$OUT/dp2.log" "$OUT/zero1.log" "$OUT/zero2.log"
     grep -h per_rank "$OUT/dp.jsonl" | python3 -c "import sys, json; [print(json.loads(l)['world'], json.loads(l)['per_rank']) for l in sys.stdin]"
+    ;;
+three)  # micro-batch 8 with fuse.compile (GPU 1) beside 7B extraction over realistic sorting windows (GPU 0); then
+        # 2-GPU extraction with 16 windows of 512 rows (8 per rank) instead of 8 of 1,024
+    (CUDA_VISIBLE_DEVICES=1 python3 benchmarks/fuse.py --size 1.5b --micro 8 --accum 2 --steps 4 --warmup 2 \
+        --variants sft,sft-same+autockpt+fusedadam+compile,fusion+autockpt+fusedadam+compile \
+        --json "$OUT/fuse15c.jsonl" >"$OUT/fuse15c.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=0 python3 benchmarks/extract.py --sizes 7b --seqs 1024 \
+        --variants ours+compile,ours+compile@32768 --json "$OUT/extract7c.jsonl" >"$OUT/extract7c.log" 2>&1) &
+    wait
+    export BENCH_KEEP=1
+    CUDA_VISIBLE_DEVICES=0 python3 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 8192 \
+        --shard-size 512 --json "$OUT/dp512.jsonl" >"$OUT/dp512_1.log" 2>&1
+    torchrun --nproc_per_node 2 benchmarks/extract.py --sizes 1.5b --variants ours+compile --seqs 8192 \
+        --shard-size 512 --json "$OUT/dp512.jsonl" >"$OUT/dp512_2.log" 2>&1
+    n=0; bad=0
+    for f in /tmp/bench-1.5b-ours+compile-w1/*.safetensors; do
+        n=$((n + 1)); cmp -s "$f" "/tmp/bench-1.5b-ours+compile-w2/$(basename "$f")" || bad=$((bad + 1))
+    done
+    echo "shards compared: $n, differing: $bad" | tee "$OUT/dp512_cmp.txt"
+    tail -n 6 "$OUT/fuse15c.log" "$OUT/extract7c.log" "$OUT/dp512_1.log" "$OUT/dp512_2.log"
     ;;
 esac
