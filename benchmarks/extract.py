@@ -33,6 +33,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,20 @@ def naive(model: torch.nn.Module, items: list[Tokenized], k: int, batch_tokens: 
             t = torch.from_numpy(np.nonzero(it.label_mask)[0]).to(model.device)
             top_id[b, t - 1].cpu(), top_lp[b, t - 1].cpu(), ce[b, t - 1].cpu()
         del logp, top_lp, top_id, ce
+
+
+def profiled(fn: Callable[[], object]) -> None:
+    """Runs `fn` under the profiler; prints the kernels by GPU time and how busy the GPU was."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"profile: wall {wall:.2f} s, GPU kernels {busy:.2f} s ({busy / wall:.1%} busy)", flush=True)
+    print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70), flush=True)
 
 
 def spread(model: torch.nn.Module) -> torch.nn.Module:
@@ -191,6 +206,7 @@ def main() -> None:
     ap.add_argument("--scratch", default=tempfile.gettempdir())
     ap.add_argument("--json", help="append results here (rank 0)")
     ap.add_argument("--check", action="store_true", help="first compare the store with a plain forward")
+    ap.add_argument("--profile", action="store_true", help="profile one extra pass of each variant first")
     ap.add_argument("--cold-ranks", action="store_true", help="warm up as before the fix: rank 0 only (diagnosis)")
     args = ap.parse_args()
     barrier = join_process_group(True)
@@ -218,6 +234,8 @@ def main() -> None:
                 # warm-up rows made one group, so only rank 0 warmed up (the 0.82x of docs/benchmarks.md).
                 warm_shard = args.shard_size if args.cold_ranks else -(-len(warm) // rank.world)
                 run_variant(name, model, warm, args, rank, barrier, out, warm_shard)
+                if args.profile:  # a profiled pass first, on the timed rows; its numbers are not reported
+                    profiled(partial(run_variant, name, model, items, args, rank, barrier, out, args.shard_size))
                 res = run_variant(name, model, items, args, rank, barrier, out, args.shard_size)
             except Exception as exc:  # report and go on with the next variant
                 res = {"variant": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}

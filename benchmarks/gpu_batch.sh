@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_batch.sh one-b # 7B fusion (GPU 0) beside fuse.compile / liger (GPU 1), then 2-GPU extraction, old warm-up
 #   bash benchmarks/gpu_batch.sh two   # 2-GPU extraction scaling on 8,192 rows, ZeRO-2 scaling
 #   bash benchmarks/gpu_batch.sh three # fusion at micro-batch 8, 7B extraction over 1,024 rows, 2-GPU extraction at 512
+#   bash benchmarks/gpu_batch.sh four  # fusion at micro-batch 16, a profile of 7B extraction, 7B fusion under ZeRO-3
 set -u
 source benchmarks/gpu_env.sh || exit 1
 OUT=${OUT:-/tmp/out}
@@ -70,5 +71,16 @@ three)  # micro-batch 8 with fuse.compile (GPU 1) beside 7B extraction over real
     done
     echo "shards compared: $n, differing: $bad" | tee "$OUT/dp512_cmp.txt"
     tail -n 6 "$OUT/fuse15c.log" "$OUT/extract7c.log" "$OUT/dp512_1.log" "$OUT/dp512_2.log"
+    ;;
+four)  # micro-batch 16 (GPU 1) beside a profile of 7B extraction (GPU 0); then 7B fusion under ZeRO-3 on 2 GPUs
+    (CUDA_VISIBLE_DEVICES=1 python3 benchmarks/fuse.py --size 1.5b --micro 16 --accum 1 --steps 4 --warmup 2 \
+        --variants sft,sft-same+autockpt+fusedadam+compile,fusion+autockpt+fusedadam+compile \
+        --json "$OUT/fuse15d.jsonl" >"$OUT/fuse15d.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=0 python3 benchmarks/extract.py --sizes 7b --seqs 384 --variants ours+compile --profile \
+        --json "$OUT/extract7d.jsonl" >"$OUT/extract7d.log" 2>&1) &
+    wait
+    timeout 240 torchrun --nproc_per_node 2 benchmarks/fuse.py --size 7b --zero 3 --micro 2 --accum 2 --steps 3 \
+        --warmup 2 --loss-chunk 1024 --variants fusion+autockpt+fusedadam --json "$OUT/zero3.jsonl" >"$OUT/zero3.log" 2>&1
+    tail -n 6 "$OUT/fuse15d.log" "$OUT/zero3.log"; grep -A 32 "profile:" "$OUT/extract7d.log" | cut -c1-200; tail -n 3 "$OUT/extract7d.log"
     ;;
 esac
