@@ -13,6 +13,7 @@ rest response tokens (which the stage extracts; the naive pass computes every po
   mask, chunked head, rows packed to 32 B, shards written), eager or compiled (the stage's default on
   GPU: decoder layers and the head's log-normaliser/CE pass).
 - ours+compile-all: the whole decoder compiled as one module instead (minutes per new batch shape).
+- NAME+sync: without `extract.overlap` (the host reads back each batch before the next is launched).
 - NAME@TOKENS: that variant with another token budget per forward (`extract.batch_tokens`).
 - ours+compile+mp: the model's layers spread over all visible GPUs, one process (`extract.model_parallel`).
 
@@ -160,7 +161,12 @@ def run_variant(
     base, _, budget = name.partition("@")  # "ours+compile@32768": another token budget per forward
     batch_tokens = int(budget) if budget else args.batch_tokens
     params = ExtractParams(
-        k=10, max_length=2048, batch_tokens=batch_tokens, shard_size=shard_size, compile=base.startswith("ours+compile")
+        k=10,
+        max_length=2048,
+        batch_tokens=batch_tokens,
+        shard_size=shard_size,
+        compile=base.startswith("ours+compile"),
+        overlap="+sync" not in base,
     )
     graphs0 = counters["stats"]["unique_graphs"]
     if rank.rank == 0:

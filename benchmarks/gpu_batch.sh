@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_batch.sh two   # 2-GPU extraction scaling on 8,192 rows, ZeRO-2 scaling
 #   bash benchmarks/gpu_batch.sh three # fusion at micro-batch 8, 7B extraction over 1,024 rows, 2-GPU extraction at 512
 #   bash benchmarks/gpu_batch.sh four  # fusion at micro-batch 16, a profile of 7B extraction, 7B fusion under ZeRO-3
+#   bash benchmarks/gpu_batch.sh five  # extract.overlap against the synchronous loop, 7B
 set -u
 source benchmarks/gpu_env.sh || exit 1
 OUT=${OUT:-/tmp/out}
@@ -82,5 +83,21 @@ four)  # micro-batch 16 (GPU 1) beside a profile of 7B extraction (GPU 0); then 
     timeout 240 torchrun --nproc_per_node 2 benchmarks/fuse.py --size 7b --zero 3 --micro 2 --accum 2 --steps 3 \
         --warmup 2 --loss-chunk 1024 --variants fusion+autockpt+fusedadam --json "$OUT/zero3.jsonl" >"$OUT/zero3.log" 2>&1
     tail -n 6 "$OUT/fuse15d.log" "$OUT/zero3.log"; grep -A 32 "profile:" "$OUT/extract7d.log" | cut -c1-200; tail -n 3 "$OUT/extract7d.log"
+    ;;
+five)  # extract.overlap against the synchronous loop, 7B: 384 rows (GPU 0) and 1,024 rows at 32K tokens (GPU 1)
+    export BENCH_KEEP=1
+    mkdir -p /tmp/g0 /tmp/g1
+    (CUDA_VISIBLE_DEVICES=0 python3 benchmarks/extract.py --sizes 7b --seqs 384 --scratch /tmp/g0 \
+        --variants ours+compile+sync,ours+compile --json "$OUT/extract7e.jsonl" >"$OUT/extract7e.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=1 python3 benchmarks/extract.py --sizes 7b --seqs 1024 --scratch /tmp/g1 \
+        --variants ours+compile+sync@32768,ours+compile@32768 --json "$OUT/extract7f.jsonl" >"$OUT/extract7f.log" 2>&1) &
+    wait
+    for pair in "g0/bench-7b-ours+compile+sync-w1 g0/bench-7b-ours+compile-w1" \
+                "g1/bench-7b-ours+compile+sync@32768-w1 g1/bench-7b-ours+compile@32768-w1"; do
+        set -- $pair; n=0; bad=0
+        for f in /tmp/$1/*.safetensors; do n=$((n + 1)); cmp -s "$f" "/tmp/$2/$(basename "$f")" || bad=$((bad + 1)); done
+        echo "$1 vs $2: shards $n, differing $bad" | tee -a "$OUT/overlap_cmp.txt"
+    done
+    tail -n 4 "$OUT/extract7e.log" "$OUT/extract7f.log"
     ;;
 esac
