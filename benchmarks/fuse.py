@@ -164,6 +164,11 @@ def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
         trainer = Trainer(model=model, args=targs, train_dataset=SFTData(data))
     else:  # the fuse stage's FusionTrainer; sft-same: lambda = 1 (its SFT term alone, same step otherwise)
         trainer = make_trainer(model, data, 0, params, out, device)
+    # Counted before training: under ZeRO-3 DeepSpeed partitions the parameters (numel 0 on every rank).
+    flops = model_flops_per_token(model, n_params(model), args.seq, training=True)
+    layers = model.config.num_hidden_layers
+    ckpt = getattr(model, "checkpointed_layers", layers if params.gradient_checkpointing is True else 0)
+    estimate = estimate_bytes(shape_of(model), args.micro * args.seq, ckpt, args.zero, world, args.loss_chunk)
     timer = StepTimer()
     trainer.add_callback(timer)
     trainer.add_callback(NoSave())
@@ -173,11 +178,7 @@ def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     step = statistics.median(timer.times[args.warmup :])
     tokens = args.micro * world * args.accum * args.seq
-    flops = model_flops_per_token(model, n_params(model), args.seq, training=True)
     rate = tokens / step
-    layers = model.config.num_hidden_layers
-    ckpt = getattr(model, "checkpointed_layers", layers if params.gradient_checkpointing is True else 0)
-    estimate = estimate_bytes(shape_of(model), args.micro * args.seq, ckpt, args.zero, world, args.loss_chunk)
     return {
         "variant": variant,
         "size": args.size,
