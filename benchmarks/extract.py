@@ -13,6 +13,12 @@ rest response tokens (which the stage extracts; the naive pass computes every po
   mask, chunked head, rows packed to 32 B, shards written), eager or compiled (the stage's default on
   GPU: decoder layers and the head's log-normaliser/CE pass).
 - ours+compile-all: the whole decoder compiled as one module instead (minutes per new batch shape).
+- NAME+sync: without `extract.overlap` (the host reads back each batch before the next is launched).
+- NAME@TOKENS: that variant with another token budget per forward (`extract.batch_tokens`).
+- ours+compile+mp: the model's layers spread over all visible GPUs, one process (`extract.model_parallel`).
+
+Each variant first runs 24 warm-up rows on every rank (compilation and allocator warm-up), then the
+timed rows; `per_rank` in the JSON gives each rank's own time and the graphs it compiled while timed.
 
 Real tokens/s counts unpadded tokens, end to end (the stage's: including packing and writing shards).
 MFU = real tokens/s x (2N + 2 L H T) / 989e12, N = non-embedding parameters with the LM head, T =
@@ -28,10 +34,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
 
 from fusecli.data.render import Tokenized
 from fusecli.extract.run import ExtractParams, Rank, extract_items, join_process_group
@@ -83,6 +91,31 @@ def naive(model: torch.nn.Module, items: list[Tokenized], k: int, batch_tokens: 
         del logp, top_lp, top_id, ce
 
 
+def profiled(fn: Callable[[], object]) -> None:
+    """Runs `fn` under the profiler; prints the kernels by GPU time and how busy the GPU was."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"profile: wall {wall:.2f} s, GPU kernels {busy:.2f} s ({busy / wall:.1%} busy)", flush=True)
+    print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70), flush=True)
+
+
+def spread(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's layers spread over every visible GPU, as `extract.model_parallel` loads a model."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    n = torch.cuda.device_count()
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    share = {i: int(size / n * 1.15) for i in range(n)}
+    device_map = infer_auto_device_map(model, max_memory=share, no_split_module_classes=model._no_split_modules)
+    return dispatch_model(model, device_map)
+
+
 @torch.no_grad()
 def check(model: torch.nn.Module, device: torch.device, scratch: str) -> dict:
     """The stage's packed store against each sequence alone through the full HF model (same dtype)."""
@@ -123,23 +156,39 @@ def run_variant(
     rank: Rank,
     barrier: Callable[[], None],
     out: Path,
+    shard_size: int,
 ) -> dict:
+    base, _, budget = name.partition("@")  # "ours+compile@32768": another token budget per forward
+    batch_tokens = int(budget) if budget else args.batch_tokens
     params = ExtractParams(
-        k=10, max_length=2048, batch_tokens=args.batch_tokens, shard_size=args.shard_size, compile=name != "ours"
+        k=10,
+        max_length=2048,
+        batch_tokens=batch_tokens,
+        shard_size=shard_size,
+        compile=base.startswith("ours+compile"),
+        overlap="+sync" not in base,
     )
+    graphs0 = counters["stats"]["unique_graphs"]
     if rank.rank == 0:
         shutil.rmtree(out, ignore_errors=True)
     sync()
     barrier()
     started = time.perf_counter()
     if name == "naive":
-        naive(model, items, 10, args.batch_tokens)
+        naive(model, items, 10, batch_tokens)
         summary = {}
     else:
         summary = extract_items(items, model, out, params, device_of(rank), rank, barrier)
     sync()
+    mine = time.perf_counter() - started  # this rank's own time, before waiting for the others
     barrier()
     wall = time.perf_counter() - started
+    ranks = [{"wall_s": mine, "new_graphs": counters["stats"]["unique_graphs"] - graphs0}]
+    if rank.world > 1:
+        import torch.distributed as dist
+
+        ranks = [None] * rank.world
+        dist.all_gather_object(ranks, {"wall_s": mine, "new_graphs": counters["stats"]["unique_graphs"] - graphs0})
     stored = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     rows = sum(int(it.label_mask.sum()) for it in items)
     return {
@@ -148,6 +197,7 @@ def run_variant(
         "tokens": sum(len(it.input_ids) for it in items),
         "padding_efficiency": summary.get("padding_efficiency"),
         "store_bytes_per_response_token": stored / rows if name != "naive" else None,
+        "per_rank": ranks,  # wall before the final barrier and graphs compiled in the timed region
         "out": str(out),
     }
 
@@ -162,6 +212,8 @@ def main() -> None:
     ap.add_argument("--scratch", default=tempfile.gettempdir())
     ap.add_argument("--json", help="append results here (rank 0)")
     ap.add_argument("--check", action="store_true", help="first compare the store with a plain forward")
+    ap.add_argument("--profile", action="store_true", help="profile one extra pass of each variant first")
+    ap.add_argument("--cold-ranks", action="store_true", help="warm up as before the fix: rank 0 only (diagnosis)")
     args = ap.parse_args()
     barrier = join_process_group(True)
     rank = Rank.from_env()
@@ -178,12 +230,19 @@ def main() -> None:
         mean_len = int(np.mean([len(it.input_ids) for it in items]))
         flops = model_flops_per_token(model, n_params(model), mean_len, training=False)
         for name in args.variants.split(","):
-            if name == "ours+compile-all":
+            if "+mp" in name:  # ours+compile+mp: one model over all GPUs (extract.model_parallel), one process
+                model = spread(model)
+            if name.startswith("ours+compile-all"):
                 model.model = torch.compile(model.model, dynamic=True)
             out = Path(args.scratch) / f"bench-{size}-{name}-w{rank.world}"
             try:
-                run_variant(name, model, warm, args, rank, barrier, out)  # compile and allocator warm-up
-                res = run_variant(name, model, items, args, rank, barrier, out)
+                # Compile and allocator warm-up, on every rank: with the timed run's shard size the 24
+                # warm-up rows made one group, so only rank 0 warmed up (the 0.82x of docs/benchmarks.md).
+                warm_shard = args.shard_size if args.cold_ranks else -(-len(warm) // rank.world)
+                run_variant(name, model, warm, args, rank, barrier, out, warm_shard)
+                if args.profile:  # a profiled pass first, on the timed rows; its numbers are not reported
+                    profiled(partial(run_variant, name, model, items, args, rank, barrier, out, args.shard_size))
+                res = run_variant(name, model, items, args, rank, barrier, out, args.shard_size)
             except Exception as exc:  # report and go on with the next variant
                 res = {"variant": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
             for layer in model.model.layers:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -31,6 +33,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from fusecli.fuse.data import Example
+from fusecli.fuse.kernels import apply_kernels
+from fusecli.fuse.memory import estimate_bytes, shape_of
 from fusecli.fuse.train import FuseParams, make_trainer, training_args
 from fusecli.models import n_params
 from fusecli.perf import PEAK_BF16, model_flops_per_token, random_qwen2
@@ -49,6 +53,13 @@ class StepTimer(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.t0)
+
+
+class NoSave(TrainerCallback):
+    """The Trainer saves a checkpoint at its last step: gigabytes per variant, not part of a step."""
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        control.should_save = False
 
 
 class Profile(TrainerCallback):
@@ -103,7 +114,30 @@ class SFTData(torch.utils.data.Dataset):
         return {"input_ids": torch.from_numpy(e.input_ids), "labels": torch.from_numpy(labels)}
 
 
+OPTIONS = {  # variant suffixes: each one FuseParams change (the GPU profile's keys), applied in order
+    "nockpt": {"gradient_checkpointing": False},
+    "autockpt": {"gradient_checkpointing": "auto"},
+    "fusedadam": {"optim": "adamw_torch_fused"},
+    "liger": {"kernels": "liger"},
+    "compile": {"compile": True},
+}
+
+
+def parse_variant(variant: str) -> tuple[str, dict]:
+    """"fusion+autockpt+fusedadam" -> ("fusion", its FuseParams changes)."""
+    base, *opts = variant.split("+")
+    if base not in ("sft", "sft-same", "fusion"):
+        raise SystemExit(f"unknown variant {variant!r}: sft | sft-same | fusion, then +{'|+'.join(OPTIONS)}")
+    changes: dict = {}
+    for o in opts:
+        if o not in OPTIONS:
+            raise SystemExit(f"unknown option {o!r} in {variant!r}: one of {sorted(OPTIONS)}")
+        changes.update(OPTIONS[o])
+    return base, changes
+
+
 def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
+    base, changes = parse_variant(variant)
     model = random_qwen2(args.size, torch.float32, device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps = args.warmup + args.steps
@@ -116,30 +150,41 @@ def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
         gradient_checkpointing=not args.no_ckpt,
         save_steps=10**9,
         logging_steps=10**9,
+        logits_chunk=args.loss_chunk,
         dtype="bfloat16" if device.type == "cuda" else "float32",
+        lam=1.0 if base == "sft-same" else 0.9,
     )
+    params = dataclasses.replace(params, **changes)
     data = examples(args.micro * world * args.accum * steps, args.seq, model.config.vocab_size)
-    out = tempfile.mkdtemp(prefix=f"bench-fuse-{variant}-")
-    if variant.startswith("fusion"):  # fusion | fusion+compile (fuse.compile: decoder layers compiled)
-        trainer = make_trainer(model, data, 0, dataclasses.replace(params, compile="compile" in variant), out, device)
-    else:
+    out = tempfile.mkdtemp(prefix=f"bench-fuse-{base}-")
+    if base == "sft":  # the stock Trainer, with the same TrainingArguments (checkpointing, optimizer)
+        if changes.get("kernels") == "liger":
+            apply_kernels(model, "liger", device)
         targs = training_args(params, out, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
         trainer = Trainer(model=model, args=targs, train_dataset=SFTData(data))
+    else:  # the fuse stage's FusionTrainer; sft-same: lambda = 1 (its SFT term alone, same step otherwise)
+        trainer = make_trainer(model, data, 0, params, out, device)
+    # Counted before training: under ZeRO-3 DeepSpeed partitions the parameters (numel 0 on every rank).
+    flops = model_flops_per_token(model, n_params(model), args.seq, training=True)
+    layers = model.config.num_hidden_layers
+    ckpt = getattr(model, "checkpointed_layers", layers if params.gradient_checkpointing is True else 0)
+    estimate = estimate_bytes(shape_of(model), args.micro * args.seq, ckpt, args.zero, world, args.loss_chunk)
     timer = StepTimer()
     trainer.add_callback(timer)
+    trainer.add_callback(NoSave())
     if args.profile:
         trainer.add_callback(Profile(args.warmup))
     trainer.train()
+    shutil.rmtree(out, ignore_errors=True)
     step = statistics.median(timer.times[args.warmup :])
     tokens = args.micro * world * args.accum * args.seq
-    flops = model_flops_per_token(model, n_params(model), args.seq, training=True)
     rate = tokens / step
     return {
         "variant": variant,
         "size": args.size,
         "gpus": world,
         "zero": args.zero,
-        "ckpt": not args.no_ckpt,
+        "ckpt_layers": f"{ckpt}/{layers}",
         "micro": args.micro,
         "accum": args.accum,
         "seq": args.seq,
@@ -147,6 +192,7 @@ def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
         "tokens_per_s": rate,
         "mfu": rate * flops / (PEAK_BF16["H100"] * world),
         "max_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "estimate_gb": estimate / 2**30,
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
     }
 
@@ -177,6 +223,7 @@ def main() -> None:
         except Exception as exc:  # report and go on with the next variant
             res = {"variant": variant, "size": args.size, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         results.append(res)
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -185,17 +232,20 @@ def main() -> None:
     for r in results:
         print(json.dumps(r), flush=True)
     sft = next((r for r in results if r["variant"] == "sft" and "step_s" in r), None)
-    print("\n| size | GPUs | ZeRO | ckpt | variant | step s | tok/s | MFU | vs sft | peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| size | GPUs | ZeRO | ckpt layers | variant | step s | tok/s | MFU | vs sft | peak GiB | est. GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         if "error" in r:
-            print(f"| {r['size']} | | | | {r['variant']} | error: {r['error'][:120]} | | | | |")
+            print(f"| {r['size']} | | | | {r['variant']} | error: {r['error'][:120]} | | | | | |")
             continue
         rel = f"{r['step_s'] / sft['step_s'] - 1:+.1%}" if sft else "-"
+        same = next((q for q in results if q["variant"] == r["variant"].replace("fusion", "sft-same", 1)), None)
+        if r["variant"].startswith("fusion") and same and "step_s" in same:
+            rel += f" ({r['step_s'] / same['step_s'] - 1:+.1%} vs {same['variant']})"
         mem = f"{r['max_mem_gb']:.1f}" if r["max_mem_gb"] else "-"
         print(
-            f"| {r['size']} | {r['gpus']} | {r['zero']} | {r['ckpt']} | {r['variant']} | {r['step_s']:.3f} | "
-            f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {rel} | {mem} |"
+            f"| {r['size']} | {r['gpus']} | {r['zero']} | {r['ckpt_layers']} | {r['variant']} | {r['step_s']:.3f} | "
+            f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {rel} | {mem} | {r['estimate_gb']:.1f} |"
         )
     if args.json:
         with open(args.json, "a") as f:

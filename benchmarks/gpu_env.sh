@@ -1,7 +1,8 @@
 # Source on the GPU machine before the benchmarks: `source benchmarks/gpu_env.sh`.
 # It has torch and transformers but no deepspeed and no network: install the wheels carried in .whl/
 # (built here: pip wheel --no-deps --no-build-isolation deepspeed==0.19.8 -w .whl, plus hjson,
-# pydantic, pydantic-core (cp312), annotated-types, typing-inspection, typing-extensions).
+# pydantic, pydantic-core (cp312), annotated-types, typing-inspection, typing-extensions, and liger-kernel
+# 0.8.5 for fuse.kernels: liger).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || return 1
 export PYTHONPATH=/tmp/site:$PWD

@@ -7,6 +7,7 @@
 # Needs: this repository's Python dependencies (pip install -e '.[deepspeed]'), GPUs, and the
 # rehearsal tokenizers in .rehearsal/tokenizers (python -m benchmarks.rehearsal_tokenizers, which
 # needs the realvocab extra; the GPU machine may get them carried). Nothing is downloaded.
+# LONG=1 also needs .rehearsal/long.jsonl (python -m benchmarks.rehearsal_data, realvocab extra).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WS=${1:-/tmp/fusecli-rehearsal}
@@ -40,6 +41,13 @@ git add -A && git -c user.email=r@r -c user.name=rehearsal commit -qm "rehearsal
 # SMOKE=1: tiny models on the CPU, the demo's parameters (checks the script and the product, not speed).
 if [ "${SMOKE:-0}" = 1 ]; then TINY=--tiny PROFILES=benchmarks/rehearsal.smoke.yaml; else
   TINY="" PROFILES="params.gpu.yaml benchmarks/rehearsal.params.yaml"
+fi
+# LONG=1: dialogues of 512-2,048 tokens instead of the demo's (python -m benchmarks.rehearsal_data, here).
+if [ "${LONG:-0}" = 1 ]; then
+  cp "$REPO/.rehearsal/long.jsonl" rehearsal-long.jsonl
+  PROFILES="$PROFILES benchmarks/rehearsal.long.yaml"
+fi
+if [ "${SMOKE:-0}" != 1 ]; then
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
 fi
 

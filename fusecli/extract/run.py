@@ -60,6 +60,7 @@ class ExtractParams:
     compact: bool = True  # 32 B/row packed top-K (fusecli/extract/codec.py); false: int32 ids + fp32 values
     compile: bool = True  # on CUDA: torch.compile the decoder layers and the log-normaliser/CE pass
     model_parallel: bool = False  # spread one model over all visible GPUs (device_map="auto")
+    overlap: bool = True  # read back and write batch n-1 while the device runs batch n (same bytes either way)
 
     def validate(self) -> None:
         if self.k < 1:
@@ -215,30 +216,51 @@ def extract_batch(
     )
 
 
-def batch_records(
+@dataclass
+class Pending:
+    """One batch launched on the device; its results are being copied to host memory behind `done`."""
+
+    items: list[Tokenized]
+    index: list[int]
+    counts: list[int]
+    host: dict[str, torch.Tensor]
+    done: Any = None  # a CUDA event, None on the CPU
+
+
+def launch_batch(
     model: torch.nn.Module,
     items: list[Tokenized],
     index: list[int],
     params: ExtractParams,
     device: torch.device,
     codec: TopKCodec | None,
-) -> tuple[list[Record], list[int]]:
-    """Store records of one batch (packed on the device when `codec`), and the rows dropped for NaN/inf."""
+) -> Pending:
+    """Queue one batch's forward, packing (on the device when `codec`) and copy back; returns at once on CUDA."""
     compiled = params.compile and device.type == "cuda"
     top_id, top_lp, ce, counts = forward_rows(model, items, params.k, device, params.vocab_chunk_rows, compiled)
-    finite = (torch.isfinite(top_lp).all(1) & torch.isfinite(ce)).cpu().numpy()
-    splits = np.cumsum(counts)[:-1]
-    ce_np = ce.cpu().numpy()
+    out = {"finite": torch.isfinite(top_lp).all(1) & torch.isfinite(ce), "ce": ce}
     if codec is not None:
-        topk = {"topk_code": np.split(codec.encode(top_id, top_lp, ce).cpu().numpy(), splits)}
+        out["topk_code"] = codec.encode(top_id, top_lp, ce)
     else:
-        topk = {
-            "topk_ids": np.split(top_id.int().cpu().numpy(), splits),
-            "topk_logprobs": np.split(top_lp.cpu().numpy(), splits),
-            "token_ce": np.split(ce_np, splits),
-        }
+        out.update(topk_ids=top_id.int(), topk_logprobs=top_lp, token_ce=ce)
+    done = None
+    if ce.is_cuda:  # copies into pinned memory, in stream order; the event says when they landed
+        out = {k: v.to("cpu", non_blocking=True) for k, v in out.items()}
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(ce.device))
+    return Pending(items, index, counts, out, done)
+
+
+def _finish_batch(p: Pending) -> tuple[list[Record], list[int]]:
+    """Store records of a launched batch, and the rows dropped for NaN/inf (waits for its copies)."""
+    if p.done is not None:
+        p.done.synchronize()
+    host = {k: v.numpy() for k, v in p.host.items()}
+    splits = np.cumsum(p.counts)[:-1]
+    names = ("topk_code",) if "topk_code" in host else ("topk_ids", "topk_logprobs", "token_ce")
+    topk = {name: np.split(host[name], splits) for name in names}
     records, dropped = [], []
-    per_item = zip(index, items, np.split(finite, splits), np.split(ce_np, splits), strict=True)
+    per_item = zip(p.index, p.items, np.split(host["finite"], splits), np.split(host["ce"], splits), strict=True)
     for j, (i, it, ok, row_ce) in enumerate(per_item):
         if not ok.all():
             dropped.append(i)
@@ -340,25 +362,45 @@ def extract_items(
         TimeRemainingColumn(),
     )
     groups = {g: list(range(g * params.shard_size, min((g + 1) * params.shard_size, len(items)))) for g in todo}
+    records: dict[int, dict[int, Record]] = {g: {} for g in todo}
+    left = {}  # batches of each group not finished yet
+    pending: list[tuple[int, list[int], Pending]] = []  # launched on the device, not yet read back
+
+    def finish(g: int, batch: list[int], launched: Pending) -> None:
+        recs, dropped = _finish_batch(launched)
+        records[g].update((r["seq_index"], r) for r in recs)
+        stats["dropped_rows"].extend(dropped)
+        stats["nonfinite_rows"].extend(dropped)
+        n_tok = sum(lengths[i] for i in batch)
+        stats["tokens"] += n_tok
+        stats["padded_tokens"] += len(batch) * max(lengths[i] for i in batch)
+        stats["busy_s"] = time.perf_counter() - started
+        progress.update(task, advance=n_tok, rate=f"{stats['tokens'] / max(stats['busy_s'], 1e-9):,.0f} tok/s")
+        left[g] -= 1
+        if left[g] == 0:
+            writer.write([records[g][i] for i in groups[g] if i in records[g]], index=g)
+            del records[g]
+
+    # While the device runs batch n, the host reads back, packs and writes batch n-1 (and its shard), so
+    # the device does not wait on the host between batches. Same batches and order: the same bytes.
     with Progress(*columns, disable=rank.rank != 0) as progress:
         task = progress.add_task("extract", total=sum(lengths[i] for g in todo for i in groups[g]), rate="")
+        started = time.perf_counter()
         for g in todo:
-            records: dict[int, Record] = {}
             empty = [i for i in groups[g] if not items[i].label_mask.any()]  # truncated before any response
             stats["dropped_rows"].extend(empty)
-            for batch in _batches([i for i in groups[g] if i not in empty], lengths, params.batch_tokens):
-                started = time.perf_counter()
-                recs, dropped = _run_batch(model, [items[i] for i in batch], batch, params, device, codec)
-                stats["busy_s"] += time.perf_counter() - started
-                records.update((r["seq_index"], r) for r in recs)
-                stats["dropped_rows"].extend(dropped)
-                stats["nonfinite_rows"].extend(dropped)
-                n_tok = sum(lengths[i] for i in batch)
-                stats["tokens"] += n_tok
-                stats["padded_tokens"] += len(batch) * max(lengths[i] for i in batch)
-                rate = stats["tokens"] / max(stats["busy_s"], 1e-9)
-                progress.update(task, advance=n_tok, rate=f"{rate:,.0f} tok/s")
-            writer.write([records[i] for i in groups[g] if i in records], index=g)
+            batches = _batches([i for i in groups[g] if i not in empty], lengths, params.batch_tokens)
+            left[g] = len(batches)
+            if not batches:  # every row dropped: an empty shard, in its turn
+                while pending:
+                    finish(*pending.pop(0))
+                writer.write([], index=g)
+            for batch in batches:
+                pending.append((g, batch, _run_batch(model, [items[i] for i in batch], batch, params, device, codec)))
+                if len(pending) > (1 if params.overlap else 0):
+                    finish(*pending.pop(0))
+        while pending:
+            finish(*pending.pop(0))
     if device.type == "cuda":
         stats["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     combine = _summary(sum(lengths), flops_tok, device, rank.world, str(model.dtype).removeprefix("torch."))
@@ -413,8 +455,8 @@ def _run_batch(
     params: ExtractParams,
     device: torch.device,
     codec: TopKCodec | None,
-) -> tuple[list[Record], list[int]]:
+) -> Pending:
     try:
-        return batch_records(model, items, index, params, device, codec)
+        return launch_batch(model, items, index, params, device, codec)
     except torch.OutOfMemoryError:
         raise FusecliError("out of GPU memory: lower extract.batch_tokens in params.yaml") from None

@@ -35,7 +35,9 @@ from fusecli.errors import FusecliError
 from fusecli.extract.topk import final_hidden
 from fusecli.fuse.data import TEACHERS, Example, FusionDataset, build_examples, collate
 from fusecli.fuse.functions import FUSION_FUNCTIONS
+from fusecli.fuse.kernels import KERNELS, apply_kernels
 from fusecli.fuse.loss import combine, sparse_losses
+from fusecli.fuse.memory import layers_to_checkpoint, shape_of
 from fusecli.io import atomic_dir, atomic_write_json, remove_tree, sweep_stale
 from fusecli.models import compile_layers, load_model, load_tokenizer, n_params, resolve_device, resolve_dtype
 from fusecli.perf import mfu, model_flops_per_token
@@ -62,17 +64,28 @@ class FuseParams:
     seed: int = 42
     device: str = "auto"
     dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | str = True  # "auto": as many layers as the memory estimate needs (memory.py)
     compile: bool = False  # CUDA only: torch.compile each decoder layer (fuses norms, rotary, activations)
     zero_stage: int = 0  # 0 = no DeepSpeed; 2 or 3 = ZeRO stage
     save_steps: int = 500
     logging_steps: int = 10
     logits_chunk: int = 2048
     scratch: str = "scratch"
+    # Step speed on GPUs (docs/benchmarks.md, "Fusion training"); no effect on CPU.
+    optim: str = "adamw_torch"  # adamw_torch_fused: one fused kernel for the AdamW update on CUDA
+    kernels: str = "none"  # liger: liger-kernel's RMSNorm, SwiGLU and rotary kernels (fusecli/fuse/kernels.py)
 
     UNHASHED: ClassVar[tuple[str, ...]] = ("save_steps", "scratch")  # no output byte depends on them: unhashed
 
     def validate(self) -> None:
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            raise FusecliError(
+                f"fuse.gradient_checkpointing = {self.gradient_checkpointing!r} must be true, false or auto"
+            )
+        if self.optim not in OPTIMIZERS:
+            raise FusecliError(f"fuse.optim = {self.optim!r} is unknown: use one of {sorted(OPTIMIZERS)}")
+        if self.kernels not in KERNELS:
+            raise FusecliError(f"fuse.kernels = {self.kernels!r} is unknown: use one of {sorted(KERNELS)}")
         if not 0.0 <= self.lam <= 1.0:
             raise FusecliError(f"fuse.lam = {self.lam} must be within [0, 1]")
         if self.fusion_fn not in FUSION_FUNCTIONS:
@@ -89,6 +102,9 @@ class FuseParams:
             raise FusecliError("fuse.global_batch_size must be a multiple of fuse.micro_batch_size")
         if self.save_steps % self.logging_steps:  # a resume restarts the logging interval at the checkpoint
             raise FusecliError("fuse.save_steps must be a multiple of fuse.logging_steps (a resumed run logs as one)")
+
+
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # the Trainer's names; fused needs CUDA tensors
 
 
 def deepspeed_config(p: FuseParams, bf16: bool) -> dict:
@@ -266,6 +282,21 @@ def checkpointing_args(enabled: bool) -> dict:
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
+def checkpoint_layers(model: torch.nn.Module, n: int) -> None:
+    """Checkpoint the first `n` decoder layers only (the Trainer's switch is all or none)."""
+    layers = getattr(model, model.base_model_prefix).layers
+    model.checkpointed_layers = n
+    if n == 0:
+        return
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5.24; 5.17 has the old name only
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = i < n
+
+
 def training_args(
     params: FuseParams, output_dir: str | Path, device: torch.device, dtype: torch.dtype
 ) -> TrainingArguments:
@@ -286,7 +317,8 @@ def training_args(
         adam_beta2=params.adam_beta2,
         max_grad_norm=params.max_grad_norm,
         bf16=bf16,
-        **checkpointing_args(params.gradient_checkpointing and device.type == "cuda"),
+        **checkpointing_args(params.gradient_checkpointing is True and device.type == "cuda"),
+        optim=params.optim if device.type == "cuda" else "adamw_torch",
         logging_steps=params.logging_steps,
         save_strategy="steps",
         save_steps=params.save_steps,
@@ -318,9 +350,16 @@ def make_trainer(
             "torchrun --nproc_per_node N (launch.fuse in params.yaml) or set CUDA_VISIBLE_DEVICES"
         )
     dtype = resolve_dtype(params.dtype, device)
+    lengths = [len(e.input_ids) for e in examples]
+    apply_kernels(model, params.kernels, device)
+    if params.gradient_checkpointing == "auto" and device.type == "cuda":
+        tokens = params.micro_batch_size * max(lengths)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        memory = torch.cuda.get_device_properties(device).total_memory
+        checkpoint_layers(model, layers_to_checkpoint(shape_of(model), tokens, memory, params.zero_stage, world,
+                                                      params.logits_chunk))
     if params.compile and device.type == "cuda":
         compile_layers(model)
-    lengths = [len(e.input_ids) for e in examples]
     trainer = FusionTrainer(
         model=model,
         args=training_args(params, output_dir, device, dtype),
