@@ -75,7 +75,7 @@ def test_training_lowers_fusion_loss_and_writes_hf_folder(pair):
 
 def test_checkpoint_interval_changes_no_byte_of_the_output(pair):
     """fuse.save_steps is unhashed in dvc.yaml (FuseParams.UNHASHED): checkpoints must not change the result."""
-    args = (str(pair / "pivot"), str(pair / "extract"), str(pair / "align"), str(pair / "train.parquet"))
+    args = (str(pair / "pivot"), str(pair / "extract"), [str(pair / "align")], str(pair / "train.parquet"))
     train(*args, str(pair / "save4"), str(pair / "logs4"), params(pair, save_steps=4))
     train(*args, str(pair / "save6"), str(pair / "logs6"), params(pair, save_steps=6))
     files = sorted(p.name for p in (pair / "save4").iterdir())
