@@ -53,7 +53,7 @@ from tests.killing import (
     snapshot,
 )
 
-SOURCE = "llama-currency"
+SOURCE = "llama-crops"
 STAGES = (f"extract@{SOURCE}", f"align@{SOURCE}", f"fuse@{SOURCE}", "merge@sce")
 ROUNDS = int(os.environ.get("KILL_ROUNDS", "5"))  # kills per stage
 CHAIN = int(os.environ.get("KILL_CHAIN", "5"))  # kills before each run to completion

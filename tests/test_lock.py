@@ -28,9 +28,9 @@ def entry(name: str, **over: object) -> ModelEntry:
 def sample() -> Lock:
     hub = entry("mixtral", origin="hub", path="models/mixtral", repo="mistralai/Mixtral-8x7B-Instruct-v0.1",
                 revision="0123456789abcdef0123456789abcdef01234567", chat_template_hash=None)
-    demo = entry("llama-currency", origin="demo", path="demo/models/llama-currency", content_hash="dvc")
-    return Lock(pivot=entry("qwen2-capitals", architecture="Qwen2ForCausalLM"),
-                sources={"llama-currency": demo, "mixtral": hub})
+    demo = entry("llama-crops", origin="demo", path="demo/models/llama-crops", content_hash="dvc")
+    return Lock(pivot=entry("qwen2-languages", architecture="Qwen2ForCausalLM"),
+                sources={"llama-crops": demo, "mixtral": hub})
 
 
 def test_round_trip_keeps_sources_a_mapping_in_order(tmp_path: Path) -> None:
@@ -38,8 +38,8 @@ def test_round_trip_keeps_sources_a_mapping_in_order(tmp_path: Path) -> None:
     write_lock(path, sample())
     assert read_lock(path) == sample()
     data = yaml.safe_load(path.read_text())
-    assert list(data["sources"]) == ["llama-currency", "mixtral"]
-    assert "name" not in data["sources"]["mixtral"] and data["pivot"]["name"] == "qwen2-capitals"
+    assert list(data["sources"]) == ["llama-crops", "mixtral"]
+    assert "name" not in data["sources"]["mixtral"] and data["pivot"]["name"] == "qwen2-languages"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models.lock", "models.lock.lock"]
 
 
@@ -60,12 +60,12 @@ def _mutated(edit) -> str:
     (lambda d: d["pivot"].update(revision="0" * 40), "pivot.revision must be null for origin local"),
     (lambda d: d["pivot"].update(path="../elsewhere"), "pivot.path must be a path without '..'"),
     (lambda d: d["pivot"].update(content_hash="md5:1"), "pivot.content_hash must be 'sha256:'"),
-    (lambda d: d["sources"]["llama-currency"].update(content_hash=H), "content_hash must be 'dvc' for origin demo"),
+    (lambda d: d["sources"]["llama-crops"].update(content_hash=H), "content_hash must be 'dvc' for origin demo"),
     (lambda d: d["pivot"].update(trust_remote_code="no"), "pivot.trust_remote_code must be true or false"),
     (lambda d: d["pivot"].update(chat_template_hash="x"), "pivot.chat_template_hash must be null or"),
     (lambda d: d.update(sources=[d["sources"]["mixtral"]]), "sources must be a mapping keyed by slug"),
     (lambda d: d["sources"].update({"Bad Key": d["sources"]["mixtral"]}), "sources key 'Bad Key' must be a slug"),
-    (lambda d: d["sources"].update({"qwen2-capitals": d["sources"]["mixtral"]}), "has the pivot's name"),
+    (lambda d: d["sources"].update({"qwen2-languages": d["sources"]["mixtral"]}), "has the pivot's name"),
     (lambda d: d["sources"]["mixtral"].update(name="other"), "sources.mixtral.name must equal its key"),
     (lambda d: d.update(version=2), "version must be 1"),
     (lambda d: d.pop("pivot"), "pivot is missing"),
@@ -99,7 +99,7 @@ def test_locked_update_writes_only_on_success(tmp_path: Path) -> None:
     with locked_update(path) as update:
         assert update.lock is not None
         update.lock = update.lock.without_source("mixtral")
-    assert list(read_lock(path).sources) == ["llama-currency"]
+    assert list(read_lock(path).sources) == ["llama-crops"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models.lock", "models.lock.lock"]  # no temp files
 
 

@@ -194,7 +194,7 @@ def test_reordering_sources_runs_nothing(workspace):
 
 
 def test_add_then_remove_source_reruns_only_its_stages(workspace):
-    third = "demo/models/llama-demonym"
+    third = "demo/models/llama-instruments"
     run(["fusecli", "add-source", third, "--name", "demonym"], workspace)
     ran = ran_stages(run(["dvc", "repro"], workspace))
     assert ran == {"extract@demonym", "align@demonym", "fuse@demonym", "fuse_all", "evaluate", "report"} | merge_stages(

@@ -76,9 +76,9 @@ def test_paths_inside_are_relative_outside_absolute_and_demo_is_pinned_by_dvc(ws
     shutil.copytree(ws / "local/qwen", outside)
     assert pin_folder(outside, ws).path == outside.as_posix()
     assert pin_folder(ws / "local" / ".." / "local" / "qwen", ws).path == "local/qwen"  # never stores '..'
-    shutil.copytree(ws / "local/qwen", ws / "demo/models/qwen2-capitals")
-    demo = pin_folder("demo/models/qwen2-capitals", ws)
-    assert (demo.origin, demo.content_hash, demo.name) == ("demo", "dvc", "qwen2-capitals")
+    shutil.copytree(ws / "local/qwen", ws / "demo/models/qwen2-languages")
+    demo = pin_folder("demo/models/qwen2-languages", ws)
+    assert (demo.origin, demo.content_hash, demo.name) == ("demo", "dvc", "qwen2-languages")
 
 
 def test_weights_config_and_tokenizer_are_required(ws: Path) -> None:
