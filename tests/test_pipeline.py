@@ -195,24 +195,24 @@ def test_reordering_sources_runs_nothing(workspace):
 
 def test_add_then_remove_source_reruns_only_its_stages(workspace):
     third = "demo/models/llama-instruments"
-    run(["fusecli", "add-source", third, "--name", "demonym"], workspace)
+    run(["fusecli", "add-source", third, "--name", "instruments"], workspace)
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    assert ran == {"extract@demonym", "align@demonym", "fuse@demonym", "fuse_all", "evaluate", "report"} | merge_stages(
+    assert ran == {"extract@instruments", "align@instruments", "fuse@instruments", "fuse_all", "evaluate", "report"} | merge_stages(
         workspace
     )
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
-    assert {"source:demonym", "fused:demonym"} <= set(metrics["models"])
+    assert {"source:instruments", "fused:instruments"} <= set(metrics["models"])
     teachers = json.loads((workspace / "reports" / "teachers.json").read_text())
-    assert "demonym" in teachers and "demonym" in teachers["fuselm"]["share"]
+    assert "instruments" in teachers and "instruments" in teachers["fuselm"]["share"]
 
-    run(["fusecli", "remove-source", "demonym"], workspace)
-    assert not (workspace / "fused" / "demonym").exists()
+    run(["fusecli", "remove-source", "instruments"], workspace)
+    assert not (workspace / "fused" / "instruments").exists()
     ran = ran_stages(run(["dvc", "repro"], workspace))
     assert ran == {"fuse_all", "evaluate", "report"} | merge_stages(workspace)
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
-    assert "fused:demonym" not in metrics["models"]
-    assert "demonym" not in json.loads((workspace / "reports" / "teachers.json").read_text())["fuselm"]["share"]
-    assert "fused:demonym" not in (workspace / "reports" / "index.md").read_text()
+    assert "fused:instruments" not in metrics["models"]
+    assert "instruments" not in json.loads((workspace / "reports" / "teachers.json").read_text())["fuselm"]["share"]
+    assert "fused:instruments" not in (workspace / "reports" / "index.md").read_text()
 
 
 def test_clone_pulled_from_a_remote_reproduces_nothing(workspace, tmp_path):
