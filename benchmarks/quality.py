@@ -263,7 +263,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", type=Path, help="where the per-seed workspaces go (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the per-seed workspaces")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run side by side (each dvc repro mostly uses one core)")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="run nothing: print (and with --readme write) the tables of a saved --out file")
     args = ap.parse_args(argv)
+    scores = [k for k in args.scores.split(",") if k] if args.scores else None
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        print_tables(saved["summary"], Console(), scores)
+        if args.readme:
+            write_readme(args.readme, markdown(saved["summary"], saved["seeds"], saved["overrides"], scores))
+        return
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -290,7 +299,6 @@ def main(argv: list[str] | None = None) -> None:
             runs = dict(zip(seeds, pool.map(one, seeds), strict=True))
     merged = {seed: {**r["main"], **{f"{CONTROL}{m}": s for m, s in r["control"].items()}} for seed, r in runs.items()}
     summary = summarize(merged)
-    scores = [k for k in args.scores.split(",") if k] if args.scores else None
     table = markdown(summary, seeds, args.overrides, scores)
     result = {
         "command": shlex.join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
