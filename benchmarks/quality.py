@@ -211,11 +211,15 @@ def markdown(summary: dict, seeds: list[int], overrides: list[str], scores: list
 
 
 def write_readme(path: Path, table: str) -> None:
-    text = path.read_text()
-    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
-        raise FusecliError(f"{path} has no {BEGIN} ... {END} markers: add them where the table goes")
-    head, rest = text.split(BEGIN, 1)
-    atomic_write_text(path, f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+    """Replace what lies between the marker lines (each alone on its line, so prose may quote them)."""
+    lines = path.read_text().split("\n")
+    try:
+        first = lines.index(BEGIN)
+        last = lines.index(END, first + 1)
+    except ValueError:
+        raise FusecliError(f"{path} has no {BEGIN} ... {END} markers: add them, each on its own line, "
+                           "where the table goes") from None
+    atomic_write_text(path, "\n".join([*lines[: first + 1], table, *lines[last:]]))
 
 
 def print_tables(summary: dict, console: Console, scores: list[str] | None = None) -> None:
