@@ -12,12 +12,13 @@ from pathlib import Path
 from fusecli.config import load_section
 from fusecli.errors import fail_cleanly
 from fusecli.evaluate.cache import DEFAULT_DIR
-from fusecli.evaluate.run import EvalParams, report_markdown
+from fusecli.evaluate.run import EvalParams
 from fusecli.evaluate.stage import pipeline_models, run_evaluate
+from fusecli.evaluate.tables import report_markdown
 from fusecli.hashing import verify_pinned
 from fusecli.io import atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
-from fusecli.merge.stage import merge_methods
+from fusecli.plan import merge_methods
 
 
 @fail_cleanly

@@ -156,33 +156,3 @@ def evaluate(
             results[m.name] = scores
             progress.advance(task)
     return {"models": results}
-
-
-def report_markdown(metrics: dict) -> str:
-    """A table per metric: models as rows, domains as columns (and lm-evaluation-harness tasks, if run)."""
-    models = metrics["models"]
-    domains = sorted({d for s in models.values() for d in s})
-    lines = ["# fusecli evaluation", ""]
-    for key, title in (("em", "Greedy exact match (higher is better)"), ("ce", "Response-token CE (lower is better)")):
-        lines += [f"## {title}", "", "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
-        for name, scores in models.items():
-            cells = []
-            for d in domains:
-                v = scores.get(d, {}).get(key)
-                cells.append("-" if v is None else f"{v:.3f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines + harness_table(metrics.get("lm_eval") or {}, "##"))
-
-
-def harness_table(harness: dict[str, dict[str, dict[str, float]]], heading: str) -> list[str]:
-    """lm-evaluation-harness scores (evaluate.backend: lm_eval): one column per task and metric."""
-    columns = sorted({(t, m) for tasks in harness.values() for t, ms in tasks.items() for m in ms})
-    if not columns:
-        return []
-    lines = [f"{heading} lm-evaluation-harness", "", "| model | " + " | ".join(f"{t} {m}" for t, m in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    for name, tasks in harness.items():
-        cells = [tasks.get(t, {}).get(m) for t, m in columns]
-        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
-    return [*lines, ""]

@@ -47,18 +47,6 @@ def load_metrics(path: str | Path) -> dict[str, dict]:
     }
 
 
-def expected_models(slugs: list[str], methods: list[str]) -> list[str]:
-    """Every model name `evaluate` writes for this lock and merge.methods, in its order."""
-    return [
-        "pivot",
-        *(f"source:{s}" for s in slugs),
-        "sft_baseline",
-        *(f"fused:{s}" for s in slugs),
-        *(f"merged:{m}" for m in methods),
-        "merged",
-    ]
-
-
 def _json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())

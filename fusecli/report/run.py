@@ -13,13 +13,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusecli.evaluate.run import harness_table
+from fusecli.evaluate.names import MERGED, merged_name, model_names
+from fusecli.evaluate.tables import harness_table
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
-from fusecli.merge.stage import merge_methods
+from fusecli.markdown import table
+from fusecli.plan import merge_methods
 from fusecli.report import data, plots
-
-MERGED = "merged"
 
 
 @dataclass(frozen=True)
@@ -32,35 +32,26 @@ class ReportInputs:
     merged: Path  # merged/<method>/merge_report.json
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
 
 
 def score_table(scores: dict[str, dict], metric: str, domains: list[str]) -> list[str]:
-    lines = ["| model | " + " | ".join(domains) + " | mean |", "|---" * (len(domains) + 2) + "|"]
+    rows = []
     for model, per_domain in scores.items():
         values = [per_domain.get(d, {}).get(metric) for d in domains]
-        lines.append(f"| {model} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(_mean(values))} |")
-    return lines
+        rows.append([model, *values, _mean(values)])
+    return table(["model", *domains, "mean"], rows)
 
 
 def teachers_table(teachers: dict[str, dict]) -> list[str]:
     domains = sorted({d for t in teachers.values() for d in t["share"]})
     if not domains:
         return ["No fusion selection logs found."]
-    lines = [
-        "| source | fusion | coverage | " + " | ".join(domains) + " |",
-        "|---" * (len(domains) + 3) + "|",
-    ]
-    for slug, t in teachers.items():
-        shares = " | ".join(_fmt(t["share"].get(d)) for d in domains)
-        lines.append(f"| {slug} | {t['fusion_fn'] or '-'} | {_fmt(t['coverage'])} | {shares} |")
-    return lines
+    rows = [[slug, t["fusion_fn"] or "-", t["coverage"], *(t["share"].get(d) for d in domains)]
+            for slug, t in teachers.items()]
+    return table(["source", "fusion", "coverage", *domains], rows)
 
 
 def teacher_metrics(teachers: dict[str, dict]) -> dict[str, dict]:
@@ -92,12 +83,12 @@ def build_report(inputs: ReportInputs, out: str | Path) -> Path:
     merge = merge_methods(inputs.params)
     metrics = data.load_metrics(inputs.metrics)
     scores = metrics["models"]
-    expected = data.expected_models(slugs, list(merge.methods))
+    expected = model_names(slugs, list(merge.methods))
     missing = [f"model `{m}` in {inputs.metrics} (an older run? rerun `dvc repro evaluate`)"
                for m in expected if m not in scores]
     extra = [m for m in scores if m not in expected]
     ordered = {m: scores[m] for m in expected + extra if m in scores}
-    if f"{MERGED}:{merge.default}" in ordered:
+    if merged_name(merge.default) in ordered:
         ordered.pop(MERGED, None)  # the same scores as merged:<default>: drawn once
     domains = sorted({d for s in ordered.values() for d in s})
     teachers = data.load_teachers(inputs.logs, inputs.align, slugs)

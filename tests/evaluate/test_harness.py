@@ -16,12 +16,12 @@ from fusecli.evaluate.run import (
     EvalParams,
     LmEvalParams,
     greedy_answers,
-    report_markdown,
     score_model,
 )
 from fusecli.evaluate.stage import run_evaluate
-from fusecli.merge.stage import MergeMethods
+from fusecli.evaluate.tables import report_markdown
 from fusecli.models import load_model, load_tokenizer
+from fusecli.plan import MergeMethods
 from tests.tiny import write_dataset, write_model
 
 pytest.importorskip("lm_eval")

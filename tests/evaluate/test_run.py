@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from fusecli.data.render import prompt_text, render, tokenize
 from fusecli.errors import FusecliError
-from fusecli.evaluate.run import EvalModel, EvalParams, evaluate, greedy_answers, report_markdown, response_ce
+from fusecli.evaluate.run import EvalModel, EvalParams, evaluate, greedy_answers, response_ce
+from fusecli.evaluate.tables import report_markdown
 from fusecli.models import load_tokenizer
 from tests.tiny import write_dataset, write_model
 

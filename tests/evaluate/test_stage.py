@@ -10,7 +10,8 @@ from fusecli.errors import FusecliError
 from fusecli.evaluate.run import EvalParams
 from fusecli.evaluate.stage import pipeline_models, run_evaluate
 from fusecli.lock import Lock, ModelEntry, dump_lock
-from fusecli.merge.stage import MergeMethods, merge_methods, stage_params
+from fusecli.merge.stage import stage_params
+from fusecli.plan import MergeMethods, merge_methods
 from tests.tiny import write_dataset, write_model
 
 METHODS = MergeMethods("sce", ("sce", "ties"))
@@ -89,15 +90,13 @@ def test_merge_methods_and_per_method_params(tmp_path):
     assert stage_params(path).method == "ties"
     params = stage_params(path, "sce")
     assert params.method == "sce" and params.density == 0.5
-    legacy = write_params(tmp_path, {"method": "varm"})  # no methods: just the default
-    assert merge_methods(legacy) == MergeMethods("varm", ("varm",))
 
 
 @pytest.mark.parametrize(
     ("merge", "message"),
     [
         ({"method": "ties", "methods": ["sce"]}, "merge.method = 'ties' is not in merge.methods"),
-        ({"method": "sce", "methods": ["sce", "nope"]}, "merge method 'nope' is unknown"),
+        ({"method": "sce", "methods": ["sce", "nope"]}, "unknown merge method 'nope'"),
         ({"method": "sce", "methods": ["sce", "sce"]}, "names a method twice"),
         ({"method": "sce", "methods": []}, "must be a non-empty list"),
         ({"method": "sce", "methods": ["sce"], "bogus": 1}, "unknown key 'bogus'"),

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from fusecli.cli import app
 from fusecli.errors import FusecliError
+from fusecli.evaluate.names import model_names as expected_models
 from fusecli.lock import Lock, ModelEntry, dump_lock
-from fusecli.report.data import expected_models, layer_of, load_coefficients
+from fusecli.report.data import layer_of, load_coefficients
 from fusecli.report.run import ReportInputs, build_report
 
 SLUGS = ["a", "b"]
