@@ -73,8 +73,9 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types (naming them)."""
+def from_dict(cls: type[T], data: Any, where: str, *, complete: bool = False) -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types (naming them).
+    `complete`: a field with a default must be given too (params.yaml is then the one source of values)."""
     if not isinstance(data, dict):
         raise FusecliError(f"{where} must be a mapping of parameters")
     hints = typing.get_type_hints(cls)
@@ -86,7 +87,7 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _check(data[name], hints[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        elif complete or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
             raise FusecliError(f"{where}.{name} is missing: add it to params.yaml")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

@@ -12,7 +12,8 @@ from pathlib import Path
 from fusecli.errors import fail_cleanly
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
-from fusecli.merge.stage import merge_fused, stage_params
+from fusecli.merge.params import stage_params
+from fusecli.merge.stage import merge_fused
 
 
 @fail_cleanly

@@ -48,7 +48,9 @@ PARAMS = {
     "align": {"k": 4},
     "fuse": {"lam": 0.7, "epochs": 1.0, "global_batch_size": 4, "micro_batch_size": 4, "device": "cpu",
              "dtype": "float32", "gradient_checkpointing": False},
-    "merge": {"method": "linear", "methods": ["linear"], "device": "cpu"},
+    "merge": {"method": "linear", "methods": ["linear", "ties"], "device": "cpu", "max_shard_size": "5GB",
+              "linear": {"weight": None, "normalize": True},
+              "ties": {"weight": 0.2, "density": 0.6, "normalize": True}},
     "evaluate": {"batch_size": 4, "max_new_tokens": 4, "max_length": 128, "device": "cpu", "dtype": "float32"},
 }
 EXTRACT = ["extract", "--model", "llama", "--data", "data/train.parquet", "--out", "new/extract"]
@@ -57,6 +59,7 @@ ALIGN = ["align", "--source", "llama", "--pivot-extract", "extract/pivot", "--so
 FUSE = ["fuse", "--data", "data/train.parquet", "--pivot-extract", "extract/pivot", "--align", "align/llama",
         "--out", "new/fused", "--live-dir", "new/logs"]
 MERGE = ["merge", "--fused-dir", "fused", "--base", "local/qwen", "--method", "linear", "--out", "new/merged"]
+MERGE_TIES = [a if a != "linear" else "ties" for a in MERGE]
 EVALUATE = ["evaluate", "--data", "data/train.parquet", "--fused-dir", "fused", "--baseline", "baseline/sft",
             "--merged-dir", "merged", "--out", "new/eval", "--cache-dir", ""]
 NOT_STATE = (".fusecli", "__pycache__")  # the hash cache and bytecode: not workspace state
@@ -215,10 +218,10 @@ PARAMS_CASES = {
     "lambda-nan": (_params(lambda d: d["fuse"].update(lam=float("nan"))), FUSE, ("fuse.lam = nan", "within [0, 1]")),
     "lambda-not-a-number": (_params(lambda d: d["fuse"].update(lam="high")), FUSE,
                             ("fuse.lam = 'high'", "must be of type float")),
-    "density-negative": (_params(lambda d: d["merge"].update(density=-0.5)), MERGE,
-                         ("merge.density = -0.5", "must be in (0, 1]")),
-    "density-not-a-number": (_params(lambda d: d["merge"].update(density="60%")), MERGE,
-                             ("merge.density = '60%'", "must be of type float")),
+    "density-negative": (_params(lambda d: d["merge"]["ties"].update(density=-0.5)), MERGE_TIES,
+                         ("merge.ties.density = -0.5", "must be in (0, 1]")),
+    "density-not-a-number": (_params(lambda d: d["merge"]["ties"].update(density="60%")), MERGE_TIES,
+                             ("merge.ties.density = '60%'", "must be of type float")),
     "unknown-merge-method": (_params(lambda d: d["merge"].update(method="slerp", methods=["slerp"])), MERGE,
                              ("merge method 'slerp' is unknown", "use one of", "linear")),
     "unknown-align-method": (_params(lambda d: d["align"].update(method="sinkhorn")), ALIGN,

@@ -91,17 +91,13 @@ def inspect_command(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
     """Show both tokenizations of a text and which source positions align to each pivot position."""
-    try:
-        if (text is None) == (text_file is None):
-            raise FusecliError("pass exactly one of --text and --text-file")
-        if text_file is not None:
-            if not text_file.is_file():
-                raise FusecliError(f"{text_file} not found: pass an existing --text-file")
-            text = text_file.read_text(encoding="utf-8")
-        result = inspect_alignment(pivot, source, text or "", method, trust_remote_code)
-    except FusecliError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    if (text is None) == (text_file is None):
+        raise FusecliError("pass exactly one of --text and --text-file")
+    if text_file is not None:
+        if not text_file.is_file():
+            raise FusecliError(f"{text_file} not found: pass an existing --text-file")
+        text = text_file.read_text(encoding="utf-8")
+    result = inspect_alignment(pivot, source, text or "", method, trust_remote_code)
     if json_out:
         keys = ("pivot_tokens", "source_tokens", "alignment")
         typer.echo(json.dumps({k: result[k] for k in keys}, ensure_ascii=False))

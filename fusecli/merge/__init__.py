@@ -11,6 +11,7 @@ from typing import Any
 
 _HOME = {
     "MergeParams": "fusecli.merge.params",
+    "merge_params": "fusecli.merge.params",
     "get_method": "fusecli.merge.registry",
     "method_names": "fusecli.merge.registry",
     "register": "fusecli.merge.registry",

@@ -156,7 +156,7 @@ def merge_models(
     On any error nothing is left at `out` (an existing `out` is kept until the new one is complete).
     """
     method = get_method(params.method)
-    resolved = method.resolve(params, len(models))
+    resolved = method.resolve(params.options, len(models))
     device, max_bytes = _device(params.device), parse_size(params.max_shard_size)
     keep_freed_memory()
     base, folders = open_models(Path(base_path), [(label, Path(path)) for label, path in models], Path(out))
@@ -203,7 +203,7 @@ def row_blocks(shape: tuple[int, ...], max_elements: int | None = None) -> list[
 
 def _merge_tensors(
     method: MergeMethod,
-    params: MergeParams,
+    options: Any,
     base: ModelFolder,
     models: dict[str, ModelFolder],
     plan: MergePlan,
@@ -228,7 +228,7 @@ def _merge_tensors(
 
         blocks = Blocks(shape, DTYPES[base.dtype(t.name)], len(labels), bounds, read)
         coefs = None
-        for merged, block_coefs in method.merge(blocks, params, name=t.name):
+        for merged, block_coefs in method.merge(blocks, options, name=t.name):
             writer.add(t.name, merged)
             coefs = block_coefs  # the same for every block of a tensor
         if coefs:
@@ -240,7 +240,7 @@ def _merge_tensors(
 
 def _report(
     method: MergeMethod,
-    params: MergeParams,
+    options: Any,
     base: ModelFolder,
     models: dict[str, ModelFolder],
     plan: MergePlan,
@@ -249,7 +249,7 @@ def _report(
 ) -> dict[str, Any]:
     return {
         "fusecli_version": __version__,
-        "options": method.describe(params),
+        "options": method.describe(options),
         "base": str(base.path),
         "models": {label: str(m.path) for label, m in models.items()},
         "num_tensors": len(plan.tensors),
@@ -273,14 +273,14 @@ def _coefficients_csv(kind: str, coefficients: dict[str, dict[str, float]]) -> s
 
 def model_card(
     method: MergeMethod,
-    params: MergeParams,
+    options: Any,
     base: ModelFolder,
     models: dict[str, ModelFolder],
     plan: MergePlan,
     title: str,
 ) -> str:
     """README.md of the merged folder: which method, which options, which models."""
-    options = yaml.safe_dump(method.describe(params), sort_keys=False).strip()
+    described = yaml.safe_dump(method.describe(options), sort_keys=False).strip()
     lines = [
         "---",
         "library_name: transformers",
@@ -293,7 +293,7 @@ def model_card(
         "## Options",
         "",
         "```yaml",
-        options,
+        described,
         "```",
         "",
         "## Models",

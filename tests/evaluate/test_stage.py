@@ -3,15 +3,13 @@
 import shutil
 
 import pytest
-import yaml
 
 import fusecli.evaluate.run as run_module
 from fusecli.errors import FusecliError
 from fusecli.evaluate.run import EvalParams
 from fusecli.evaluate.stage import pipeline_models, run_evaluate
 from fusecli.lock import Lock, ModelEntry, dump_lock
-from fusecli.merge.stage import stage_params
-from fusecli.plan import MergeMethods, merge_methods
+from fusecli.plan import MergeMethods
 from tests.tiny import write_dataset, write_model
 
 METHODS = MergeMethods("sce", ("sce", "ties"))
@@ -76,38 +74,3 @@ def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, 
     other = EvalParams(batch_size=8, max_new_tokens=4, max_length=64)
     run_evaluate(other, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
     assert calls == ["pivot", "fused:b"]  # new settings: a new key per distinct model
-
-
-def write_params(tmp_path, merge):
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"merge": merge}))
-    return path
-
-
-def test_merge_methods_and_per_method_params(tmp_path):
-    path = write_params(tmp_path, {"method": "ties", "methods": ["sce", "ties"], "density": 0.5})
-    assert merge_methods(path) == MergeMethods("ties", ("sce", "ties"))
-    assert stage_params(path).method == "ties"
-    params = stage_params(path, "sce")
-    assert params.method == "sce" and params.density == 0.5
-
-
-@pytest.mark.parametrize(
-    ("merge", "message"),
-    [
-        ({"method": "ties", "methods": ["sce"]}, "merge.method = 'ties' is not in merge.methods"),
-        ({"method": "sce", "methods": ["sce", "nope"]}, "unknown merge method 'nope'"),
-        ({"method": "sce", "methods": ["sce", "sce"]}, "names a method twice"),
-        ({"method": "sce", "methods": []}, "must be a non-empty list"),
-        ({"method": "sce", "methods": ["sce"], "bogus": 1}, "unknown key 'bogus'"),
-    ],
-)
-def test_bad_merge_sections_fail_clearly(tmp_path, merge, message):
-    with pytest.raises(FusecliError, match=message):
-        stage_params(write_params(tmp_path, merge))
-
-
-def test_a_method_outside_merge_methods_is_refused(tmp_path):
-    path = write_params(tmp_path, {"method": "sce", "methods": ["sce"]})
-    with pytest.raises(FusecliError, match="method 'ties' is not in merge.methods"):
-        stage_params(path, "ties")

@@ -125,10 +125,10 @@ def inputs(tiny: Tiny) -> Inputs:
 @pytest.fixture
 def run_merge(tiny: Tiny, tmp_path: Path):
     """Merge the three tiny models onto the base with the given MergeParams fields."""
-    from fusecli.merge import MergeParams, merge_models
+    from fusecli.merge import merge_models, merge_params
 
     def run(out: str = "merged", **params) -> tuple[dict[str, np.ndarray], dict]:
-        result = merge_models(tiny.base, tiny.models, MergeParams(**params), tmp_path / out)
+        result = merge_models(tiny.base, tiny.models, merge_params(**params), tmp_path / out)
         return load_tensors(result.out), result.report
 
     return run
