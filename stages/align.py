@@ -1,4 +1,4 @@
-"""Stage align@<slug>: one source's top-K distributions mapped onto the pivot's tokens (method.md, stage 3).
+"""Stage align@<slug>: one source's top-K distributions mapped onto the pivot's tokens (docs/method.md, stage 3).
 
 The two tokenizer folders come from models.lock (`--lock models.lock --source <slug>`, as dvc.yaml runs
 it) or are named directly (`--pivot-model PATH --source-model PATH [--trust-remote-code]`).

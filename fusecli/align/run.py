@@ -1,4 +1,4 @@
-"""The align stage: extract/pivot + extract/sources/<slug> -> align/<slug> (method.md, stage 3).
+"""The align stage: extract/pivot + extract/sources/<slug> -> align/<slug> (docs/method.md, stage 3).
 
 Pass 1 aligns the tokens of every sequence (both stores joined on `seq_index`), counts the aligned
 (pivot id, source id) pairs and keeps each alignment in a scratch store; the vocabulary map is built

@@ -1,4 +1,4 @@
-"""Token strings and token alignment of two tokenizations of the same text (method.md, stage 3).
+"""Token strings and token alignment of two tokenizations of the same text (docs/method.md, stage 3).
 
 Tokens of different vocabularies are compared in one canonical form: the text a token stands for,
 with every space written as the unified word-boundary marker `▁` (sentencepiece's `▁`, byte-level
@@ -283,7 +283,7 @@ def mined_from_cost(cost: np.ndarray) -> Alignment:
 
 
 def align_mined(source: TokenTable, source_ids: np.ndarray, pivot: TokenTable, pivot_ids: np.ndarray) -> Alignment:
-    """MinED (method.md): the DP over c(i, j) for every source position i and pivot position j."""
+    """MinED (docs/method.md): the DP over c(i, j) for every source position i and pivot position j."""
     return _mined(*unique_costs(source, source_ids, pivot, pivot_ids))
 
 

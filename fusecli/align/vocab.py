@@ -1,4 +1,4 @@
-"""Source -> pivot vocabulary maps (method.md, "Vocabulary mapping").
+"""Source -> pivot vocabulary maps (docs/method.md, "Vocabulary mapping").
 
 `ms` is FuseChat's statistics-based map: co-occurrence counts M[p, s] of the aligned (pivot id,
 source id) pairs over the whole dataset, then for each source id s the pivot id p with M[p, s] > 0

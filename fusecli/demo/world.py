@@ -2,7 +2,7 @@
 
 The pivot (`qwen2-capitals`) knows capitals, the sources know currencies, regions and demonyms; each
 is trained only on its own relation, so fusing a source into the pivot has a measurable effect: the
-source's domain exact match rises, and the pivot's own must not fall (design.md, demo world).
+source's domain exact match rises, and the pivot's own must not fall (docs/architecture.md, demo world).
 """
 
 from __future__ import annotations

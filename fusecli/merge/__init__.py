@@ -1,4 +1,4 @@
-"""Stage 5: merge the pair-fused targets onto the pivot (SCE, VaRM and the baselines of method.md).
+"""Stage 5: merge the pair-fused targets onto the pivot (SCE, VaRM and the baselines of docs/method.md).
 
 Names are loaded on first use (PEP 562): `fusecli list` and the other light commands import the
 `merge` command's module without paying for torch.

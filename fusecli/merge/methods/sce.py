@@ -8,7 +8,7 @@ Per tensor j with task vectors delta_i = theta_i - theta_0:
 - Erase: elected sign s = sign(sum_i delta_i) (0 as +), e_i = [sign(delta_i) == s].
 - Merge: delta* = sum_i eta_i e_i delta_i / sum_i eta_i e_i (0 denominator as 1); theta_0 + delta*.
 
-Two published variants differ in what the mask touches (method.md):
+Two published variants differ in what the mask touches (docs/method.md):
 - `release` (the authors' code): the mask only weighs eta; the full deltas are elected and merged.
 - `sparse` (mergekit's `sce`): unselected positions are zeroed before election and merging.
 They agree at tau = 1.
