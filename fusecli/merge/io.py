@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 from fusecli.errors import FusecliError
+from fusecli.hashing import PICKLE_SUFFIXES
 from fusecli.io import atomic_write_json
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files copied from the base so the merged folder loads, tokenizes and chats like the base.
 SIDE_FILES = (
     "config.json",
