@@ -18,16 +18,21 @@ from fusecli.errors import FusecliError
 T = TypeVar("T")
 
 
+def parse_yaml(text: str, name: str | Path, fix: str = "fix the syntax") -> Any:
+    """YAML text -> data; a syntax error is one line naming the file, the line and the fix."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise FusecliError(f"{name} is not valid YAML{where}: {fix}") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FusecliError(f"{path} not found: run from the workspace root or pass --params")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise FusecliError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    data = parse_yaml(path.read_text(), path) or {}
     if not isinstance(data, dict):
         raise FusecliError(f"{path} must hold a mapping at the top level")
     return data

@@ -50,18 +50,18 @@ def _mutated(edit) -> str:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d["sources"]["mixtral"].update(vocab_size="big"), "sources.mixtral.vocab_size must be an int"),
-    (lambda d: d["sources"]["mixtral"].update(vocab_size=True), "sources.mixtral.vocab_size must be an int"),
+    (lambda d: d["sources"]["mixtral"].update(vocab_size="big"), "vocab_size = 'big' must be of type int"),
+    (lambda d: d["sources"]["mixtral"].update(vocab_size=True), "sources.mixtral.vocab_size = True must be a number"),
     (lambda d: d["sources"]["mixtral"].update(vocab_size=0), "sources.mixtral.vocab_size must be positive"),
     (lambda d: d["sources"]["mixtral"].update(colour="red"), "sources.mixtral: unknown key 'colour'"),
     (lambda d: d["pivot"].pop("dtype"), "pivot.dtype is missing"),
-    (lambda d: d["pivot"].update(origin="ftp"), "pivot.origin must be one of demo, local, hub"),
+    (lambda d: d["pivot"].update(origin="ftp"), "pivot.origin = 'ftp' is not one of ['demo', 'local', 'hub']"),
     (lambda d: d["sources"]["mixtral"].update(revision="main"), "sources.mixtral.revision must be a 40-character"),
     (lambda d: d["pivot"].update(revision="0" * 40), "pivot.revision must be null for origin local"),
     (lambda d: d["pivot"].update(path="../elsewhere"), "pivot.path must be a path without '..'"),
     (lambda d: d["pivot"].update(content_hash="md5:1"), "pivot.content_hash must be 'sha256:'"),
     (lambda d: d["sources"]["llama-currency"].update(content_hash=H), "content_hash must be 'dvc' for origin demo"),
-    (lambda d: d["pivot"].update(trust_remote_code="no"), "pivot.trust_remote_code must be true or false"),
+    (lambda d: d["pivot"].update(trust_remote_code="no"), "pivot.trust_remote_code = 'no' must be of type bool"),
     (lambda d: d["pivot"].update(chat_template_hash="x"), "pivot.chat_template_hash must be null or"),
     (lambda d: d.update(sources=[d["sources"]["mixtral"]]), "sources must be a mapping keyed by slug"),
     (lambda d: d["sources"].update({"Bad Key": d["sources"]["mixtral"]}), "sources key 'Bad Key' must be a slug"),
