@@ -73,6 +73,8 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
         raise FusecliError(f"{where} = {value!r} must be a number, not a boolean")
+    if tp is bool and not isinstance(value, bool):
+        raise FusecliError(f"{where} must be true or false, got {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):
         raise FusecliError(f"{where} = {value!r} must be of type {tp.__name__}")
     return value

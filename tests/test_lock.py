@@ -61,7 +61,7 @@ def _mutated(edit) -> str:
     (lambda d: d["pivot"].update(path="../elsewhere"), "pivot.path must be a path without '..'"),
     (lambda d: d["pivot"].update(content_hash="md5:1"), "pivot.content_hash must be 'sha256:'"),
     (lambda d: d["sources"]["llama-currency"].update(content_hash=H), "content_hash must be 'dvc' for origin demo"),
-    (lambda d: d["pivot"].update(trust_remote_code="no"), "pivot.trust_remote_code = 'no' must be of type bool"),
+    (lambda d: d["pivot"].update(trust_remote_code="no"), "pivot.trust_remote_code must be true or false"),
     (lambda d: d["pivot"].update(chat_template_hash="x"), "pivot.chat_template_hash must be null or"),
     (lambda d: d.update(sources=[d["sources"]["mixtral"]]), "sources must be a mapping keyed by slug"),
     (lambda d: d["sources"].update({"Bad Key": d["sources"]["mixtral"]}), "sources key 'Bad Key' must be a slug"),
