@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from fusecli.errors import FusecliError
+from fusecli.tokenizer import load_tokenizer as load_tokenizer  # the stages load both from here
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,19 +40,6 @@ def check_model_dir(path: str | Path, allow_pickle: bool = False) -> Path:
             f"{path} has no safetensors weights: convert it to safetensors or re-add it with --allow-pickle"
         )
     return path
-
-
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):  # noqa: ANN201
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FusecliError(f"cannot load the tokenizer at {path} ({first}): check the model folder") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def load_model(

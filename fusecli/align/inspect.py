@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fusecli.errors import FusecliError
+from fusecli.tokenizer import load_tokenizer
 
 
 def _encode(tokenizer: Any, text: str, with_offsets: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -37,7 +38,7 @@ def inspect_alignment(
     source positions aligned to it; plus "pivot_text" and "source_text", each token's canonical text."""
     if not text:
         raise FusecliError("the text is empty: pass --text or a non-empty --text-file")
-    from fusecli.align.tokens import TokenTable, align_mined, align_offsets, load_tokenizer  # numba: on use
+    from fusecli.align.tokens import TokenTable, align_mined, align_offsets  # numba: on use
 
     pivot_tok = load_tokenizer(pivot_dir, trust_remote_code)
     source_tok = load_tokenizer(source_dir, trust_remote_code)

@@ -38,11 +38,12 @@ from rich.text import Text
 from safetensors.numpy import save
 
 from fusecli.align.dist import MAPPED_RULES, RULES, align_rows, one_hot_rows
-from fusecli.align.tokens import Alignment, TokenTable, agreement, align_mined, align_offsets, load_tokenizer
+from fusecli.align.tokens import Alignment, TokenTable, agreement, align_mined, align_offsets
 from fusecli.align.vocab import Cooccurrence, build_vocab_map, direct_map
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_bytes, atomic_write_json
 from fusecli.store import Record, StoreWriter, iter_records, read_manifest
+from fusecli.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)

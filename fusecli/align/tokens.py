@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numba
@@ -155,23 +154,6 @@ class TokenTable:
             eos_id=tokenizer.eos_token_id,
             unk_id=tokenizer.unk_token_id,
         )
-
-
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
-    """AutoTokenizer from a local folder; every failure becomes a one-line FusecliError."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FusecliError(f"tokenizer folder {path} not found: pass a local model or tokenizer folder")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise FusecliError(
-            f"cannot load a tokenizer from {path} ({first}): it needs tokenizer.json or "
-            "tokenizer_config.json (pass --trust-remote-code only for code you trust)"
-        ) from None
 
 
 def pair_distance(a_stripped: str, b_stripped: str, a_canon: str, b_canon: str) -> int:

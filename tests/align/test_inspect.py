@@ -4,7 +4,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import fusecli.align.tokens as tokens_module
+import fusecli.align.inspect as inspect_module
 from fusecli.cli import app as fusecli_app
 
 TEXT = "The capital of France is Paris.\nCafé 你好"
@@ -82,6 +82,6 @@ def test_missing_tokenizer(app, tmp_path):
 
 
 def test_tokenizer_that_cannot_convert_single_ids(app, tokenizer_dirs, monkeypatch):
-    monkeypatch.setattr(tokens_module, "load_tokenizer", lambda path, trust_remote_code=False: _NoStrings())
+    monkeypatch.setattr(inspect_module, "load_tokenizer", lambda path, trust_remote_code=False: _NoStrings())
     result = _run(app, tokenizer_dirs, "--text", "a")
     assert result.exit_code == 1 and "cannot turn single ids into token strings" in result.stderr
