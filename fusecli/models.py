@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
+from fusecli.dtypes import LOADABLE
 from fusecli.errors import FusecliError
 from fusecli.tokenizer import load_tokenizer as load_tokenizer  # the stages load both from here
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in LOADABLE}
 
 
 def resolve_device(device: str) -> torch.device:

@@ -13,12 +13,12 @@ from typing import Any
 
 import yaml
 
+from fusecli.dtypes import LOADABLE, SAFETENSORS
 from fusecli.errors import FusecliError
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import get_method
 
 PER_MODEL = ("weight", "density")  # mergekit takes these under each model's `parameters`
-DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def mergekit_yaml(params: MergeParams, base: Path, models: Sequence[Path], dtype: str | None = None) -> str:
@@ -52,8 +52,8 @@ def mergekit_yaml(params: MergeParams, base: Path, models: Sequence[Path], dtype
     shared = {key: getattr(resolved, key) for key in fields if key in ("normalize", "select_topk")}
     if shared:
         config["parameters"] = shared
-    if dtype in DTYPES:
-        config["dtype"] = DTYPES[dtype]
+    if dtype in SAFETENSORS and SAFETENSORS[dtype] in LOADABLE:  # the dtypes mergekit writes
+        config["dtype"] = SAFETENSORS[dtype]
     header = f"# mergekit config written by `fusecli merge --method {method.name}`\n"
     if method.name.startswith("dare"):
         header += "# mergekit draws its own random DARE masks: results match fusecli in distribution only\n"
