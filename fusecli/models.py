@@ -6,29 +6,10 @@ from pathlib import Path
 
 import torch
 
-from fusecli.dtypes import LOADABLE
+from fusecli.device import resolve_device as resolve_device  # re-exported: extract and fuse import them here
+from fusecli.device import resolve_dtype as resolve_dtype
 from fusecli.errors import FusecliError
-from fusecli.tokenizer import load_tokenizer as load_tokenizer  # the stages load both from here
-
-DTYPES = {name: getattr(torch, name) for name in LOADABLE}
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` picks cuda when present; an explicit cuda request without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FusecliError(f"device {device!r} requested but no GPU is visible: set device: cpu or auto")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on GPU (the release's precision) and fp32 on CPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise FusecliError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+from fusecli.tokenizer import load_tokenizer as load_tokenizer
 
 
 def check_model_dir(path: str | Path, allow_pickle: bool = False) -> Path:

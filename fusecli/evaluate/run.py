@@ -20,9 +20,10 @@ import torch
 from rich.progress import Progress
 
 from fusecli.data.render import prompt_text, render, tokenize
+from fusecli.device import resolve_device, resolve_dtype
 from fusecli.errors import FusecliError
 from fusecli.extract.run import _batches, extract_batch
-from fusecli.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+from fusecli.models import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     from fusecli.evaluate.cache import EvalCache

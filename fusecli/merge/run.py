@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from fusecli import __version__
+from fusecli.device import resolve_device
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files, parse_size
@@ -139,12 +140,6 @@ def open_models(
     return ModelFolder(base), {label: ModelFolder(path) for label, path in models}
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FusecliError("merge.device = cuda but no CUDA device is visible: use device: cpu")
-    return torch.device(name)
-
-
 def merge_models(
     base_path: str | Path,
     models: Sequence[tuple[str, str | Path]],
@@ -157,7 +152,7 @@ def merge_models(
     """
     method = get_method(params.method)
     resolved = method.resolve(params.options, len(models))
-    device, max_bytes = _device(params.device), parse_size(params.max_shard_size)
+    device, max_bytes = resolve_device(params.device, "merge.device"), parse_size(params.max_shard_size)
     keep_freed_memory()
     base, folders = open_models(Path(base_path), [(label, Path(path)) for label, path in models], Path(out))
     try:
