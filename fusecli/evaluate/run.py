@@ -22,6 +22,7 @@ from rich.progress import Progress
 from fusecli.data.render import prompt_text, render, tokenize
 from fusecli.device import resolve_device, resolve_dtype
 from fusecli.errors import FusecliError
+from fusecli.evaluate.match import exact_match
 from fusecli.extract.run import _batches, extract_batch
 from fusecli.models import load_model, load_tokenizer
 
@@ -70,10 +71,6 @@ class EvalModel:
     trust_remote_code: bool = False
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.strip().split()).lower()
-
-
 @torch.no_grad()
 def greedy_answers(model, tok, prompts: list[str], params: EvalParams, device: torch.device) -> list[str]:  # noqa: ANN001
     tok.padding_side = "left"
@@ -118,7 +115,7 @@ def score_model(m: EvalModel, df: pl.DataFrame, params: EvalParams) -> dict[str,
     ces = response_ce(model, tok, dialogues, params, device)
     checkable = [i for i, a in enumerate(df["answer"].to_list()) if a is not None]
     preds = greedy_answers(model, tok, [prompt_text(tok, dialogues[i]) for i in checkable], params, device)
-    hits = {i: normalise(p) == normalise(df["answer"][i]) for i, p in zip(checkable, preds, strict=True)}
+    hits = {i: exact_match(p, df["answer"][i]) for i, p in zip(checkable, preds, strict=True)}
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(df["domain"].to_list()):
         by_domain[d].append(i)
