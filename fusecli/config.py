@@ -5,6 +5,7 @@ Every stage reads only its own section; unknown keys and wrong types are errors 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -101,6 +102,16 @@ def from_dict(cls: type[T], data: Any, where: str, *, complete: bool = False) ->
     if callable(validate):
         validate()
     return obj
+
+
+def stage_parser(doc: str | None, *, lock: bool = True) -> argparse.ArgumentParser:
+    """The parser of a `stages/<stage>.py` entry point, with the arguments every stage shares:
+    `--params` (params.yaml) and, for stages that read the pinned models, `--lock` (models.lock)."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    parser.add_argument("--params", default="params.yaml", help="the parameters file")
+    if lock:
+        parser.add_argument("--lock", default="models.lock", help="the pinned models")
+    return parser
 
 
 def load_section(cls: type[T], section: str, params: str | Path = "params.yaml") -> T:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fusecli.align.run import AlignParams, run_align
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
@@ -32,12 +32,10 @@ def _models(args: argparse.Namespace) -> tuple[str, str, tuple[bool, bool]]:
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
+    ap = stage_parser(__doc__)
     ap.add_argument("--pivot-extract", required=True, help="extract/pivot")
     ap.add_argument("--source-extract", required=True, help="extract/sources/<slug>")
     ap.add_argument("--out", required=True, help="align/<slug>")
-    ap.add_argument("--lock", default="models.lock")
     ap.add_argument("--source", help="the source's slug in models.lock")
     ap.add_argument("--pivot-model", help="the pivot's model or tokenizer folder (instead of the lock)")
     ap.add_argument("--source-model", help="the source's model or tokenizer folder (instead of the lock)")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.data.build import DatasetParams, run
 from fusecli.errors import fail_cleanly
 
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, lock=False)
     parser.add_argument("--out", default="data")
     args = parser.parse_args(argv)
     run(load_section(DatasetParams, "dataset", args.params), args.out)

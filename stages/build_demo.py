@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.demo.world import DemoParams, build_world
 from fusecli.errors import fail_cleanly
 
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, lock=False)
     parser.add_argument("--out", default="demo/models")
     args = parser.parse_args(argv)
     build_world(load_section(DemoParams, "demo", args.params), args.out)

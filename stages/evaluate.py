@@ -6,10 +6,9 @@ python stages/evaluate.py --params params.yaml --lock models.lock --data data/ev
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.evaluate.cache import DEFAULT_DIR
 from fusecli.evaluate.run import EvalParams
@@ -23,9 +22,7 @@ from fusecli.plan import merge_methods
 
 @fail_cleanly
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--lock", default="models.lock")
+    ap = stage_parser(__doc__)
     ap.add_argument("--data", required=True)
     ap.add_argument("--fused-dir", default="fused")
     ap.add_argument("--baseline", default="baseline/sft")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.fuse.train import FuseParams, train
 from fusecli.hashing import verify_pinned
@@ -17,9 +17,7 @@ from fusecli.lock import read_lock
 
 @fail_cleanly
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--lock", default="models.lock")
+    ap = stage_parser(__doc__)
     ap.add_argument("--data", required=True)
     ap.add_argument("--pivot-extract", required=True)
     ap.add_argument("--align", help="the source's aligned store; omit with --sft-baseline")

@@ -6,9 +6,9 @@ python stages/merge.py --params params.yaml --lock models.lock --fused-dir fused
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from fusecli.config import stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
@@ -18,9 +18,7 @@ from fusecli.merge.stage import merge_fused
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--lock", type=Path, default=Path("models.lock"))
+    parser = stage_parser(__doc__)
     parser.add_argument("--fused-dir", type=Path, default=Path("fused"))
     parser.add_argument("--base", type=Path, required=True, help="the pivot model folder")
     parser.add_argument("--method", default=None, help="one of merge.methods (default: merge.method)")
