@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from fusecli.align.run import AlignParams, run_align
+from fusecli.align.params import AlignParams
+from fusecli.align.run import run_align
 from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.hashing import verify_pinned

@@ -11,7 +11,7 @@ from pathlib import Path
 from fusecli.config import load_section, stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.evaluate.cache import DEFAULT_DIR
-from fusecli.evaluate.run import EvalParams
+from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.stage import pipeline_models, run_evaluate
 from fusecli.evaluate.tables import report_markdown
 from fusecli.hashing import verify_pinned

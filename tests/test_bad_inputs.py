@@ -41,17 +41,19 @@ from fusecli.store import iter_records, read_manifest
 from tests.tiny import write_dataset, write_model
 
 STAGES = Path(__file__).resolve().parents[1] / "stages"
+REPO_PARAMS = yaml.safe_load((STAGES.parent / "params.yaml").read_text())
 PARAMS = {
     "dataset": {"sources": [{"path": "demo"}]},
     "extract": {"k": 4, "max_length": 128, "batch_tokens": 512, "shard_size": 4, "device": "cpu", "dtype": "float32",
                 "compile": False},
-    "align": {"k": 4},
+    "align": {"method": "mined", "vocab_map": "ms", "k": 4, "workers": 1},
     "fuse": {"lam": 0.7, "epochs": 1.0, "global_batch_size": 4, "micro_batch_size": 4, "device": "cpu",
              "dtype": "float32", "gradient_checkpointing": False},
     "merge": {"method": "linear", "methods": ["linear", "ties"], "device": "cpu", "max_shard_size": "5GB",
               "linear": {"weight": None, "normalize": True},
               "ties": {"weight": 0.2, "density": 0.6, "normalize": True}},
-    "evaluate": {"batch_size": 4, "max_new_tokens": 4, "max_length": 128, "device": "cpu", "dtype": "float32"},
+    "evaluate": {"batch_size": 4, "max_new_tokens": 4, "max_length": 128, "device": "cpu", "dtype": "float32",
+                 "backend": "native", "lm_eval": REPO_PARAMS["evaluate"]["lm_eval"]},
 }
 EXTRACT = ["extract", "--model", "llama", "--data", "data/train.parquet", "--out", "new/extract"]
 ALIGN = ["align", "--source", "llama", "--pivot-extract", "extract/pivot", "--source-extract", "extract/sources/llama",

@@ -9,16 +9,13 @@ the pivot's unk (eos when there is no unk), and bos -> bos, eos -> eos.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from fusecli.align.params import VocabMapName
 from fusecli.align.tokens import TokenTable
 from fusecli.errors import FusecliError
-
-VocabMapName = Literal["ms", "em", "mined_vocab"]
 
 
 class Cooccurrence:

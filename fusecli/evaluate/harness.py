@@ -21,7 +21,8 @@ import yaml
 
 from fusecli.device import resolve_device, resolve_dtype
 from fusecli.errors import FusecliError
-from fusecli.evaluate.run import EvalModel, EvalParams
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import EvalModel
 
 LOCAL_TASK = "fusecli_heldout"
 SKIPPED_KEYS = ("alias", "name", "sample_len", "samples")

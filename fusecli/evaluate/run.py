@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -23,45 +23,12 @@ from fusecli.data.render import prompt_text, render, tokenize
 from fusecli.device import resolve_device, resolve_dtype
 from fusecli.errors import FusecliError
 from fusecli.evaluate.match import exact_match
+from fusecli.evaluate.params import EvalParams
 from fusecli.extract.run import _batches, extract_batch
 from fusecli.models import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     from fusecli.evaluate.cache import EvalCache
-
-
-@dataclass(frozen=True)
-class LmEvalParams:
-    """lm-evaluation-harness tasks run on top of the native scores when `evaluate.backend: lm_eval`."""
-
-    tasks: tuple[str, ...] = ("fusecli_heldout",)  # harness task names; fusecli_heldout: the held-out split
-    models: tuple[str, ...] = ("merged",)  # model names of eval/metrics.json to run the tasks on
-    include_path: str | None = None  # a folder of your own task YAMLs
-    limit: int | None = None  # examples per task (None: all)
-    num_fewshot: int | None = None
-    batch_size: int = 32
-    apply_chat_template: bool = True
-
-    def validate(self) -> None:
-        if not self.tasks or not self.models:
-            raise FusecliError("evaluate.lm_eval.tasks and evaluate.lm_eval.models must each name at least one")
-        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
-            raise FusecliError("evaluate.lm_eval.batch_size and evaluate.lm_eval.limit must be >= 1")
-
-
-@dataclass(frozen=True)
-class EvalParams:
-    batch_size: int = 64
-    max_new_tokens: int = 16
-    max_length: int = 2048
-    device: str = "auto"
-    dtype: str = "auto"
-    backend: Literal["native", "lm_eval"] = "native"
-    lm_eval: LmEvalParams = field(default_factory=LmEvalParams)
-
-    def validate(self) -> None:
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise FusecliError("evaluate.batch_size and evaluate.max_new_tokens must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 from fusecli.errors import FusecliError
 from fusecli.evaluate.cache import EvalCache
 from fusecli.evaluate.names import MERGED, merged_name, model_names
-from fusecli.evaluate.run import EvalModel, EvalParams, evaluate
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import EvalModel, evaluate
 from fusecli.lock import read_lock
 from fusecli.plan import MergeMethods
 

@@ -11,23 +11,20 @@ import yaml
 from fusecli.data.render import prompt_text
 from fusecli.errors import FusecliError
 from fusecli.evaluate.harness import run_harness, scores_of, write_local_tasks
-from fusecli.evaluate.run import (
-    EvalModel,
-    EvalParams,
-    LmEvalParams,
-    greedy_answers,
-    score_model,
-)
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import EvalModel, greedy_answers, score_model
 from fusecli.evaluate.stage import run_evaluate
 from fusecli.evaluate.tables import report_markdown
 from fusecli.models import load_model, load_tokenizer
 from fusecli.plan import MergeMethods
+from tests.params import section
 from tests.tiny import write_dataset, write_model
 
 pytest.importorskip("lm_eval")
 
-PARAMS = EvalParams(batch_size=4, max_new_tokens=4, max_length=64, device="cpu",
-                    backend="lm_eval", lm_eval=LmEvalParams(batch_size=4))
+BASE = section(EvalParams, "evaluate")
+PARAMS = replace(BASE, batch_size=4, max_new_tokens=4, max_length=64, device="cpu", dtype="float32",
+                 backend="lm_eval", lm_eval=replace(BASE.lm_eval, batch_size=4))
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +77,6 @@ def test_backend_lm_eval_folds_its_scores_into_the_metrics(world):
     assert {"fusecli_heldout_capital", "fusecli_heldout_currency", "fusecli_heldout_region"} == set(
         metrics["lm_eval"]["merged"])
     assert "## lm-evaluation-harness" in report_markdown(metrics)
-    wrong = replace(PARAMS, lm_eval=LmEvalParams(models=("fused:x",)))
+    wrong = replace(PARAMS, lm_eval=replace(PARAMS.lm_eval, models=("fused:x",)))
     with pytest.raises(FusecliError, match="evaluate.lm_eval.models names 'fused:x'"):
         run_evaluate(wrong, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))

@@ -8,9 +8,11 @@ from transformers import AutoModelForCausalLM
 
 from fusecli.data.render import prompt_text, render, tokenize
 from fusecli.errors import FusecliError
-from fusecli.evaluate.run import EvalModel, EvalParams, evaluate, greedy_answers, response_ce
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import EvalModel, evaluate, greedy_answers, response_ce
 from fusecli.evaluate.tables import report_markdown
 from fusecli.models import load_tokenizer
+from tests.params import section
 from tests.tiny import write_dataset, write_model
 
 
@@ -27,7 +29,7 @@ def test_batched_left_padded_greedy_equals_one_by_one(tiny):
     model = AutoModelForCausalLM.from_pretrained(tiny / "m").eval()
     df = pl.read_parquet(tiny / "eval.parquet")
     prompts = [prompt_text(tok, json.loads(m)) for m in df["messages"]]
-    params = EvalParams(batch_size=4, max_new_tokens=5)
+    params = section(EvalParams, "evaluate", batch_size=4, max_new_tokens=5)
     batched = greedy_answers(model, tok, prompts, params, torch.device("cpu"))
     single = [greedy_answers(model, tok, [p], params, torch.device("cpu"))[0] for p in prompts]
     assert batched == single
@@ -37,7 +39,7 @@ def test_response_ce_equals_naive_mean_over_response_tokens(tiny):
     tok = load_tokenizer(tiny / "m")
     model = AutoModelForCausalLM.from_pretrained(tiny / "m").eval()
     dialogues = [json.loads(m) for m in pl.read_parquet(tiny / "eval.parquet")["messages"]]
-    ces = response_ce(model, tok, dialogues, EvalParams(batch_size=3), torch.device("cpu"))
+    ces = response_ce(model, tok, dialogues, section(EvalParams, "evaluate", batch_size=3), torch.device("cpu"))
     for d, ce in zip(dialogues, ces, strict=True):
         it = tokenize(tok, render(tok, d))
         with torch.no_grad():
@@ -50,7 +52,8 @@ def test_metrics_shape_and_ce_only_domains(tiny, tmp_path):
     df = pl.read_parquet(tiny / "eval.parquet")
     df = df.with_columns(pl.when(pl.col("domain") == "region").then(None).otherwise(pl.col("answer")).alias("answer"))
     df.write_parquet(tmp_path / "eval.parquet")
-    metrics = evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "eval.parquet", EvalParams(batch_size=4))
+    params = section(EvalParams, "evaluate", batch_size=4)
+    metrics = evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "eval.parquet", params)
     scores = metrics["models"]["pivot"]
     assert set(scores) == {"capital", "currency", "region"}
     assert scores["region"]["em"] is None and scores["region"]["ce"] > 0
@@ -62,4 +65,4 @@ def test_metrics_shape_and_ce_only_domains(tiny, tmp_path):
 def test_empty_eval_set_is_a_clear_error(tiny, tmp_path):
     pl.read_parquet(tiny / "eval.parquet").head(0).write_parquet(tmp_path / "e.parquet")
     with pytest.raises(FusecliError, match="no evaluation rows"):
-        evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "e.parquet", EvalParams())
+        evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "e.parquet", section(EvalParams, "evaluate"))
