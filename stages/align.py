@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fusecli.align.params import AlignParams
-from fusecli.align.run import run_align
+from fusecli.align.stage import run
 from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.hashing import verify_pinned
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_section(AlignParams, "align", args.params)
     pivot_model, source_model, trust_remote_code = _models(args)
-    cov = run_align(
+    cov = run(
         params,
         args.pivot_extract,
         args.source_extract,

@@ -12,7 +12,7 @@ from fusecli.config import load_section, stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.evaluate.cache import DEFAULT_DIR
 from fusecli.evaluate.params import EvalParams
-from fusecli.evaluate.stage import pipeline_models, run_evaluate
+from fusecli.evaluate.stage import pipeline_models, run
 from fusecli.evaluate.tables import report_markdown
 from fusecli.hashing import verify_pinned
 from fusecli.io import atomic_write_json, atomic_write_text
@@ -35,7 +35,7 @@ def main() -> None:
     lock = read_lock(args.lock)
     verify_pinned(lock, ".", lock.sources)  # pivot or source changed on disk after pinning: stop before any work
     models = pipeline_models(args.lock, args.fused_dir, args.baseline, args.merged_dir, merge)
-    metrics = run_evaluate(params, models, args.data, merge, args.cache_dir or None)
+    metrics = run(params, models, args.data, merge, args.cache_dir or None)
     atomic_write_json(Path(args.out) / "metrics.json", metrics)
     atomic_write_text(Path(args.out) / "report.md", report_markdown(metrics))
     print(report_markdown(metrics))

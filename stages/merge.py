@@ -13,7 +13,7 @@ from fusecli.errors import fail_cleanly
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
 from fusecli.merge.params import stage_params
-from fusecli.merge.stage import merge_fused
+from fusecli.merge.stage import run
 
 
 @fail_cleanly
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     lock = read_lock(args.lock)
     if args.base.resolve() == lock.pivot.folder(".").resolve():
         verify_pinned(lock, ".")  # the base's weights changed on disk after pinning: stop before any work
-    result = merge_fused(params, args.lock, args.fused_dir, args.base, args.out)
+    result = run(params, args.lock, args.fused_dir, args.base, args.out)
     models = ", ".join(result.report["models"])
     print(f"merged {models} onto {args.base} with {params.method} -> {result.out}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fusecli.config import stage_parser
 from fusecli.errors import fail_cleanly
-from fusecli.report.run import ReportInputs, build_report
+from fusecli.report.stage import ReportInputs, run
 
 
 @fail_cleanly
@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports"))
     args = ap.parse_args()
     inputs = ReportInputs(args.metrics, Path(args.lock), Path(args.params), args.logs, args.align, args.merged_dir)
-    print(f"wrote {build_report(inputs, args.out)}")
+    print(f"wrote {run(inputs, args.out)}")
 
 
 if __name__ == "__main__":

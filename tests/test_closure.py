@@ -49,7 +49,7 @@ def test_a_planted_missing_dependency_is_found():
     deps.remove("fusecli/data/render.py")
     assert missing_deps(dvc) == {"evaluate": ["fusecli/data/render.py"]}
     dvc["stages"]["align"]["do"]["deps"].remove("fusecli/align")  # a folder dep covers the files inside it
-    assert {"fusecli/align/run.py", "fusecli/align/vocab.py"} <= set(missing_deps(dvc)["align"])
+    assert {"fusecli/align/stage.py", "fusecli/align/vocab.py"} <= set(missing_deps(dvc)["align"])
 
 
 def test_package_data_and_late_imports_are_in_the_closure():

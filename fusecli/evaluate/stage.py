@@ -45,7 +45,7 @@ def native_settings(params: EvalParams) -> dict:
     return settings
 
 
-def run_evaluate(
+def run(
     params: EvalParams,
     models: list[EvalModel],
     data: str | Path,

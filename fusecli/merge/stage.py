@@ -23,7 +23,7 @@ def locked_slugs(lock: str | Path) -> list[str]:
     return slugs
 
 
-def merge_fused(
+def run(
     params: MergeParams, lock: str | Path, fused_dir: str | Path, base: str | Path, out: str | Path
 ) -> MergeResult:
     """Merge the pair-fused target of every locked source onto the pivot `base`."""

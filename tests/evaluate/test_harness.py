@@ -13,7 +13,7 @@ from fusecli.errors import FusecliError
 from fusecli.evaluate.harness import run_harness, scores_of, write_local_tasks
 from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.run import EvalModel, greedy_answers, score_model
-from fusecli.evaluate.stage import run_evaluate
+from fusecli.evaluate.stage import run
 from fusecli.evaluate.tables import report_markdown
 from fusecli.models import load_model, load_tokenizer
 from fusecli.plan import MergeMethods
@@ -71,7 +71,7 @@ def test_harness_exact_match_equals_the_native_one(world):
 def test_backend_lm_eval_folds_its_scores_into_the_metrics(world):
     m = str(world / "m")
     models = [EvalModel("pivot", m), EvalModel("merged:sce", m)]
-    metrics = run_evaluate(PARAMS, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))
+    metrics = run(PARAMS, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))
     assert set(metrics["models"]) == {"pivot", "merged:sce", "merged"}
     assert set(metrics["lm_eval"]) == {"merged"}
     assert {"fusecli_heldout_capital", "fusecli_heldout_currency", "fusecli_heldout_region"} == set(
@@ -79,4 +79,4 @@ def test_backend_lm_eval_folds_its_scores_into_the_metrics(world):
     assert "## lm-evaluation-harness" in report_markdown(metrics)
     wrong = replace(PARAMS, lm_eval=replace(PARAMS.lm_eval, models=("fused:x",)))
     with pytest.raises(FusecliError, match="evaluate.lm_eval.models names 'fused:x'"):
-        run_evaluate(wrong, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))
+        run(wrong, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))

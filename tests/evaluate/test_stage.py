@@ -7,7 +7,7 @@ import pytest
 import fusecli.evaluate.run as run_module
 from fusecli.errors import FusecliError
 from fusecli.evaluate.params import EvalParams
-from fusecli.evaluate.stage import pipeline_models, run_evaluate
+from fusecli.evaluate.stage import pipeline_models, run
 from fusecli.lock import Lock, ModelEntry, dump_lock
 from fusecli.plan import MergeMethods
 from tests.params import section
@@ -58,7 +58,7 @@ def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, 
     score = run_module.score_model
     monkeypatch.setattr(run_module, "score_model", lambda m, df, p: calls.append(m.name) or score(m, df, p))
     params = section(EvalParams, "evaluate", batch_size=8, max_new_tokens=3, max_length=64)
-    metrics = run_evaluate(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    metrics = run(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
     assert calls == ["pivot"]  # the other seven folders hold the same files: read back from the cache
     assert set(metrics["models"]) == {m.name for m in models_of(ws)} | {"merged"}
     assert metrics["models"]["merged"] == metrics["models"]["merged:sce"]
@@ -67,11 +67,11 @@ def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, 
     changed = write_model(ws / "other", "llama", 300, seed=2)
     shutil.rmtree(ws / "fused" / "b")
     shutil.copytree(changed, ws / "fused" / "b")
-    again = run_evaluate(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    again = run(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
     assert calls == ["fused:b"]
     assert again["models"]["pivot"] == metrics["models"]["pivot"]
 
     calls.clear()
     other = section(EvalParams, "evaluate", batch_size=8, max_new_tokens=4, max_length=64)
-    run_evaluate(other, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    run(other, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
     assert calls == ["pivot", "fused:b"]  # new settings: a new key per distinct model

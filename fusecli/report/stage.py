@@ -76,7 +76,7 @@ def copy_curves(logs: Path, slugs: list[str], out: Path) -> None:
                 shutil.copyfile(tsv, target)
 
 
-def build_report(inputs: ReportInputs, out: str | Path) -> Path:
+def run(inputs: ReportInputs, out: str | Path) -> Path:
     """Write `out`/index.md, `out`/plots/*.png, `out`/curves/ and `out`/teachers.json; return the index."""
     out = Path(out)
     slugs = sorted(read_lock(inputs.lock).sources)

@@ -255,7 +255,7 @@ def _pass2(
     return rules
 
 
-def run_align(
+def run(
     params: AlignParams,
     pivot_extract: str | Path,
     source_extract: str | Path,

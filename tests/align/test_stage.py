@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, safe_open
 
 from fusecli.align.dist import RULES
 from fusecli.align.params import AlignParams
-from fusecli.align.run import run_align
+from fusecli.align.stage import run
 from fusecli.config import load_section
 from fusecli.data.render import render, tokenize
 from fusecli.errors import FusecliError
@@ -71,7 +71,7 @@ def test_self_alignment_maps_every_position(tmp_path, tokenizers, tokenizer_dirs
     meta = tokenizers["meta"]
     store = write_extract(tmp_path / "meta", meta, meta, first_id=259)  # ordinary tokens only
     params = section(AlignParams, "align", k=K)
-    cov = run_align(params, store, store, tokenizer_dirs["meta"], tokenizer_dirs["meta"], tmp_path / "out")
+    cov = run(params, store, store, tokenizer_dirs["meta"], tokenizer_dirs["meta"], tmp_path / "out")
     assert cov["coverage"] == 1.0 and cov["offsets_agreement"] == 1.0 and cov["pivot_only_sequences"] == 0
     for src, out in zip(_records(store), _records(tmp_path / "out"), strict=True):
         np.testing.assert_array_equal(out["topk_ids"], src["topk_ids"])
@@ -88,7 +88,7 @@ def cross(tmp_path_factory, tokenizers, tokenizer_dirs):
     pivot = write_extract(root / "pivot", pivot_tok, pivot_tok, drop={4}, seed=1)
     source = write_extract(root / "source", source_tok, pivot_tok, drop={2}, max_length={1: 40}, seed=2)
     params = section(AlignParams, "align", k=K)
-    cov = run_align(params, pivot, source, tokenizer_dirs["byte"], tokenizer_dirs["meta"], root / "out")
+    cov = run(params, pivot, source, tokenizer_dirs["byte"], tokenizer_dirs["meta"], root / "out")
     return {"root": root, "pivot": pivot, "source": source, "out": root / "out", "cov": cov, "params": params}
 
 
@@ -156,7 +156,7 @@ def test_offsets_method_with_workers_matches_one_process(cross, tokenizer_dirs):
         params = section(AlignParams, "align", method="offsets", vocab_map="em", k=K, workers=workers)
         out = root / f"offsets{workers}"
         outs.append(
-            run_align(params, cross["pivot"], cross["source"], tokenizer_dirs["byte"], tokenizer_dirs["meta"], out)
+            run(params, cross["pivot"], cross["source"], tokenizer_dirs["byte"], tokenizer_dirs["meta"], out)
         )
     assert outs[0] == outs[1] and outs[0]["offsets_agreement"] == 1.0
     for a, b in zip(_records(root / "offsets1"), _records(root / "offsets2"), strict=True):
