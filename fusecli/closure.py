@@ -8,8 +8,9 @@ score cache (fusecli/evaluate/cache.py) hashes it, so any change to the scoring 
 What counts: every `import`/`from ... import` of a fusecli module anywhere in a file (also inside
 functions, which is how heavy modules are loaded late), except under `if TYPE_CHECKING:`; a string
 literal that names a fusecli module (`importlib.import_module("fusecli.merge.methods")`, PEP 562
-tables); the `__init__.py` of every package on the way (unless empty); and the non-Python files inside the folder
-of each package the closure touches (e.g. fusecli/demo/data/).
+tables); every module of a package whose `__init__.py` imports them all through `pkgutil.iter_modules`
+(the merge methods); the `__init__.py` of every package on the way (unless empty); and the
+non-Python files inside the folder of each package the closure touches (e.g. fusecli/demo/data/).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def imported_names(path: Path) -> set[str]:
             names.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PACKAGE + "."):
             names.add(node.value)
+        elif is_package and isinstance(node, ast.Attribute) and node.attr == "iter_modules":
+            names.update(f"{here}.{p.stem}" for p in path.parent.glob("*.py") if p.name != "__init__.py")
     return names
 
 
