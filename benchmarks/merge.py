@@ -31,14 +31,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from benchmarks._common import CACHE, machine, markdown_table, run_measured
-from fusecli.merge import MergeParams
 from fusecli.merge.mergekit import mergekit_yaml
+from fusecli.merge.params import merge_params
 
 SIGMAS = (0.002, 0.003, 0.004)  # per fine-tuned model: std of its task vector
 METHODS = {
-    "linear": MergeParams(method="linear"),
-    "ties": MergeParams(method="ties"),
-    "sce": MergeParams(method="sce", sce_variant="sparse"),
+    "linear": merge_params("linear"),
+    "ties": merge_params("ties"),
+    "sce": merge_params("sce", variant="sparse"),
 }
 
 
@@ -155,7 +155,7 @@ def main() -> None:
             params = METHODS[method]
             config = args.cache / f"{method}.yml"
             config.write_text(mergekit_yaml(params, folders["base"], models, "F32"))
-            sets = [f"{key}={value}" for key, value in (("sce_variant", params.sce_variant),) if method == "sce"]
+            sets = [f"variant={params.options.variant}"] if method == "sce" else []
             out = {"mergekit": args.cache / f"out-mergekit-{method}", "fusecli": args.cache / f"out-fusecli-{method}"}
             commands = {
                 "mergekit": [str(bin_dir / "mergekit-yaml"), str(config), str(out["mergekit"]), "--no-copy-tokenizer",

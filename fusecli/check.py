@@ -24,10 +24,10 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length",
 
 def _sections() -> dict[str, type]:
     """params.yaml section -> the dataclass its stage loads it into (imported here: they pull in torch)."""
-    from fusecli.align.run import AlignParams
+    from fusecli.align.params import AlignParams
     from fusecli.data.build import DatasetParams
     from fusecli.demo.world import DemoParams
-    from fusecli.evaluate.run import EvalParams
+    from fusecli.evaluate.params import EvalParams
     from fusecli.extract.run import ExtractParams
     from fusecli.fuse.train import FuseParams
     from fusecli.runtime import RuntimeParams
@@ -45,7 +45,8 @@ def _check_launch(value: Any) -> None:
 
 
 def _check_merge(params: Path) -> None:
-    from fusecli.merge.stage import merge_methods, stage_params
+    from fusecli.merge.params import stage_params
+    from fusecli.plan import merge_methods
 
     for method in merge_methods(params).methods:
         stage_params(params, method)

@@ -5,6 +5,7 @@ Every stage reads only its own section; unknown keys and wrong types are errors 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -18,16 +19,21 @@ from fusecli.errors import FusecliError
 T = TypeVar("T")
 
 
+def parse_yaml(text: str, name: str | Path, fix: str = "fix the syntax") -> Any:
+    """YAML text -> data; a syntax error is one line naming the file, the line and the fix."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise FusecliError(f"{name} is not valid YAML{where}: {fix}") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FusecliError(f"{path} not found: run from the workspace root or pass --params")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise FusecliError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    data = parse_yaml(path.read_text(), path) or {}
     if not isinstance(data, dict):
         raise FusecliError(f"{path} must hold a mapping at the top level")
     return data
@@ -68,13 +74,16 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
         raise FusecliError(f"{where} = {value!r} must be a number, not a boolean")
+    if tp is bool and not isinstance(value, bool):
+        raise FusecliError(f"{where} must be true or false, got {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):
         raise FusecliError(f"{where} = {value!r} must be of type {tp.__name__}")
     return value
 
 
-def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types (naming them)."""
+def from_dict(cls: type[T], data: Any, where: str, *, complete: bool = False) -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types (naming them).
+    `complete`: a field with a default must be given too (params.yaml is then the one source of values)."""
     if not isinstance(data, dict):
         raise FusecliError(f"{where} must be a mapping of parameters")
     hints = typing.get_type_hints(cls)
@@ -86,13 +95,23 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _check(data[name], hints[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        elif complete or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
             raise FusecliError(f"{where}.{name} is missing: add it to params.yaml")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
     return obj
+
+
+def stage_parser(doc: str | None, *, lock: bool = True) -> argparse.ArgumentParser:
+    """The parser of a `stages/<stage>.py` entry point, with the arguments every stage shares:
+    `--params` (params.yaml) and, for stages that read the pinned models, `--lock` (models.lock)."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    parser.add_argument("--params", default="params.yaml", help="the parameters file")
+    if lock:
+        parser.add_argument("--lock", default="models.lock", help="the pinned models")
+    return parser
 
 
 def load_section(cls: type[T], section: str, params: str | Path = "params.yaml") -> T:

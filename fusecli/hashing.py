@@ -25,8 +25,9 @@ TOKENIZER_FILES = frozenset({
     "tokenizer.model", "chat_template.jinja", "added_tokens.json",
 })
 SAFETENSORS_SUFFIXES = (".safetensors", ".safetensors.index.json")
-# Pickled weights count only when a folder has no safetensors (transformers prefers safetensors).
-PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".pt", ".pth", ".ckpt")
+# Pickled weights (they can run code when loaded): hashed only when a folder has no safetensors
+# (transformers prefers safetensors), refused by `merge` and by pinning without --allow-pickle.
+PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".pt", ".pth", ".ckpt", ".pkl")
 CHUNK = 1 << 24
 
 

@@ -16,16 +16,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from filelock import FileLock, Timeout
 
+from fusecli.config import from_dict, parse_yaml
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
 
 VERSION = 1
-ORIGINS = ("demo", "local", "hub")
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 SHA_RE = re.compile(r"[0-9a-f]{40}")
@@ -39,7 +39,7 @@ class ModelEntry:
     """One pinned model: everything that defines what the pipeline computes from it."""
 
     name: str  # the slug (the key under `sources`, or the pivot's `name`)
-    origin: str  # demo | local | hub
+    origin: Literal["demo", "local", "hub"]
     path: str  # folder the stages read: workspace-relative (posix), or absolute for a local folder outside it
     repo: str | None  # hub repo id (origin hub)
     revision: str | None  # resolved commit sha (origin hub)
@@ -92,68 +92,57 @@ class _Invalid(Exception):
 
 
 def _entry(data: Any, where: str, slug: str | None) -> ModelEntry:
-    if not isinstance(data, dict):
-        raise _Invalid(f"{where} must be a mapping of {', '.join(FIELDS)}")
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise _Invalid(f"{where}: unknown key {unknown[0]!r} (valid keys: {', '.join(FIELDS)})")
-    data = dict(data)
-    if slug is not None:  # a source's name is its key; an explicit `name` must agree
+    """Types, unknown and missing keys by the dataclass loader every section uses; then `_check_entry`."""
+    if isinstance(data, dict) and slug is not None:  # a source's name is its key; an explicit `name` must agree
+        data = dict(data)
         if data.setdefault("name", slug) != slug:
             raise _Invalid(f"{where}.name must equal its key {slug!r}, got {data['name']!r}")
-    missing = [f for f in FIELDS if f not in data]
-    if missing:
-        raise _Invalid(f"{where}.{missing[0]} is missing")
+    if isinstance(data, dict):
+        missing = [f for f in FIELDS if f not in data]
+        if missing:
+            raise _Invalid(f"{where}.{missing[0]} is missing")
+    try:
+        entry = from_dict(ModelEntry, data, where)
+    except FusecliError as exc:
+        raise _Invalid(str(exc)) from None
+    _check_entry(entry, where)
+    return entry
+
+
+def _check_entry(e: ModelEntry, where: str) -> None:
+    """What the types cannot say: slugs, hashes, shas, and which fields each origin allows."""
 
     def check(field: str, ok: bool, expected: str) -> None:
         if not ok:
-            raise _Invalid(f"{where}.{field} must be {expected}, got {data[field]!r}")
+            raise _Invalid(f"{where}.{field} must be {expected}, got {getattr(e, field)!r}")
 
-    def is_str(v: Any) -> bool:
-        return isinstance(v, str) and v != ""
-
-    check("name", isinstance(data["name"], str) and bool(SLUG_RE.fullmatch(data["name"])), "a slug [a-z0-9][a-z0-9_-]*")
-    check("origin", data["origin"] in ORIGINS, f"one of {', '.join(ORIGINS)}")
-    origin = data["origin"]
-    check("path", is_str(data["path"]), "a non-empty path")
-    path = PurePosixPath(data["path"])
-    check("path", "\\" not in data["path"] and ".." not in path.parts, "a path without '..' or backslashes")
-    check("path", origin == "local" or not path.is_absolute(),
-          f"workspace-relative for origin {origin} (only local folders may lie outside the workspace)")
-    if origin == "hub":
-        check("repo", is_str(data["repo"]) and data["repo"].count("/") == 1, "a hub repo id 'owner/name'")
-        check("revision", isinstance(data["revision"], str) and bool(SHA_RE.fullmatch(data["revision"])),
-              "a 40-character commit sha")
+    check("name", bool(SLUG_RE.fullmatch(e.name)), "a slug [a-z0-9][a-z0-9_-]*")
+    check("path", e.path != "", "a non-empty path")
+    path = PurePosixPath(e.path)
+    check("path", "\\" not in e.path and ".." not in path.parts, "a path without '..' or backslashes")
+    check("path", e.origin == "local" or not path.is_absolute(),
+          f"workspace-relative for origin {e.origin} (only local folders may lie outside the workspace)")
+    if e.origin == "hub":
+        check("repo", e.repo is not None and e.repo.count("/") == 1, "a hub repo id 'owner/name'")
+        check("revision", e.revision is not None and bool(SHA_RE.fullmatch(e.revision)), "a 40-character commit sha")
     else:
-        check("repo", data["repo"] is None, f"null for origin {origin}")
-        check("revision", data["revision"] is None, f"null for origin {origin}")
-    if origin == "demo":
-        check("content_hash", data["content_hash"] == DVC_PINNED, f"'{DVC_PINNED}' for origin demo")
+        check("repo", e.repo is None, f"null for origin {e.origin}")
+        check("revision", e.revision is None, f"null for origin {e.origin}")
+    if e.origin == "demo":
+        check("content_hash", e.content_hash == DVC_PINNED, f"'{DVC_PINNED}' for origin demo")
     else:
-        check("content_hash", isinstance(data["content_hash"], str) and bool(HASH_RE.fullmatch(data["content_hash"])),
-              "'sha256:' followed by 64 hex digits")
-    check("architecture", is_str(data["architecture"]), "a non-empty string")
-    vocab = data["vocab_size"]
-    check("vocab_size", isinstance(vocab, int) and not isinstance(vocab, bool), "an int")
-    check("vocab_size", vocab > 0, "positive")
-    check("dtype", is_str(data["dtype"]), "a dtype name such as float32")
-    cth = data["chat_template_hash"]
-    check("chat_template_hash", cth is None or (isinstance(cth, str) and bool(HASH_RE.fullmatch(cth))),
+        check("content_hash", bool(HASH_RE.fullmatch(e.content_hash)), "'sha256:' followed by 64 hex digits")
+    check("architecture", e.architecture != "", "a non-empty string")
+    check("vocab_size", e.vocab_size > 0, "positive")
+    check("dtype", e.dtype != "", "a dtype name such as float32")
+    check("chat_template_hash", e.chat_template_hash is None or bool(HASH_RE.fullmatch(e.chat_template_hash)),
           "null or 'sha256:' followed by 64 hex digits")
-    check("trust_remote_code", isinstance(data["trust_remote_code"], bool), "true or false")
-    check("allow_pickle", isinstance(data["allow_pickle"], bool), "true or false")
-    return ModelEntry(**{f: data[f] for f in FIELDS})
 
 
 def parse_lock(text: str, name: str = "models.lock") -> Lock:
     """Validate the YAML text of a lock file; every problem is one line naming the field."""
     fix = "fix the file or re-pin with fusecli set-pivot / add-source"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise FusecliError(f"{name} is not valid YAML{where}: {fix}") from None
+    data = parse_yaml(text, name, fix)
     try:
         if not isinstance(data, dict):
             raise _Invalid("must hold a mapping with version, pivot and sources")

@@ -6,27 +6,10 @@ from pathlib import Path
 
 import torch
 
+from fusecli.device import resolve_device as resolve_device  # re-exported: extract and fuse import them here
+from fusecli.device import resolve_dtype as resolve_dtype
 from fusecli.errors import FusecliError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` picks cuda when present; an explicit cuda request without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FusecliError(f"device {device!r} requested but no GPU is visible: set device: cpu or auto")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on GPU (the release's precision) and fp32 on CPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise FusecliError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+from fusecli.tokenizer import load_tokenizer as load_tokenizer
 
 
 def check_model_dir(path: str | Path, allow_pickle: bool = False) -> Path:
@@ -39,19 +22,6 @@ def check_model_dir(path: str | Path, allow_pickle: bool = False) -> Path:
             f"{path} has no safetensors weights: convert it to safetensors or re-add it with --allow-pickle"
         )
     return path
-
-
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):  # noqa: ANN201
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FusecliError(f"cannot load the tokenizer at {path} ({first}): check the model folder") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def load_model(

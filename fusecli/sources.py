@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from fusecli import hashing
 from fusecli.check import check_weights
+from fusecli.dtypes import FLOATING
 from fusecli.errors import FusecliError
 from fusecli.lock import DVC_PINNED, SLUG_RE, ModelEntry, validate_slug
 
@@ -46,8 +47,6 @@ ALIASES = {
 TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")  # what Hugging Face user access tokens look like
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 TOKENIZER_MODELS = ("tokenizer.json", "tokenizer.model", "vocab.json")
-ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-             "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
 @dataclass(frozen=True)
@@ -192,11 +191,11 @@ def _dtype(folder: Path, config: dict[str, Any]) -> str:
             with open(path, "rb") as f:  # safetensors header: u64 length, then JSON
                 (n,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(n))
-            counts.update(v["dtype"] for k, v in header.items() if k != "__metadata__" and v["dtype"] in ST_DTYPES)
+            counts.update(v["dtype"] for k, v in header.items() if k != "__metadata__" and v["dtype"] in FLOATING)
             break
     if not counts:
         raise FusecliError(f"{folder}/config.json has no dtype and the weights do not tell: add \"dtype\" to it")
-    return ST_DTYPES[counts.most_common(1)[0][0]]
+    return FLOATING[counts.most_common(1)[0][0]]
 
 
 def describe_folder(folder: Path, slug: str, root: Path, origin: str | None = None, repo: str | None = None,

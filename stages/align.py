@@ -1,4 +1,4 @@
-"""Stage align@<slug>: one source's top-K distributions mapped onto the pivot's tokens (method.md, stage 3).
+"""Stage align@<slug>: one source's top-K distributions mapped onto the pivot's tokens (docs/method.md, stage 3).
 
 The two tokenizer folders come from models.lock (`--lock models.lock --source <slug>`, as dvc.yaml runs
 it) or are named directly (`--pivot-model PATH --source-model PATH [--trust-remote-code]`).
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from fusecli.align.run import AlignParams, run_align
-from fusecli.config import load_section
+from fusecli.align.params import AlignParams
+from fusecli.align.stage import run
+from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
@@ -33,12 +34,10 @@ def _models(args: argparse.Namespace) -> tuple[str, str, tuple[bool, bool]]:
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
+    ap = stage_parser(__doc__)
     ap.add_argument("--pivot-extract", required=True, help="extract/pivot")
     ap.add_argument("--source-extract", required=True, help="extract/sources/<slug>")
     ap.add_argument("--out", required=True, help="align/<slug>")
-    ap.add_argument("--lock", default="models.lock")
     ap.add_argument("--source", help="the source's slug in models.lock")
     ap.add_argument("--pivot-model", help="the pivot's model or tokenizer folder (instead of the lock)")
     ap.add_argument("--source-model", help="the source's model or tokenizer folder (instead of the lock)")
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     start_stage(args.params, args.lock, models=False)  # threads, kernels, params preflight (tokenizers only)
     params = load_section(AlignParams, "align", args.params)
     pivot_model, source_model, trust_remote_code = _models(args)
-    cov = run_align(
+    cov = run(
         params,
         args.pivot_extract,
         args.source_extract,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.data.build import DatasetParams, run
 from fusecli.data.deps import check_declared
 from fusecli.errors import fail_cleanly
@@ -13,8 +12,7 @@ from fusecli.errors import fail_cleanly
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, lock=False)
     parser.add_argument("--out", default="data")
     parser.add_argument("--dvc-yaml", type=Path, default=Path("dvc.yaml"), help="checked: every dataset file is a dep")
     args = parser.parse_args(argv)

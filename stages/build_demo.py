@@ -3,17 +3,14 @@ its fusion data and evaluation questions to demo/dialogues.jsonl (the dataset's 
 
 from __future__ import annotations
 
-import argparse
-
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.demo.world import DemoParams, build_world
 from fusecli.errors import fail_cleanly
 
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, lock=False)
     parser.add_argument("--out", default="demo/models")
     parser.add_argument("--dialogues", default="demo/dialogues.jsonl")
     args = parser.parse_args(argv)

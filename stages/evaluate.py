@@ -6,26 +6,24 @@ python stages/evaluate.py --params params.yaml --lock models.lock --data data/ev
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.evaluate.cache import DEFAULT_DIR
-from fusecli.evaluate.run import EvalParams, report_markdown
-from fusecli.evaluate.stage import pipeline_models, run_evaluate
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.stage import pipeline_models, run
+from fusecli.evaluate.tables import report_markdown
 from fusecli.hashing import verify_pinned
 from fusecli.io import atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
-from fusecli.merge.stage import merge_methods
+from fusecli.plan import merge_methods
 from fusecli.runtime import start_stage
 
 
 @fail_cleanly
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--lock", default="models.lock")
+    ap = stage_parser(__doc__)
     ap.add_argument("--data", required=True)
     ap.add_argument("--fused-dir", default="fused")
     ap.add_argument("--fused-all", default="fused_all", help="the FuseLLM-style student of every source (fuselm)")
@@ -40,7 +38,7 @@ def main() -> None:
     lock = read_lock(args.lock)
     verify_pinned(lock, ".", lock.sources)  # pivot or source changed on disk after pinning: stop before any work
     models = pipeline_models(args.lock, args.fused_dir, args.fused_all, args.baseline, args.merged_dir, merge)
-    metrics = run_evaluate(params, models, args.data, merge, args.cache_dir or None)
+    metrics = run(params, models, args.data, merge, args.cache_dir or None)
     atomic_write_json(Path(args.out) / "metrics.json", metrics)
     atomic_write_text(Path(args.out) / "report.md", report_markdown(metrics))
     print(report_markdown(metrics))

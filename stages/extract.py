@@ -6,10 +6,9 @@ Launch with `python` (one device, or `extract.model_parallel` over all GPUs) or
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.extract.run import ExtractParams, ModelRef, Rank, dropped_warnings, extract
 from fusecli.hashing import verify_pinned
@@ -19,9 +18,7 @@ from fusecli.runtime import start_stage
 
 @fail_cleanly
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--lock", default="models.lock")
+    ap = stage_parser(__doc__)
     ap.add_argument("--model", required=True, help="'pivot' or a source slug")
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from fusecli.config import load_section
+from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.fuse.train import FuseParams, train
 from fusecli.hashing import verify_pinned
@@ -23,9 +23,7 @@ from fusecli.runtime import start_stage
 
 @fail_cleanly
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--lock", default="models.lock")
+    ap = stage_parser(__doc__)
     ap.add_argument("--data", required=True)
     ap.add_argument("--pivot-extract", required=True)
     ap.add_argument("--align", action="append", default=[], help="a source's aligned store (repeatable)")

@@ -6,21 +6,20 @@ python stages/merge.py --params params.yaml --lock models.lock --fused-dir fused
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from fusecli.config import stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
-from fusecli.merge.stage import merge_fused, stage_params
+from fusecli.merge.params import stage_params
+from fusecli.merge.stage import run
 from fusecli.runtime import start_stage
 
 
 @fail_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--lock", type=Path, default=Path("models.lock"))
+    parser = stage_parser(__doc__)
     parser.add_argument("--fused-dir", type=Path, default=Path("fused"))
     parser.add_argument("--base", type=Path, required=True, help="the pivot model folder")
     parser.add_argument("--method", default=None, help="one of merge.methods (default: merge.method)")
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     lock = read_lock(args.lock)
     if args.base.resolve() == lock.pivot.folder(".").resolve():
         verify_pinned(lock, ".")  # the base's weights changed on disk after pinning: stop before any work
-    result = merge_fused(params, args.lock, args.fused_dir, args.base, args.out)
+    result = run(params, args.lock, args.fused_dir, args.base, args.out)
     models = ", ".join(result.report["models"])
     print(f"merged {models} onto {args.base} with {params.method} -> {result.out}")
 

@@ -6,26 +6,24 @@ python stages/report.py --params params.yaml --lock models.lock --metrics eval/m
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from fusecli.config import stage_parser
 from fusecli.errors import fail_cleanly
-from fusecli.report.run import ReportInputs, build_report
+from fusecli.report.stage import ReportInputs, run
 
 
 @fail_cleanly
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--lock", type=Path, default=Path("models.lock"))
+    ap = stage_parser(__doc__)
     ap.add_argument("--metrics", type=Path, default=Path("eval/metrics.json"))
     ap.add_argument("--logs", type=Path, default=Path("logs"))
     ap.add_argument("--align", type=Path, default=Path("align"))
     ap.add_argument("--merged-dir", type=Path, default=Path("merged"))
     ap.add_argument("--out", type=Path, default=Path("reports"))
     args = ap.parse_args()
-    inputs = ReportInputs(args.metrics, args.lock, args.params, args.logs, args.align, args.merged_dir)
-    print(f"wrote {build_report(inputs, args.out)}")
+    inputs = ReportInputs(args.metrics, Path(args.lock), Path(args.params), args.logs, args.align, args.merged_dir)
+    print(f"wrote {run(inputs, args.out)}")
 
 
 if __name__ == "__main__":

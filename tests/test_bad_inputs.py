@@ -41,15 +41,19 @@ from fusecli.store import iter_records, read_manifest
 from tests.tiny import write_dataset, write_model
 
 STAGES = Path(__file__).resolve().parents[1] / "stages"
+REPO_PARAMS = yaml.safe_load((STAGES.parent / "params.yaml").read_text())
 PARAMS = {
     "dataset": {"sources": [{"path": "demo"}]},
     "extract": {"k": 4, "max_length": 128, "batch_tokens": 512, "shard_size": 4, "device": "cpu", "dtype": "float32",
                 "compile": False},
-    "align": {"k": 4},
+    "align": {"method": "mined", "vocab_map": "ms", "k": 4, "workers": 1},
     "fuse": {"lam": 0.7, "epochs": 1.0, "global_batch_size": 4, "micro_batch_size": 4, "device": "cpu",
              "dtype": "float32", "gradient_checkpointing": False},
-    "merge": {"method": "linear", "methods": ["linear"], "device": "cpu"},
-    "evaluate": {"batch_size": 4, "max_new_tokens": 4, "max_length": 128, "device": "cpu", "dtype": "float32"},
+    "merge": {"method": "linear", "methods": ["linear", "ties"], "device": "cpu", "max_shard_size": "5GB",
+              "linear": {"weight": None, "normalize": True},
+              "ties": {"weight": 0.2, "density": 0.6, "normalize": True}},
+    "evaluate": {"batch_size": 4, "max_new_tokens": 4, "max_length": 128, "device": "cpu", "dtype": "float32",
+                 "backend": "native", "lm_eval": REPO_PARAMS["evaluate"]["lm_eval"]},
 }
 EXTRACT = ["extract", "--model", "llama", "--data", "data/train.parquet", "--out", "new/extract"]
 ALIGN = ["align", "--source", "llama", "--pivot-extract", "extract/pivot", "--source-extract", "extract/sources/llama",
@@ -57,6 +61,7 @@ ALIGN = ["align", "--source", "llama", "--pivot-extract", "extract/pivot", "--so
 FUSE = ["fuse", "--data", "data/train.parquet", "--pivot-extract", "extract/pivot", "--align", "align/llama",
         "--out", "new/fused", "--live-dir", "new/logs"]
 MERGE = ["merge", "--fused-dir", "fused", "--base", "local/qwen", "--method", "linear", "--out", "new/merged"]
+MERGE_TIES = [a if a != "linear" else "ties" for a in MERGE]
 EVALUATE = ["evaluate", "--data", "data/train.parquet", "--fused-dir", "fused", "--baseline", "baseline/sft",
             "--merged-dir", "merged", "--out", "new/eval", "--cache-dir", ""]
 NOT_STATE = (".fusecli", "__pycache__")  # the hash cache and bytecode: not workspace state
@@ -215,10 +220,10 @@ PARAMS_CASES = {
     "lambda-nan": (_params(lambda d: d["fuse"].update(lam=float("nan"))), FUSE, ("fuse.lam = nan", "within [0, 1]")),
     "lambda-not-a-number": (_params(lambda d: d["fuse"].update(lam="high")), FUSE,
                             ("fuse.lam = 'high'", "must be of type float")),
-    "density-negative": (_params(lambda d: d["merge"].update(density=-0.5)), MERGE,
-                         ("merge.density = -0.5", "must be in (0, 1]")),
-    "density-not-a-number": (_params(lambda d: d["merge"].update(density="60%")), MERGE,
-                             ("merge.density = '60%'", "must be of type float")),
+    "density-negative": (_params(lambda d: d["merge"]["ties"].update(density=-0.5)), MERGE_TIES,
+                         ("merge.ties.density = -0.5", "must be in (0, 1]")),
+    "density-not-a-number": (_params(lambda d: d["merge"]["ties"].update(density="60%")), MERGE_TIES,
+                             ("merge.ties.density = '60%'", "must be of type float")),
     "unknown-merge-method": (_params(lambda d: d["merge"].update(method="slerp", methods=["slerp"])), MERGE,
                              ("merge method 'slerp' is unknown", "use one of", "linear")),
     "unknown-align-method": (_params(lambda d: d["align"].update(method="sinkhorn")), ALIGN,
@@ -749,7 +754,7 @@ def test_add_source_refuses_truncated_weights(site: Path) -> None:
 
 PROFILE_CASES = {
     "lambda-not-a-number": ("fuse:\n  lam: high\n", ("would make params.yaml invalid", "fuse.lam = 'high'")),
-    "unknown-merge-method": ("merge:\n  methods: [slerp]\n", ("merge method 'slerp' is unknown",)),
+    "unknown-merge-method": ("merge:\n  method: slerp\n  methods: [slerp]\n", ("merge method 'slerp' is unknown",)),
     "k-out-of-range": ("extract:\n  k: 0\n", ("extract.k = 0", "must be >= 1")),
 }
 

@@ -101,7 +101,7 @@ def test_malformed_lock_is_reported_by_every_command(pinned: Path) -> None:
     lock.write_text(yaml.safe_dump(data))
     for args in (["list"], ["status"], ["add-source", "local/qwen", "--name", "q2"], ["remove-source", "llama"],
                  ["set-pivot", "local/qwen"]):
-        fails(*args, match="models.lock: sources.llama.vocab_size must be an int, got 'lots'")
+        fails(*args, match="models.lock: sources.llama.vocab_size = 'lots' must be of type int")
 
 
 def test_changed_weights_are_detected_and_replace_repins(pinned: Path) -> None:

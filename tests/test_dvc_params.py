@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fusecli.align.run import AlignParams
+from fusecli.align.params import AlignParams
 from fusecli.fuse.train import FuseParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def listed(stage: str, section: str) -> set[str]:
     [
         ("align", "align", AlignParams, set()),
         ("fuse", "fuse", FuseParams, set()),
-        ("sft_baseline", "fuse", FuseParams, {"lam"}),  # the baseline fixes lambda at 1
+        ("sft_baseline", "fuse", FuseParams, {"lam", "teacher", "gate"}),  # lambda 1: no fusion term
     ],
 )
 def test_a_stage_hashes_every_result_changing_key_and_no_other(stage, section, cls, also_unhashed):

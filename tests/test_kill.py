@@ -126,7 +126,7 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_vocab_map_file_is_byte_identical_across_processes(tmp_path: Path) -> None:
     """safetensors wrote metadata in a per-process hash order: align/<slug> changed hash on every run."""
     code = (
-        "import numpy as np, sys; from fusecli.align.run import save_sorted\n"
+        "import numpy as np, sys; from fusecli.align.stage import save_sorted\n"
         "meta = {k: str(i) for i, k in enumerate(['kind', 'method', 'vocab_map', 'k', 'pivot_vocab', 'src'])}\n"
         "sys.stdout.buffer.write(save_sorted({'a': np.arange(3), 'b': np.ones(2, np.float32)}, meta))"
     )

@@ -50,12 +50,12 @@ def _mutated(edit) -> str:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d["sources"]["mixtral"].update(vocab_size="big"), "sources.mixtral.vocab_size must be an int"),
-    (lambda d: d["sources"]["mixtral"].update(vocab_size=True), "sources.mixtral.vocab_size must be an int"),
+    (lambda d: d["sources"]["mixtral"].update(vocab_size="big"), "vocab_size = 'big' must be of type int"),
+    (lambda d: d["sources"]["mixtral"].update(vocab_size=True), "sources.mixtral.vocab_size = True must be a number"),
     (lambda d: d["sources"]["mixtral"].update(vocab_size=0), "sources.mixtral.vocab_size must be positive"),
     (lambda d: d["sources"]["mixtral"].update(colour="red"), "sources.mixtral: unknown key 'colour'"),
     (lambda d: d["pivot"].pop("dtype"), "pivot.dtype is missing"),
-    (lambda d: d["pivot"].update(origin="ftp"), "pivot.origin must be one of demo, local, hub"),
+    (lambda d: d["pivot"].update(origin="ftp"), "pivot.origin = 'ftp' is not one of ['demo', 'local', 'hub']"),
     (lambda d: d["sources"]["mixtral"].update(revision="main"), "sources.mixtral.revision must be a 40-character"),
     (lambda d: d["pivot"].update(revision="0" * 40), "pivot.revision must be null for origin local"),
     (lambda d: d["pivot"].update(path="../elsewhere"), "pivot.path must be a path without '..'"),

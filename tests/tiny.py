@@ -40,26 +40,23 @@ def write_dataset(path: Path, n: int = 12) -> Path:
     return path
 
 
+def tiny_config(arch: str, vocab_size: int, **overrides: object):  # noqa: ANN201
+    """The config of every tiny test model (the one factory the test suite uses): ~50K parameters."""
+    from transformers import AutoConfig
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    return AutoConfig.for_model(arch, vocab_size=vocab_size, **{**shape, **overrides})
+
+
 def write_model(path: Path, arch: str = "qwen2", vocab_size: int = 300, seed: int = 0) -> Path:
-    """A ~50K-parameter chat model with its own byte-level BPE tokenizer, saved as safetensors."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """A tiny chat model with its own byte-level BPE tokenizer, saved as safetensors."""
+    from transformers import AutoModelForCausalLM
 
     from fusecli.demo.tokenizers import train_tokenizer
 
     tok = train_tokenizer(TEXTS * 4 + [f"({i})" for i in range(20)], vocab_size)
-    cfg = AutoConfig.for_model(
-        arch,
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    cfg = tiny_config(arch, len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(path, safe_serialization=True)

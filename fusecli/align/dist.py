@@ -1,4 +1,4 @@
-"""Distribution alignment: one source top-K row, in pivot ids, per pivot response token (method.md).
+"""Distribution alignment: one source top-K row, in pivot ids, per pivot response token (docs/method.md).
 
 Which source row (the off-by-one question). Stores key every row by the token it *predicts*
 (docs/architecture.md): the pivot row of response token t is the pivot's distribution after reading

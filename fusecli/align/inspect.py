@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fusecli.errors import FusecliError
+from fusecli.tokenizer import load_tokenizer
 
 
 def _encode(tokenizer: Any, text: str, with_offsets: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -37,7 +38,7 @@ def inspect_alignment(
     source positions aligned to it; plus "pivot_text" and "source_text", each token's canonical text."""
     if not text:
         raise FusecliError("the text is empty: pass --text or a non-empty --text-file")
-    from fusecli.align.tokens import TokenTable, align_mined, align_offsets, load_tokenizer  # numba: on use
+    from fusecli.align.tokens import TokenTable, align_mined, align_offsets  # numba: on use
 
     pivot_tok = load_tokenizer(pivot_dir, trust_remote_code)
     source_tok = load_tokenizer(source_dir, trust_remote_code)
@@ -91,17 +92,13 @@ def inspect_command(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
     """Show both tokenizations of a text and which source positions align to each pivot position."""
-    try:
-        if (text is None) == (text_file is None):
-            raise FusecliError("pass exactly one of --text and --text-file")
-        if text_file is not None:
-            if not text_file.is_file():
-                raise FusecliError(f"{text_file} not found: pass an existing --text-file")
-            text = text_file.read_text(encoding="utf-8")
-        result = inspect_alignment(pivot, source, text or "", method, trust_remote_code)
-    except FusecliError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    if (text is None) == (text_file is None):
+        raise FusecliError("pass exactly one of --text and --text-file")
+    if text_file is not None:
+        if not text_file.is_file():
+            raise FusecliError(f"{text_file} not found: pass an existing --text-file")
+        text = text_file.read_text(encoding="utf-8")
+    result = inspect_alignment(pivot, source, text or "", method, trust_remote_code)
     if json_out:
         keys = ("pivot_tokens", "source_tokens", "alignment")
         typer.echo(json.dumps({k: result[k] for k in keys}, ensure_ascii=False))

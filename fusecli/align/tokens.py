@@ -1,4 +1,4 @@
-"""Token strings and token alignment of two tokenizations of the same text (method.md, stage 3).
+"""Token strings and token alignment of two tokenizations of the same text (docs/method.md, stage 3).
 
 Tokens of different vocabularies are compared in one canonical form: the text a token stands for,
 with every space written as the unified word-boundary marker `▁` (sentencepiece's `▁`, byte-level
@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numba
@@ -157,23 +156,6 @@ class TokenTable:
         )
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
-    """AutoTokenizer from a local folder; every failure becomes a one-line FusecliError."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FusecliError(f"tokenizer folder {path} not found: pass a local model or tokenizer folder")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise FusecliError(
-            f"cannot load a tokenizer from {path} ({first}): it needs tokenizer.json or "
-            "tokenizer_config.json (pass --trust-remote-code only for code you trust)"
-        ) from None
-
-
 def pair_distance(a_stripped: str, b_stripped: str, a_canon: str, b_canon: str) -> int:
     """c(i, j): edit distance of the marker-stripped strings, of the marker-unified ones if one is empty."""
     if a_stripped and b_stripped:
@@ -283,7 +265,7 @@ def mined_from_cost(cost: np.ndarray) -> Alignment:
 
 
 def align_mined(source: TokenTable, source_ids: np.ndarray, pivot: TokenTable, pivot_ids: np.ndarray) -> Alignment:
-    """MinED (method.md): the DP over c(i, j) for every source position i and pivot position j."""
+    """MinED (docs/method.md): the DP over c(i, j) for every source position i and pivot position j."""
     return _mined(*unique_costs(source, source_ids, pivot, pivot_ids))
 
 

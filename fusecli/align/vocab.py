@@ -1,4 +1,4 @@
-"""Source -> pivot vocabulary maps (method.md, "Vocabulary mapping").
+"""Source -> pivot vocabulary maps (docs/method.md, "Vocabulary mapping").
 
 `ms` is FuseChat's statistics-based map: co-occurrence counts M[p, s] of the aligned (pivot id,
 source id) pairs over the whole dataset, then for each source id s the pivot id p with M[p, s] > 0
@@ -9,16 +9,13 @@ the pivot's unk (eos when there is no unk), and bos -> bos, eos -> eos.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from fusecli.align.params import VocabMapName
 from fusecli.align.tokens import TokenTable
 from fusecli.errors import FusecliError
-
-VocabMapName = Literal["ms", "em", "mined_vocab"]
 
 
 class Cooccurrence:

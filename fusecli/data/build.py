@@ -1,4 +1,4 @@
-"""Stage 1 (method.md): assemble the fusion dataset from local chat sources.
+"""Stage 1 (docs/method.md): assemble the fusion dataset from local chat sources.
 
 Sources are local JSONL / JSON / parquet files in ShareGPT form (`conversations` of `from`/`value`) or
 OpenAI form (`messages` of `role`/`content`), or `demo` for the shipped country Q&A. Every source is

@@ -1,6 +1,6 @@
 """Render a dialogue with a chat template and mark which tokens are response (assistant) tokens.
 
-Every model sees the same text: the dialogue rendered with the *pivot's* chat template (method.md,
+Every model sees the same text: the dialogue rendered with the *pivot's* chat template (docs/method.md,
 notation). A token is a response token when its first character lies inside an assistant turn's
 span; the span covers the assistant content and the template's end-of-turn marker, so the model
 also learns to stop.

@@ -10,18 +10,17 @@ from collections.abc import Sequence
 
 import torch
 
-from fusecli.evaluate.run import EvalParams, exact_matches
+from fusecli.evaluate.run import exact_matches
 
 
 def exact_match(
     model: torch.nn.Module, tokenizer: object, rows: Sequence[dict], batch_size: int = 64
 ) -> dict[str, float]:
     """Fraction of rows per domain whose greedy reply is right, by the evaluate stage's own rule."""
-    params = EvalParams(batch_size=batch_size, max_new_tokens=32)
     model.eval()
     side = tokenizer.padding_side  # type: ignore[attr-defined]
     try:
-        right = exact_matches(model, tokenizer, list(rows), params, next(model.parameters()).device)
+        right = exact_matches(model, tokenizer, list(rows), batch_size, 32, next(model.parameters()).device)
     finally:
         tokenizer.padding_side = side  # type: ignore[attr-defined]
     hits: dict[str, list[bool]] = defaultdict(list)

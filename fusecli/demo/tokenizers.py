@@ -2,8 +2,8 @@
 
 Each tokenizer is trained on the demo text weighted toward its own model's relation, with its own
 vocabulary size (and, for the Qwen2 pivot, Qwen2's pre-tokenization), so the pivot and the sources
-split the same string differently and the alignment stage has real work to do (method.md, stage 3).
-Built with `tokenizers` and wrapped in `PreTrainedTokenizerFast` (design.md: building
+split the same string differently and the alignment stage has real work to do (docs/method.md, stage 3).
+Built with `tokenizers` and wrapped in `PreTrainedTokenizerFast` (docs/architecture.md: building
 GPT2TokenizerFast from files gave an empty vocabulary).
 """
 

@@ -17,22 +17,21 @@ from typing import Any
 import torch
 import transformers
 
-import fusecli.data.render
-import fusecli.evaluate.run
-import fusecli.extract.run
-import fusecli.models
+from fusecli.closure import ROOT, closure
 from fusecli.hashing import CACHE_FILE, content_hash, file_sha256
 from fusecli.io import atomic_write_json
 
 DEFAULT_DIR = Path(".fusecli") / "cache" / "evaluate"
-SCORING_CODE = (fusecli.evaluate.run, fusecli.data.render, fusecli.extract.run, fusecli.models)
+SCORING = "fusecli.evaluate.run"  # score_model: its import closure is the scoring code
 
 
 def code_hash() -> str:
-    """The scoring code and the libraries it runs on: a change to either invalidates every result."""
+    """The scoring code (every file `fusecli.evaluate.run` imports, fusecli/closure.py) and the libraries
+    it runs on: a change to either invalidates every result."""
     h = hashlib.sha256(f"torch {torch.__version__} transformers {transformers.__version__}\n".encode())
-    for module in SCORING_CODE:
-        h.update(Path(module.__file__).read_bytes())
+    for path in closure(SCORING):
+        h.update(f"{path}\n".encode())
+        h.update((ROOT / path).read_bytes())
     return h.hexdigest()
 
 

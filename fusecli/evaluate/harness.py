@@ -19,9 +19,10 @@ from typing import Any
 import polars as pl
 import yaml
 
+from fusecli.device import resolve_device, resolve_dtype
 from fusecli.errors import FusecliError
-from fusecli.evaluate.run import EvalModel, EvalParams
-from fusecli.models import resolve_device, resolve_dtype
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import EvalModel
 
 LOCAL_TASK = "fusecli_heldout"
 SKIPPED_KEYS = ("alias", "name", "sample_len", "samples")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -21,46 +21,15 @@ from rich.progress import Progress
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from fusecli.data.render import prompt_text, render, tokenize
+from fusecli.device import resolve_device, resolve_dtype
 from fusecli.errors import FusecliError
+from fusecli.evaluate.match import exact_match
+from fusecli.evaluate.params import EvalParams
 from fusecli.extract.run import _batches, extract_batch
-from fusecli.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+from fusecli.models import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     from fusecli.evaluate.cache import EvalCache
-
-
-@dataclass(frozen=True)
-class LmEvalParams:
-    """lm-evaluation-harness tasks run on top of the native scores when `evaluate.backend: lm_eval`."""
-
-    tasks: tuple[str, ...] = ("fusecli_heldout",)  # harness task names; fusecli_heldout: the held-out split
-    models: tuple[str, ...] = ("merged",)  # model names of eval/metrics.json to run the tasks on
-    include_path: str | None = None  # a folder of your own task YAMLs
-    limit: int | None = None  # examples per task (None: all)
-    num_fewshot: int | None = None
-    batch_size: int = 32
-    apply_chat_template: bool = True
-
-    def validate(self) -> None:
-        if not self.tasks or not self.models:
-            raise FusecliError("evaluate.lm_eval.tasks and evaluate.lm_eval.models must each name at least one")
-        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
-            raise FusecliError("evaluate.lm_eval.batch_size and evaluate.lm_eval.limit must be >= 1")
-
-
-@dataclass(frozen=True)
-class EvalParams:
-    batch_size: int = 64
-    max_new_tokens: int = 16
-    max_length: int = 2048
-    device: str = "auto"
-    dtype: str = "auto"
-    backend: Literal["native", "lm_eval"] = "native"
-    lm_eval: LmEvalParams = field(default_factory=LmEvalParams)
-
-    def validate(self) -> None:
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise FusecliError("evaluate.batch_size and evaluate.max_new_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -68,15 +37,6 @@ class EvalModel:
     name: str  # pivot, source:<slug>, sft_baseline, fused:<slug>, fuselm, merged:<method>
     path: str
     trust_remote_code: bool = False
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.strip().split()).lower()
-
-
-def is_correct(reply: str, answer: str, answers: list[str] | None = None) -> bool:
-    """Exact match after normalising; a row with `answers` (a set-valued question) accepts any of them."""
-    return normalise(reply) in {normalise(a) for a in (answers or [answer])}
 
 
 class BanFirstTokens(LogitsProcessor):
@@ -114,14 +74,15 @@ def banned_starts(tok, prompt: str, exclude: list[str] | None, accepted: list[st
 
 @torch.no_grad()
 def greedy_answers(  # noqa: ANN201
-    model, tok, prompts: list[str], params: EvalParams, device: torch.device, banned: list[list[int]] | None = None  # noqa: ANN001
+    model, tok, prompts: list[str], batch: int, max_new_tokens: int, device: torch.device,  # noqa: ANN001
+    banned: list[list[int]] | None = None,
 ) -> list[str]:
     """Greedy replies, batched shortest first with left padding; `banned[i]`: tokens reply i may not start with."""
     tok.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: dict[int, str] = {}
-    for s in range(0, len(order), params.batch_size):
-        idx = order[s : s + params.batch_size]
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
         enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(device) for k, v in enc.items()}
         processors = LogitsProcessorList()
@@ -129,7 +90,7 @@ def greedy_answers(  # noqa: ANN201
             processors.append(BanFirstTokens([banned[i] for i in idx], enc["input_ids"].shape[1]))
         gen = model.generate(
             **enc,
-            max_new_tokens=params.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
@@ -140,14 +101,16 @@ def greedy_answers(  # noqa: ANN201
     return [answers[i] for i in range(len(prompts))]
 
 
-def exact_matches(model, tok, rows: list[dict], params: EvalParams, device: torch.device) -> list[bool]:  # noqa: ANN001
+def exact_matches(  # noqa: ANN201
+    model, tok, rows: list[dict], batch: int, max_new_tokens: int, device: torch.device  # noqa: ANN001
+) -> list[bool]:
     """Whether each row's greedy reply is right: rows carry `messages`, `answer`, and optionally `answers`
     (every accepted answer) and `exclude` (answers the question rules out; see banned_starts)."""
     prompts = [prompt_text(tok, r["messages"]) for r in rows]
     accepted = [r.get("answers") or [r["answer"]] for r in rows]
     banned = [banned_starts(tok, p, r.get("exclude"), a) for p, r, a in zip(prompts, rows, accepted, strict=True)]
-    preds = greedy_answers(model, tok, prompts, params, device, banned)
-    return [is_correct(p, r["answer"], a) for p, r, a in zip(preds, rows, accepted, strict=True)]
+    preds = greedy_answers(model, tok, prompts, batch, max_new_tokens, device, banned)
+    return [exact_match(p, r["answer"], a) for p, r, a in zip(preds, rows, accepted, strict=True)]
 
 
 @torch.no_grad()
@@ -175,7 +138,7 @@ def score_model(m: EvalModel, df: pl.DataFrame, params: EvalParams) -> dict[str,
     records = [{"messages": d, **dict(zip(columns, values, strict=True))}
                for d, values in zip(dialogues, df.select(columns).iter_rows(), strict=True)]
     checkable = [i for i, r in enumerate(records) if r["answer"] is not None]
-    right = exact_matches(model, tok, [records[i] for i in checkable], params, device)
+    right = exact_matches(model, tok, [records[i] for i in checkable], params.batch_size, params.max_new_tokens, device)
     hits = dict(zip(checkable, right, strict=True))
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(df["domain"].to_list()):
@@ -215,33 +178,3 @@ def evaluate(
             results[m.name] = scores
             progress.advance(task)
     return {"models": results}
-
-
-def report_markdown(metrics: dict) -> str:
-    """A table per metric: models as rows, domains as columns (and lm-evaluation-harness tasks, if run)."""
-    models = metrics["models"]
-    domains = sorted({d for s in models.values() for d in s})
-    lines = ["# fusecli evaluation", ""]
-    for key, title in (("em", "Greedy exact match (higher is better)"), ("ce", "Response-token CE (lower is better)")):
-        lines += [f"## {title}", "", "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
-        for name, scores in models.items():
-            cells = []
-            for d in domains:
-                v = scores.get(d, {}).get(key)
-                cells.append("-" if v is None else f"{v:.3f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines + harness_table(metrics.get("lm_eval") or {}, "##"))
-
-
-def harness_table(harness: dict[str, dict[str, dict[str, float]]], heading: str) -> list[str]:
-    """lm-evaluation-harness scores (evaluate.backend: lm_eval): one column per task and metric."""
-    columns = sorted({(t, m) for tasks in harness.values() for t, ms in tasks.items() for m in ms})
-    if not columns:
-        return []
-    lines = [f"{heading} lm-evaluation-harness", "", "| model | " + " | ".join(f"{t} {m}" for t, m in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    for name, tasks in harness.items():
-        cells = [tasks.get(t, {}).get(m) for t, m in columns]
-        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
-    return [*lines, ""]

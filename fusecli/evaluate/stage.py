@@ -13,12 +13,11 @@ from pathlib import Path
 
 from fusecli.errors import FusecliError
 from fusecli.evaluate.cache import EvalCache
-from fusecli.evaluate.run import EvalModel, EvalParams, evaluate
+from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import EvalModel, evaluate
 from fusecli.lock import read_lock
-from fusecli.merge.stage import MergeMethods
-
-MERGED = "merged"
-FUSELM = "fuselm"
+from fusecli.plan import MergeMethods
 
 
 def pipeline_models(
@@ -32,12 +31,13 @@ def pipeline_models(
     locked = read_lock(lock)
     trust = locked.pivot.trust_remote_code  # every trained model is the pivot's architecture
     slugs = sorted(locked.sources)
-    models = [EvalModel("pivot", locked.pivot.path, trust)]
-    models += [EvalModel(f"source:{s}", locked.sources[s].path, locked.sources[s].trust_remote_code) for s in slugs]
-    models.append(EvalModel("sft_baseline", str(baseline), trust))
-    models += [EvalModel(f"fused:{s}", str(Path(fused_dir) / s), trust) for s in slugs]
-    models.append(EvalModel(FUSELM, str(fused_all), trust))
-    models += [EvalModel(f"{MERGED}:{m}", str(Path(merged_dir) / m), trust) for m in merge.methods]
+    found = [EvalModel("pivot", locked.pivot.path, trust), EvalModel("sft_baseline", str(baseline), trust)]
+    found += [EvalModel(f"source:{s}", locked.sources[s].path, locked.sources[s].trust_remote_code) for s in slugs]
+    found += [EvalModel(f"fused:{s}", str(Path(fused_dir) / s), trust) for s in slugs]
+    found.append(EvalModel(FUSELM, str(fused_all), trust))
+    found += [EvalModel(merged_name(m), str(Path(merged_dir) / m), trust) for m in merge.methods]
+    by_name = {m.name: m for m in found}
+    models = [by_name[name] for name in model_names(slugs, list(merge.methods)) if name != MERGED]
     for m in models:
         if not Path(m.path).is_dir():
             raise FusecliError(f"{m.path} not found (model {m.name}): run `dvc repro` to build it")
@@ -52,7 +52,7 @@ def native_settings(params: EvalParams) -> dict:
     return settings
 
 
-def run_evaluate(
+def run(
     params: EvalParams,
     models: list[EvalModel],
     data: str | Path,
@@ -61,7 +61,7 @@ def run_evaluate(
 ) -> dict:
     """Native scores of `models` (+ lm-evaluation-harness tasks with backend lm_eval), `merged` aliased."""
     by_name = {m.name: m for m in models}
-    by_name[MERGED] = replace(by_name[f"{MERGED}:{merge.default}"], name=MERGED)
+    by_name[MERGED] = replace(by_name[merged_name(merge.default)], name=MERGED)
     harness = [] if params.backend == "native" else params.lm_eval.models
     unknown = [n for n in harness if n not in by_name]
     if unknown:
@@ -71,7 +71,7 @@ def run_evaluate(
     cache = EvalCache(cache_dir, data, native_settings(params)) if cache_dir else None
     metrics = evaluate(models, data, params, cache)
     scores = metrics["models"]
-    scores[MERGED] = scores[f"{MERGED}:{merge.default}"]
+    scores[MERGED] = scores[merged_name(merge.default)]
     if harness:
         from fusecli.evaluate.harness import run_harness  # lm-eval is an optional extra
 

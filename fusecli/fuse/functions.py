@@ -26,7 +26,7 @@ def register(name: str) -> Callable[[FusionFn], FusionFn]:
 
 
 def teacher_probs(logprobs: np.ndarray, temperature: float) -> np.ndarray:
-    """q = softmax(z_topK / T) over the K stored ids (method.md stage 4); -inf padding gets 0."""
+    """q = softmax(z_topK / T) over the K stored ids (docs/method.md stage 4); -inf padding gets 0."""
     z = logprobs / temperature
     with np.errstate(invalid="ignore"):
         z = z - np.max(z, axis=-1, keepdims=True)

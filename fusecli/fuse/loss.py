@@ -1,4 +1,4 @@
-"""The pair-fusion loss, computed sparsely: L = lambda * L_SFT + (1 - lambda) * L_fuse (method.md, stage 4).
+"""The pair-fusion loss, computed sparsely: L = lambda * L_SFT + (1 - lambda) * L_fuse (docs/method.md, stage 4).
 
 L_fuse = sum_t m_t * (-sum_v q_t,v log p(v | x_<t)) / sum_t m_t, where the target q_t has at most M
 non-zero entries (the teachers' top-K ids). log p is gathered at those ids from row chunks of logits

@@ -1,4 +1,4 @@
-"""Pair fusion training (method.md stage 4) on the Hugging Face Trainer.
+"""Pair fusion training (docs/method.md stage 4) on the Hugging Face Trainer.
 
 The Trainer brings what a real run needs and we do not rewrite: DeepSpeed ZeRO-2/3 (config generated
 from params.yaml), torchrun data parallelism, bf16, gradient checkpointing, AdamW, cosine schedule

@@ -1,4 +1,4 @@
-"""Stage 5: merge the pair-fused targets onto the pivot (SCE, VaRM and the baselines of method.md).
+"""Stage 5: merge the pair-fused targets onto the pivot (SCE, VaRM and the baselines of docs/method.md).
 
 Names are loaded on first use (PEP 562): `fusecli list` and the other light commands import the
 `merge` command's module without paying for torch.
@@ -11,6 +11,7 @@ from typing import Any
 
 _HOME = {
     "MergeParams": "fusecli.merge.params",
+    "merge_params": "fusecli.merge.params",
     "get_method": "fusecli.merge.registry",
     "method_names": "fusecli.merge.registry",
     "register": "fusecli.merge.registry",

@@ -1,22 +1,23 @@
 """`fusecli merge`: merge model folders from the command line (the lead registers `merge_command`).
 
 fusecli merge --method ties --base pivot --model a --model b --out merged --set density=0.5
-Options come from the same MergeParams as params.yaml: `--set KEY=VALUE` sets any of its fields
-(VALUE is read as YAML, so `--set weight=[0.5,0.3]` gives a list).
+Options are the method's own (its options dataclass, params.yaml `merge.<method>`): `--set KEY=VALUE`
+sets any of them (VALUE is read as YAML, so `--set weight=[0.5,0.3]` gives a list). Errors reach the
+`fusecli` app's handler (fusecli/cli.py), which prints them as one line.
 """
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from fusecli.config import from_dict
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
-from fusecli.merge.params import MergeParams
+from fusecli.merge.params import merge_params
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -26,7 +27,7 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise FusecliError(f"--set {pair!r} is not KEY=VALUE: e.g. --set density=0.5")
-        if key.strip() in ("method", "device"):
+        if key.strip() in ("method", "device", "max_shard_size"):
             raise FusecliError(f"--set {key.strip()}=... : use --{key.strip()} instead")
         try:
             out[key.strip()] = yaml.safe_load(value)
@@ -60,13 +61,13 @@ def run_merge_command(
     device: str | None,
     export_mergekit: Path | None,
 ) -> str:
-    values = {"method": method, **parse_sets(sets)}
+    values = parse_sets(sets)
     if device is not None:
         values["device"] = device
     from fusecli.merge.mergekit import mergekit_yaml
     from fusecli.merge.run import merge_models
 
-    params = from_dict(MergeParams, values, "merge")
+    params = merge_params(method, where=f"--method {method} --set", **values)
     export = mergekit_yaml(params, base, models, _base_dtype(base)) if export_mergekit else None
     result = merge_models(base, model_labels(models), params, out)
     if export_mergekit is not None and export is not None:
@@ -76,8 +77,37 @@ def run_merge_command(
     return f"merged {len(models)} models onto {base} with {method} -> {out}{note}"
 
 
+def registered_methods() -> dict[str, list[str]]:
+    """Method name -> its option names, read from the `@register(name, options=Cls)` lines of
+    fusecli/merge/methods/ without importing them (that would load torch for every `fusecli` command).
+    tests/merge/test_cli.py checks it against the imported registry."""
+    methods: dict[str, list[str]] = {}
+    for path in sorted((Path(__file__).parent / "methods").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        fields = {
+            node.name: [s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and hasattr(s.target, "id")]
+            for node in tree.body
+            if isinstance(node, ast.ClassDef)
+        }
+        for node in tree.body:
+            for deco in getattr(node, "decorator_list", []):
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == "register":
+                    name = deco.args[0].value
+                    options = next(k.value.id for k in deco.keywords if k.arg == "options")
+                    methods[name] = fields[options]
+    return dict(sorted(methods.items()))
+
+
+def method_help() -> str:
+    def describe(name: str, options: list[str]) -> str:
+        return f"{name} ({', '.join(options)})" if options else name
+
+    listed = "; ".join(describe(n, o) for n, o in registered_methods().items())
+    return f"One of: {listed}. Set options with --set."
+
+
 def merge_command(
-    method: Annotated[str, typer.Option(help="sce, varm, linear, task_arithmetic, ties, dare_linear, dare_ties")],
+    method: Annotated[str, typer.Option(help=method_help())],
     base: Annotated[Path, typer.Option(help="Base (pivot) model folder; task vectors are relative to it.")],
     model: Annotated[list[Path], typer.Option(help="A model folder to merge; repeat for each model.")],
     out: Annotated[Path, typer.Option(help="Output folder (written atomically).")],
@@ -88,9 +118,4 @@ def merge_command(
     ] = None,
 ) -> None:
     """Merge model folders onto a base with one of fusecli's merge methods."""
-    try:
-        message = run_merge_command(method, base, model, out, set_ or [], device, export_mergekit)
-    except FusecliError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(message)
+    typer.echo(run_merge_command(method, base, model, out, set_ or [], device, export_mergekit))

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
+from fusecli.dtypes import SAFETENSORS
 from fusecli.errors import FusecliError
+from fusecli.hashing import PICKLE_SUFFIXES
 from fusecli.io import atomic_write_json
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files copied from the base so the merged folder loads, tokenizes and chats like the base.
 SIDE_FILES = (
     "config.json",
@@ -71,21 +72,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-# safetensors dtype tags -> torch dtypes
-DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+DTYPES = {tag: getattr(torch, name) for tag, name in SAFETENSORS.items()}  # safetensors tag -> torch dtype
 TAGS = {dtype: tag for tag, dtype in DTYPES.items()}
 
 

@@ -6,18 +6,19 @@ code) is not mergekit's `sce` (the `sparse` variant) unless tau = 1, so it is re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fusecli.dtypes import LOADABLE, SAFETENSORS
 from fusecli.errors import FusecliError
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import get_method
 
 PER_MODEL = ("weight", "density")  # mergekit takes these under each model's `parameters`
-DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def mergekit_yaml(params: MergeParams, base: Path, models: Sequence[Path], dtype: str | None = None) -> str:
@@ -28,13 +29,15 @@ def mergekit_yaml(params: MergeParams, base: Path, models: Sequence[Path], dtype
             f"mergekit has no {method.name!r} method, so --export-mergekit cannot describe this merge: "
             "drop --export-mergekit or pick linear, task_arithmetic, ties, dare_linear, dare_ties or sce"
         )
-    if method.name == "sce" and params.sce_variant == "release" and params.select_topk < 1:
+    options = params.options
+    if method.name == "sce" and options.variant == "release" and options.select_topk < 1:
         raise FusecliError(
-            "mergekit's sce is fusecli's sce_variant=sparse: --set sce_variant=sparse to export "
+            "mergekit's sce is fusecli's sce variant sparse: --set variant=sparse to export "
             "(or select_topk=1, where both variants agree)"
         )
-    resolved = method.resolve(params, len(models))
-    per_model = [key for key in method.options if key in PER_MODEL]
+    resolved = method.resolve(options, len(models))
+    fields = [f.name for f in dataclasses.fields(resolved)]
+    per_model = [key for key in fields if key in PER_MODEL]
     config: dict[str, Any] = {"merge_method": method.mergekit}
     if method.name != "linear":
         config["base_model"] = str(Path(base).resolve())
@@ -46,11 +49,11 @@ def mergekit_yaml(params: MergeParams, base: Path, models: Sequence[Path], dtype
             entry["parameters"] = options
         entries.append(entry)
     config["models"] = entries
-    shared = {key: getattr(resolved, key) for key in method.options if key in ("normalize", "select_topk")}
+    shared = {key: getattr(resolved, key) for key in fields if key in ("normalize", "select_topk")}
     if shared:
         config["parameters"] = shared
-    if dtype in DTYPES:
-        config["dtype"] = DTYPES[dtype]
+    if dtype in SAFETENSORS and SAFETENSORS[dtype] in LOADABLE:  # the dtypes mergekit writes
+        config["dtype"] = SAFETENSORS[dtype]
     header = f"# mergekit config written by `fusecli merge --method {method.name}`\n"
     if method.name.startswith("dare"):
         header += "# mergekit draws its own random DARE masks: results match fusecli in distribution only\n"

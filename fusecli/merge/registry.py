@@ -1,15 +1,17 @@
 """Merge methods by name: one small module per method, registered with `@register` (as in mergekit).
 
-A method merges ONE parameter tensor: `fn(base, models, params, *, name) -> (merged, coefficients)`.
+A method merges ONE parameter tensor: `fn(base, models, options, *, name) -> (merged, coefficients)`,
+where `options` is the method's own frozen dataclass (registered with it; params.yaml `merge.<name>`).
 A method whose formula needs statistics of the whole tensor (a top-k threshold, per-model energies)
 also registers `stats(blocks, params, name)`, and its `fn` then takes them as `stats=`: the runner
 can then merge a tensor too large for memory block by block (`Blocks`: rows of the base and of each
 model, read again on each pass), computing the statistics in passes over the blocks first. Small
 tensors are one block, read once.
 
-`MergeMethod` does what every method needs, once: it fills in the method's defaults (per-model
-weights, normalise), hands the method float32 tensors and casts the result back to the base dtype.
-So a method module is only its formula. Adding a method touches nothing else.
+`MergeMethod` does what every method needs, once: it turns a `weight` option into one float per model
+(None: 1/N each), hands the method float32 tensors and casts the result back to the base dtype. So a
+method module is only its options and its formula; adding one also adds its `merge.<name>` mapping
+to params.yaml (docs/architecture.md, "Adding a merge method").
 """
 
 from __future__ import annotations
@@ -19,18 +21,15 @@ import importlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from fusecli.errors import FusecliError
 
-if TYPE_CHECKING:
-    from fusecli.merge.params import MergeParams
-
 Coefficients = dict[str, list[float]]
 MethodFn = Callable[..., tuple[torch.Tensor, Coefficients | None]]
-StatsFn = Callable[["Blocks", "MergeParams", str], Any]
+StatsFn = Callable[["Blocks", Any, str], Any]
 
 
 class Block:
@@ -84,9 +83,6 @@ class Blocks:
             yield self._read(rows)
 
 
-UNIFORM = "uniform"  # default weight: 1/N for each of N models
-
-
 def all_finite(x: torch.Tensor) -> bool:
     """No inf or NaN in x: min and max propagate NaN, so one pass, no temporary (isfinite's is 8x slower)."""
     if x.numel() == 0:
@@ -99,47 +95,39 @@ def all_finite(x: torch.Tensor) -> bool:
 class MergeMethod:
     name: str
     fn: MethodFn
-    options: tuple[str, ...]  # the MergeParams fields this method reads (model card, mergekit export)
-    weight: float | str | None  # default per-model weight: a number, UNIFORM, or None (unused)
-    normalize: bool | None  # default for `normalize`, None when the method has no such option
+    options: type  # the method's options dataclass: params.yaml `merge.<name>`, `fusecli merge --set`
     mergekit: str | None  # the same method's name in mergekit, None when mergekit lacks it
     doc: str
     stats: StatsFn | None = None  # whole-tensor statistics, passed to `fn` as `stats=`
     reads_base: bool = True  # False: `fn` ignores the base tensor, so the runner does not read it
 
-    def resolve(self, params: MergeParams, n_models: int) -> MergeParams:
-        """Fill the method's defaults in: `weight` becomes one float per model, `normalize` a bool."""
-        changes: dict[str, Any] = {}
-        if self.weight is not None:
-            w = params.weight if params.weight is not None else self.weight
-            if w == UNIFORM:
-                w = 1.0 / n_models
-            if isinstance(w, int | float):
-                w = (float(w),) * n_models
-            if len(w) != n_models:
-                raise FusecliError(
-                    f"merge.weight has {len(w)} values for {n_models} models: "
-                    "give one number, or one per model in merge order"
-                )
-            changes["weight"] = tuple(float(x) for x in w)
-        if self.normalize is not None:
-            changes["normalize"] = self.normalize if params.normalize is None else params.normalize
-        return dataclasses.replace(params, **changes)
+    def resolve(self, options: Any, n_models: int) -> Any:
+        """A `weight` option as one float per model (None: 1/N each)."""
+        if not hasattr(options, "weight"):
+            return options
+        w = options.weight if options.weight is not None else 1.0 / n_models
+        if isinstance(w, int | float):
+            w = (float(w),) * n_models
+        if len(w) != n_models:
+            raise FusecliError(
+                f"merge.{self.name}.weight has {len(w)} values for {n_models} models: "
+                "give one number, or one per model in merge order"
+            )
+        return dataclasses.replace(options, weight=tuple(float(x) for x in w))
 
-    def describe(self, params: MergeParams) -> dict[str, Any]:
-        """The options this method reads, as resolved (for the model card and the report)."""
+    def describe(self, options: Any) -> dict[str, Any]:
+        """The method and its options as resolved (for the model card and the report)."""
         out: dict[str, Any] = {"method": self.name}
-        for key in self.options:
-            value = getattr(params, key)
+        for key, value in dataclasses.asdict(options).items():
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
     def merge(
-        self, blocks: Blocks, params: MergeParams, *, name: str = ""
+        self, blocks: Blocks, options: Any, *, name: str = ""
     ) -> Iterator[tuple[torch.Tensor, Coefficients | None]]:
         """Merge `blocks` one block at a time, in order; each merged block is in the base dtype.
         The statistics, if any, are computed first, over every block."""
-        resolved = self.resolve(params, blocks.n_models)
+        resolved = self.resolve(options, blocks.n_models)
         extra = {"stats": self.stats(blocks, resolved, name)} if self.stats is not None else {}
         for block in blocks:
             merged, coefficients = self.fn(block.base, block.models, resolved, name=name, **extra)
@@ -148,10 +136,10 @@ class MergeMethod:
             yield merged.to(blocks.dtype), coefficients
 
     def __call__(
-        self, base: torch.Tensor, models: list[torch.Tensor], params: MergeParams, *, name: str = ""
+        self, base: torch.Tensor, models: list[torch.Tensor], options: Any, *, name: str = ""
     ) -> tuple[torch.Tensor, Coefficients | None]:
         """Merge whole in-memory tensors (one block)."""
-        ((merged, coefficients),) = self.merge(Blocks.whole(base, models), params, name=name)
+        ((merged, coefficients),) = self.merge(Blocks.whole(base, models), options, name=name)
         return merged, coefficients
 
 
@@ -161,25 +149,23 @@ _METHODS: dict[str, MergeMethod] = {}
 def register(
     name: str,
     *,
-    options: tuple[str, ...] = (),
-    weight: float | str | None = None,
-    normalize: bool | None = None,
+    options: type,
     mergekit: str | None = None,
     stats: StatsFn | None = None,
     reads_base: bool = True,
 ) -> Callable[[MethodFn], MethodFn]:
-    """Register `fn` as merge method `name`; `weight`/`normalize` are the method's defaults; `stats`
-    computes what `fn` needs from the whole tensor (see the module docstring); `reads_base=False`
-    when `fn` ignores the base tensor."""
-    if isinstance(weight, float) and not math.isfinite(weight):
-        raise ValueError(f"default weight of {name} must be finite")
+    """Register `fn` as merge method `name` with its `options` dataclass; `stats` computes what `fn`
+    needs from the whole tensor (see the module docstring); `reads_base=False` when `fn` ignores the
+    base tensor."""
+    if not dataclasses.is_dataclass(options):
+        raise ValueError(f"the options of merge method {name!r} must be a dataclass")
 
     def decorate(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
         first = doc[0] if doc else ""
-        _METHODS[name] = MergeMethod(name, fn, options, weight, normalize, mergekit, first, stats, reads_base)
+        _METHODS[name] = MergeMethod(name, fn, options, mergekit, first, stats, reads_base)
         return fn
 
     return decorate

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from fusecli import __version__
+from fusecli.device import resolve_device
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files, parse_size
@@ -139,12 +140,6 @@ def open_models(
     return ModelFolder(base), {label: ModelFolder(path) for label, path in models}
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FusecliError("merge.device = cuda but no CUDA device is visible: use device: cpu")
-    return torch.device(name)
-
-
 def merge_models(
     base_path: str | Path,
     models: Sequence[tuple[str, str | Path]],
@@ -156,8 +151,8 @@ def merge_models(
     On any error nothing is left at `out` (an existing `out` is kept until the new one is complete).
     """
     method = get_method(params.method)
-    resolved = method.resolve(params, len(models))
-    device, max_bytes = _device(params.device), parse_size(params.max_shard_size)
+    resolved = method.resolve(params.options, len(models))
+    device, max_bytes = resolve_device(params.device, "merge.device"), parse_size(params.max_shard_size)
     keep_freed_memory()
     base, folders = open_models(Path(base_path), [(label, Path(path)) for label, path in models], Path(out))
     try:
@@ -203,7 +198,7 @@ def row_blocks(shape: tuple[int, ...], max_elements: int | None = None) -> list[
 
 def _merge_tensors(
     method: MergeMethod,
-    params: MergeParams,
+    options: Any,
     base: ModelFolder,
     models: dict[str, ModelFolder],
     plan: MergePlan,
@@ -228,7 +223,7 @@ def _merge_tensors(
 
         blocks = Blocks(shape, DTYPES[base.dtype(t.name)], len(labels), bounds, read)
         coefs = None
-        for merged, block_coefs in method.merge(blocks, params, name=t.name):
+        for merged, block_coefs in method.merge(blocks, options, name=t.name):
             writer.add(t.name, merged)
             coefs = block_coefs  # the same for every block of a tensor
         if coefs:
@@ -240,7 +235,7 @@ def _merge_tensors(
 
 def _report(
     method: MergeMethod,
-    params: MergeParams,
+    options: Any,
     base: ModelFolder,
     models: dict[str, ModelFolder],
     plan: MergePlan,
@@ -249,7 +244,7 @@ def _report(
 ) -> dict[str, Any]:
     return {
         "fusecli_version": __version__,
-        "options": method.describe(params),
+        "options": method.describe(options),
         "base": str(base.path),
         "models": {label: str(m.path) for label, m in models.items()},
         "num_tensors": len(plan.tensors),
@@ -273,14 +268,14 @@ def _coefficients_csv(kind: str, coefficients: dict[str, dict[str, float]]) -> s
 
 def model_card(
     method: MergeMethod,
-    params: MergeParams,
+    options: Any,
     base: ModelFolder,
     models: dict[str, ModelFolder],
     plan: MergePlan,
     title: str,
 ) -> str:
     """README.md of the merged folder: which method, which options, which models."""
-    options = yaml.safe_dump(method.describe(params), sort_keys=False).strip()
+    described = yaml.safe_dump(method.describe(options), sort_keys=False).strip()
     lines = [
         "---",
         "library_name: transformers",
@@ -293,7 +288,7 @@ def model_card(
         "## Options",
         "",
         "```yaml",
-        options,
+        described,
         "```",
         "",
         "## Models",

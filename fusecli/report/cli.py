@@ -21,10 +21,10 @@ def report_command(
     merged: Annotated[Path, typer.Option(help="Merged models: <method>/merge_report.json.")] = Path("merged"),
 ) -> None:
     """Write the report (scores, who taught what, training curves, merge coefficients) as Markdown + PNGs."""
-    from fusecli.report.run import ReportInputs, build_report
+    from fusecli.report.stage import ReportInputs, run
 
     ws = ctx.find_root().obj
     root = ws.root
     inputs = ReportInputs(root / metrics, ws.lock, root / params, root / logs, root / align, root / merged)
-    index = build_report(inputs, root / out)
+    index = run(inputs, root / out)
     typer.echo(f"wrote {index}")

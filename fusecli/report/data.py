@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from fusecli.errors import FusecliError
-from fusecli.evaluate.stage import FUSELM
 
 CURVES = ("loss", "sft_loss", "fusion_loss")  # dvclive series of the fuse stage, one subplot each
 LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
@@ -46,19 +45,6 @@ def load_metrics(path: str | Path) -> dict[str, dict]:
         "models": {name: s for name, s in models.items() if isinstance(s, dict)},
         "lm_eval": harness if isinstance(harness, dict) else {},
     }
-
-
-def expected_models(slugs: list[str], methods: list[str]) -> list[str]:
-    """Every model name `evaluate` writes for this lock and merge.methods, in its order."""
-    return [
-        "pivot",
-        *(f"source:{s}" for s in slugs),
-        "sft_baseline",
-        *(f"fused:{s}" for s in slugs),
-        FUSELM,
-        *(f"merged:{m}" for m in methods),
-        "merged",
-    ]
 
 
 def _json(path: Path) -> dict[str, Any] | None:

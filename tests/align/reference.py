@@ -18,7 +18,7 @@ def levenshtein(a: str, b: str) -> int:
 
 
 def token_cost(a: str, b: str) -> int:
-    """method.md: stripped edit distance; unstripped (markers unified) when a stripped string is empty."""
+    """docs/method.md: stripped edit distance; unstripped (markers unified) when a stripped string is empty."""
     sa, sb = a.replace(MARKER, ""), b.replace(MARKER, "")
     return levenshtein(sa, sb) if sa and sb else levenshtein(a, b)
 

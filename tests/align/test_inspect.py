@@ -4,21 +4,19 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import fusecli.align.tokens as tokens_module
-from fusecli.align.inspect import inspect_command
+import fusecli.align.inspect as inspect_module
+from fusecli.cli import app as fusecli_app
 
 TEXT = "The capital of France is Paris.\nCafé 你好"
 
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("inspect-alignment")(inspect_command)
-    return app
+    return fusecli_app  # its error handler prints a FusecliError as one `error:` line
 
 
 def _run(app, tokenizer_dirs, *args: str):
-    base = ["--pivot", str(tokenizer_dirs["byte"]), "--source", str(tokenizer_dirs["meta"])]
+    base = ["inspect-alignment", "--pivot", str(tokenizer_dirs["byte"]), "--source", str(tokenizer_dirs["meta"])]
     return CliRunner().invoke(app, [*base, *args])
 
 
@@ -75,14 +73,15 @@ def test_bad_input_is_one_error_line(app, tokenizer_dirs, args, match):
 
 
 def test_missing_tokenizer(app, tmp_path):
-    result = CliRunner().invoke(app, ["--pivot", str(tmp_path / "nope"), "--source", str(tmp_path), "--text", "a"])
+    args = ["inspect-alignment", "--source", str(tmp_path), "--text", "a"]
+    result = CliRunner().invoke(app, [*args, "--pivot", str(tmp_path / "nope")])
     assert result.exit_code == 1 and result.stderr.startswith("error: tokenizer folder")
-    result = CliRunner().invoke(app, ["--pivot", str(tmp_path), "--source", str(tmp_path), "--text", "a"])
+    result = CliRunner().invoke(app, [*args, "--pivot", str(tmp_path)])
     assert result.exit_code == 1 and result.stderr.startswith("error: cannot load a tokenizer")
     assert result.stderr.count("\n") == 1
 
 
 def test_tokenizer_that_cannot_convert_single_ids(app, tokenizer_dirs, monkeypatch):
-    monkeypatch.setattr(tokens_module, "load_tokenizer", lambda path, trust_remote_code=False: _NoStrings())
+    monkeypatch.setattr(inspect_module, "load_tokenizer", lambda path, trust_remote_code=False: _NoStrings())
     result = _run(app, tokenizer_dirs, "--text", "a")
     assert result.exit_code == 1 and "cannot turn single ids into token strings" in result.stderr

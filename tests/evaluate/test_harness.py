@@ -11,23 +11,20 @@ import yaml
 from fusecli.data.render import prompt_text
 from fusecli.errors import FusecliError
 from fusecli.evaluate.harness import run_harness, scores_of, write_local_tasks
-from fusecli.evaluate.run import (
-    EvalModel,
-    EvalParams,
-    LmEvalParams,
-    greedy_answers,
-    report_markdown,
-    score_model,
-)
-from fusecli.evaluate.stage import run_evaluate
-from fusecli.merge.stage import MergeMethods
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import EvalModel, greedy_answers, score_model
+from fusecli.evaluate.stage import run
+from fusecli.evaluate.tables import report_markdown
 from fusecli.models import load_model, load_tokenizer
+from fusecli.plan import MergeMethods
+from tests.params import section
 from tests.tiny import write_dataset, write_model
 
 pytest.importorskip("lm_eval")
 
-PARAMS = EvalParams(batch_size=4, max_new_tokens=4, max_length=64, device="cpu",
-                    backend="lm_eval", lm_eval=LmEvalParams(batch_size=4))
+BASE = section(EvalParams, "evaluate")
+PARAMS = replace(BASE, batch_size=4, max_new_tokens=4, max_length=64, device="cpu", dtype="float32",
+                 backend="lm_eval", lm_eval=replace(BASE.lm_eval, batch_size=4))
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +36,8 @@ def world(tmp_path_factory):
     df = pl.read_parquet(write_dataset(root / "raw.parquet", 8))
     tok = load_tokenizer(model)
     prompts = [prompt_text(tok, json.loads(m)) for m in df["messages"]]
-    preds = greedy_answers(load_model(model, torch.device("cpu"), torch.float32), tok, prompts, PARAMS,
-                           torch.device("cpu"))
+    preds = greedy_answers(load_model(model, torch.device("cpu"), torch.float32), tok, prompts, PARAMS.batch_size,
+                           PARAMS.max_new_tokens, torch.device("cpu"))
     answers = [p.strip() if i % 2 == 0 else "no such answer" for i, p in enumerate(preds)]
     df.with_columns(pl.Series("answer", answers)).write_parquet(root / "eval.parquet")
     return root
@@ -74,12 +71,12 @@ def test_harness_exact_match_equals_the_native_one(world):
 def test_backend_lm_eval_folds_its_scores_into_the_metrics(world):
     m = str(world / "m")
     models = [EvalModel("pivot", m), EvalModel("merged:sce", m)]
-    metrics = run_evaluate(PARAMS, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))
+    metrics = run(PARAMS, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))
     assert set(metrics["models"]) == {"pivot", "merged:sce", "merged"}
     assert set(metrics["lm_eval"]) == {"merged"}
     assert {"fusecli_heldout_capital", "fusecli_heldout_currency", "fusecli_heldout_region"} == set(
         metrics["lm_eval"]["merged"])
     assert "## lm-evaluation-harness" in report_markdown(metrics)
-    wrong = replace(PARAMS, lm_eval=LmEvalParams(models=("fused:x",)))
+    wrong = replace(PARAMS, lm_eval=replace(PARAMS.lm_eval, models=("fused:x",)))
     with pytest.raises(FusecliError, match="evaluate.lm_eval.models names 'fused:x'"):
-        run_evaluate(wrong, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))
+        run(wrong, models, world / "eval.parquet", MergeMethods("sce", ("sce",)))

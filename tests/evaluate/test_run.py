@@ -8,8 +8,11 @@ from transformers import AutoModelForCausalLM
 
 from fusecli.data.render import prompt_text, render, tokenize
 from fusecli.errors import FusecliError
-from fusecli.evaluate.run import EvalModel, EvalParams, evaluate, greedy_answers, report_markdown, response_ce
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.run import BanFirstTokens, EvalModel, evaluate, greedy_answers, response_ce
+from fusecli.evaluate.tables import report_markdown
 from fusecli.models import load_tokenizer
+from tests.params import section
 from tests.tiny import write_dataset, write_model
 
 
@@ -26,17 +29,23 @@ def test_batched_left_padded_greedy_equals_one_by_one(tiny):
     model = AutoModelForCausalLM.from_pretrained(tiny / "m").eval()
     df = pl.read_parquet(tiny / "eval.parquet")
     prompts = [prompt_text(tok, json.loads(m)) for m in df["messages"]]
-    params = EvalParams(batch_size=4, max_new_tokens=5)
-    batched = greedy_answers(model, tok, prompts, params, torch.device("cpu"))
-    single = [greedy_answers(model, tok, [p], params, torch.device("cpu"))[0] for p in prompts]
+    batched = greedy_answers(model, tok, prompts, 4, 5, torch.device("cpu"))
+    single = [greedy_answers(model, tok, [p], 4, 5, torch.device("cpu"))[0] for p in prompts]
     assert batched == single
+    # a row that rules an answer out never starts with it (the demo's excluded named member)
+    scores = torch.zeros(2, 10)
+    BanFirstTokens([[3], [4, 5]], prompt_width=7)(torch.zeros(2, 7), scores)
+    assert scores[0, 3] == scores[1, 4] == scores[1, 5] == -torch.inf and scores.isfinite().sum() == 17
+    later = torch.zeros(2, 10)
+    BanFirstTokens([[3], [4]], prompt_width=7)(torch.zeros(2, 8), later)
+    assert later.isfinite().all()  # only the first reply token is constrained
 
 
 def test_response_ce_equals_naive_mean_over_response_tokens(tiny):
     tok = load_tokenizer(tiny / "m")
     model = AutoModelForCausalLM.from_pretrained(tiny / "m").eval()
     dialogues = [json.loads(m) for m in pl.read_parquet(tiny / "eval.parquet")["messages"]]
-    ces = response_ce(model, tok, dialogues, EvalParams(batch_size=3), torch.device("cpu"))
+    ces = response_ce(model, tok, dialogues, section(EvalParams, "evaluate", batch_size=3), torch.device("cpu"))
     for d, ce in zip(dialogues, ces, strict=True):
         it = tokenize(tok, render(tok, d))
         with torch.no_grad():
@@ -49,7 +58,8 @@ def test_metrics_shape_and_ce_only_domains(tiny, tmp_path):
     df = pl.read_parquet(tiny / "eval.parquet")
     df = df.with_columns(pl.when(pl.col("domain") == "region").then(None).otherwise(pl.col("answer")).alias("answer"))
     df.write_parquet(tmp_path / "eval.parquet")
-    metrics = evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "eval.parquet", EvalParams(batch_size=4))
+    params = section(EvalParams, "evaluate", batch_size=4)
+    metrics = evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "eval.parquet", params)
     scores = metrics["models"]["pivot"]
     assert set(scores) == {"capital", "currency", "region"}
     assert scores["region"]["em"] is None and scores["region"]["ce"] > 0
@@ -61,4 +71,4 @@ def test_metrics_shape_and_ce_only_domains(tiny, tmp_path):
 def test_empty_eval_set_is_a_clear_error(tiny, tmp_path):
     pl.read_parquet(tiny / "eval.parquet").head(0).write_parquet(tmp_path / "e.parquet")
     with pytest.raises(FusecliError, match="no evaluation rows"):
-        evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "e.parquet", EvalParams())
+        evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "e.parquet", section(EvalParams, "evaluate"))

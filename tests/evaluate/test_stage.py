@@ -3,14 +3,14 @@
 import shutil
 
 import pytest
-import yaml
 
 import fusecli.evaluate.run as run_module
 from fusecli.errors import FusecliError
-from fusecli.evaluate.run import EvalParams
-from fusecli.evaluate.stage import pipeline_models, run_evaluate
+from fusecli.evaluate.params import EvalParams
+from fusecli.evaluate.stage import pipeline_models, run
 from fusecli.lock import Lock, ModelEntry, dump_lock
-from fusecli.merge.stage import MergeMethods, merge_methods, stage_params
+from fusecli.plan import MergeMethods
+from tests.params import section
 from tests.tiny import write_dataset, write_model
 
 METHODS = MergeMethods("sce", ("sce", "ties"))
@@ -57,8 +57,8 @@ def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, 
     calls = []
     score = run_module.score_model
     monkeypatch.setattr(run_module, "score_model", lambda m, df, p: calls.append(m.name) or score(m, df, p))
-    params = EvalParams(batch_size=8, max_new_tokens=3, max_length=64)
-    metrics = run_evaluate(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    params = section(EvalParams, "evaluate", batch_size=8, max_new_tokens=3, max_length=64)
+    metrics = run(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
     assert calls == ["pivot"]  # the other eight folders hold the same files: read back from the cache
     assert set(metrics["models"]) == {m.name for m in models_of(ws)} | {"merged"}
     assert metrics["models"]["merged"] == metrics["models"]["merged:sce"]
@@ -67,48 +67,11 @@ def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, 
     changed = write_model(ws / "other", "llama", 300, seed=2)
     shutil.rmtree(ws / "fused" / "b")
     shutil.copytree(changed, ws / "fused" / "b")
-    again = run_evaluate(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    again = run(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
     assert calls == ["fused:b"]
     assert again["models"]["pivot"] == metrics["models"]["pivot"]
 
     calls.clear()
-    other = EvalParams(batch_size=8, max_new_tokens=4, max_length=64)
-    run_evaluate(other, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    other = section(EvalParams, "evaluate", batch_size=8, max_new_tokens=4, max_length=64)
+    run(other, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
     assert calls == ["pivot", "fused:b"]  # new settings: a new key per distinct model
-
-
-def write_params(tmp_path, merge):
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"merge": merge}))
-    return path
-
-
-def test_merge_methods_and_per_method_params(tmp_path):
-    path = write_params(tmp_path, {"method": "ties", "methods": ["sce", "ties"], "density": 0.5})
-    assert merge_methods(path) == MergeMethods("ties", ("sce", "ties"))
-    assert stage_params(path).method == "ties"
-    params = stage_params(path, "sce")
-    assert params.method == "sce" and params.density == 0.5
-    legacy = write_params(tmp_path, {"method": "varm"})  # no methods: just the default
-    assert merge_methods(legacy) == MergeMethods("varm", ("varm",))
-
-
-@pytest.mark.parametrize(
-    ("merge", "message"),
-    [
-        ({"method": "ties", "methods": ["sce"]}, "merge.method = 'ties' is not in merge.methods"),
-        ({"method": "sce", "methods": ["sce", "nope"]}, "merge method 'nope' is unknown"),
-        ({"method": "sce", "methods": ["sce", "sce"]}, "names a method twice"),
-        ({"method": "sce", "methods": []}, "must be a non-empty list"),
-        ({"method": "sce", "methods": ["sce"], "bogus": 1}, "unknown key 'bogus'"),
-    ],
-)
-def test_bad_merge_sections_fail_clearly(tmp_path, merge, message):
-    with pytest.raises(FusecliError, match=message):
-        stage_params(write_params(tmp_path, merge))
-
-
-def test_a_method_outside_merge_methods_is_refused(tmp_path):
-    path = write_params(tmp_path, {"method": "sce", "methods": ["sce"]})
-    with pytest.raises(FusecliError, match="method 'ties' is not in merge.methods"):
-        stage_params(path, "ties")

@@ -17,7 +17,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, Qwen2Config
+from transformers import AutoModelForCausalLM
+
+from tests.tiny import tiny_config
 
 VOCAB = 96
 
@@ -62,18 +64,7 @@ def rewrite(src: Path, dst: Path, *, drop: tuple[str, ...] = (), config: dict | 
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    config = tiny_config("qwen2", VOCAB, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
     base = AutoModelForCausalLM.from_config(config).to(torch.float32)
     base.save_pretrained(root / "base")
     (root / "base" / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
@@ -125,10 +116,10 @@ def inputs(tiny: Tiny) -> Inputs:
 @pytest.fixture
 def run_merge(tiny: Tiny, tmp_path: Path):
     """Merge the three tiny models onto the base with the given MergeParams fields."""
-    from fusecli.merge import MergeParams, merge_models
+    from fusecli.merge import merge_models, merge_params
 
     def run(out: str = "merged", **params) -> tuple[dict[str, np.ndarray], dict]:
-        result = merge_models(tiny.base, tiny.models, MergeParams(**params), tmp_path / out)
+        result = merge_models(tiny.base, tiny.models, merge_params(**params), tmp_path / out)
         return load_tensors(result.out), result.report
 
     return run

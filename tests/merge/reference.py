@@ -1,4 +1,4 @@
-"""Plain NumPy versions of the merge formulas (method.md, stage 5), written independently of
+"""Plain NumPy versions of the merge formulas (docs/method.md, stage 5), written independently of
 fusecli's torch code. Task vectors are formed in float32, as fusecli does, so that selections
 (top-k by magnitude or variance) see the same values; the arithmetic is done in float64.
 """

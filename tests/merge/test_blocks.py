@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fusecli.merge import MergeParams, merge_models
+from fusecli.merge import merge_models, merge_params
 from fusecli.merge import run as merge_run
 from fusecli.merge.io import ModelFolder, ShardedWriter
 from fusecli.merge.methods.common import kth_largest
@@ -41,7 +41,7 @@ def test_kth_largest_sees_nonzero_counts():
 @pytest.mark.parametrize("method", METHODS)
 def test_row_blocks_give_the_whole_tensor_result(tiny, tmp_path, monkeypatch, method):
     """Every tensor cut into blocks of 100 elements (a few rows of the 96 x 32 embeddings)."""
-    params = MergeParams(method=method, sce_variant="sparse" if method == "sce" else "release")
+    params = merge_params(method, **({"variant": "sparse"} if method == "sce" else {}))
     whole = merge_models(tiny.base, tiny.models, params, tmp_path / "whole")
     monkeypatch.setattr(merge_run, "BLOCK_ELEMENTS", 100)
     assert len(merge_run.row_blocks((96, 32))) == 32
@@ -53,9 +53,9 @@ def test_row_blocks_give_the_whole_tensor_result(tiny, tmp_path, monkeypatch, me
 
 def test_row_blocks_crop_a_grown_vocabulary(tiny, tmp_path, monkeypatch):
     models = [("m1", tiny.m1), ("m2", tiny.m2), ("m3", tiny.m3_grown)]
-    whole = merge_models(tiny.base, models, MergeParams(method="ties"), tmp_path / "whole")
+    whole = merge_models(tiny.base, models, merge_params("ties"), tmp_path / "whole")
     monkeypatch.setattr(merge_run, "BLOCK_ELEMENTS", 100)
-    blocked = merge_models(tiny.base, models, MergeParams(method="ties"), tmp_path / "blocked")
+    blocked = merge_models(tiny.base, models, merge_params("ties"), tmp_path / "blocked")
     assert reference.files(blocked.out) == reference.files(whole.out)
 
 

@@ -1,20 +1,20 @@
+import dataclasses
 import shutil
 
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from fusecli.merge.cli import merge_command
+from fusecli.cli import app
+from fusecli.merge.cli import method_help, registered_methods
+from fusecli.merge.registry import get_method, method_names
 
-app = typer.Typer()
-app.command()(merge_command)
 runner = CliRunner()
 
 
 def invoke(tiny, tmp_path, *args, models=None):
     models = models or [tiny.m1, tiny.m2]
-    argv = ["--base", str(tiny.base), "--out", str(tmp_path / "merged")]
+    argv = ["merge", "--base", str(tiny.base), "--out", str(tmp_path / "merged")]
     for m in models:
         argv += ["--model", str(m)]
     return runner.invoke(app, argv + list(args))
@@ -50,8 +50,9 @@ def test_merge_with_sets_and_mergekit_export(tiny, tmp_path):
 @pytest.mark.parametrize(
     "args,match",
     [
-        (["--method", "ties", "--set", "density=0"], "merge.density = 0"),
-        (["--method", "ties", "--set", "density=1.5"], "merge.density = 1.5"),
+        (["--method", "ties", "--set", "density=0"], "merge.ties.density = 0"),
+        (["--method", "ties", "--set", "density=1.5"], "merge.ties.density = 1.5"),
+        (["--method", "ties", "--set", "select_topk=0.5"], "--method ties --set: unknown key 'select_topk'"),
         (["--method", "varm", "--export-mergekit", "x.yaml"], "mergekit has no 'varm' method"),
         (["--method", "slerp"], "unknown merge method 'slerp'"),
         (["--method", "sce", "--set", "tau"], "not KEY=VALUE"),
@@ -71,6 +72,7 @@ def test_missing_base(tiny, tmp_path):
     result = runner.invoke(
         app,
         [
+            "merge",
             "--method",
             "sce",
             "--base",
@@ -105,3 +107,9 @@ def _assert_fails(result, tmp_path, match):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], result.stderr
     assert not (tmp_path / "merged").exists()
+
+
+def test_method_help_lists_the_registry_and_each_methods_options():
+    fields = {n: [f.name for f in dataclasses.fields(get_method(n).options)] for n in method_names()}
+    assert registered_methods() == fields
+    assert "sce (variant, select_topk)" in method_help() and "ties (weight, density, normalize)" in method_help()

@@ -2,13 +2,13 @@ import pytest
 import yaml
 
 from fusecli.errors import FusecliError
-from fusecli.merge import MergeParams
 from fusecli.merge.mergekit import mergekit_yaml
+from fusecli.merge.params import merge_params
 
 
 def test_ties_exports_per_model_and_global_parameters(tmp_path):
     text = mergekit_yaml(
-        MergeParams(method="ties", weight=(0.5, 0.25)), tmp_path / "base", [tmp_path / "a", tmp_path / "b"], "BF16"
+        merge_params("ties", weight=(0.5, 0.25)), tmp_path / "base", [tmp_path / "a", tmp_path / "b"], "BF16"
     )
     config = yaml.safe_load(text)
     assert config == {
@@ -24,13 +24,13 @@ def test_ties_exports_per_model_and_global_parameters(tmp_path):
 
 
 def test_linear_has_no_base_and_uniform_default_weights(tmp_path):
-    config = yaml.safe_load(mergekit_yaml(MergeParams(method="linear"), tmp_path, [tmp_path / "a", tmp_path / "b"]))
+    config = yaml.safe_load(mergekit_yaml(merge_params("linear"), tmp_path, [tmp_path / "a", tmp_path / "b"]))
     assert "base_model" not in config
     assert [m["parameters"]["weight"] for m in config["models"]] == [0.5, 0.5]
 
 
 def test_sce_sparse_exports_select_topk(tmp_path):
-    config = yaml.safe_load(mergekit_yaml(MergeParams(sce_variant="sparse"), tmp_path, [tmp_path / "a"]))
+    config = yaml.safe_load(mergekit_yaml(merge_params("sce", variant="sparse"), tmp_path, [tmp_path / "a"]))
     assert config["merge_method"] == "sce" and config["parameters"] == {"select_topk": 0.1}
     assert "parameters" not in config["models"][0]
 
@@ -38,8 +38,8 @@ def test_sce_sparse_exports_select_topk(tmp_path):
 @pytest.mark.parametrize(
     "params,match",
     [
-        (MergeParams(method="varm"), "mergekit has no 'varm' method"),
-        (MergeParams(sce_variant="release", select_topk=0.1), "sce_variant=sparse"),
+        (merge_params("varm"), "mergekit has no 'varm' method"),
+        (merge_params("sce", variant="release", select_topk=0.1), "variant=sparse"),
     ],
 )
 def test_methods_mergekit_lacks_are_refused(tmp_path, params, match):

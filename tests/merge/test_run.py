@@ -11,7 +11,7 @@ from safetensors.torch import save_file as save_torch
 from transformers import AutoModelForCausalLM
 
 from fusecli.errors import FusecliError
-from fusecli.merge import MergeParams, merge_models
+from fusecli.merge import merge_models, merge_params
 from fusecli.merge.io import ShardedWriter
 
 from . import reference
@@ -19,7 +19,7 @@ from .conftest import load_tensors, rewrite
 
 
 def test_output_loads_and_generates(tiny, tmp_path):
-    result = merge_models(tiny.base, tiny.models, MergeParams(max_shard_size="20KB"), tmp_path / "merged")
+    result = merge_models(tiny.base, tiny.models, merge_params("sce", max_shard_size="20KB"), tmp_path / "merged")
     out = result.out
     assert len(list(out.glob("model-*-of-*.safetensors"))) > 1
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -33,7 +33,7 @@ def test_output_loads_and_generates(tiny, tmp_path):
 
 
 def test_coefficients_csv_matches_report(tiny, tmp_path):
-    result = merge_models(tiny.base, tiny.models, MergeParams(method="varm"), tmp_path / "merged")
+    result = merge_models(tiny.base, tiny.models, merge_params("varm"), tmp_path / "merged")
     rows = list(csv.DictReader((result.out / "merge_coefficients.csv").open()))
     report = json.loads((result.out / "merge_report.json").read_text())
     assert len(rows) == 3 * report["num_tensors"]
@@ -42,15 +42,15 @@ def test_coefficients_csv_matches_report(tiny, tmp_path):
 
 
 def test_sharded_input_gives_the_same_output(tiny, tmp_path):
-    a = merge_models(tiny.base, tiny.models, MergeParams(), tmp_path / "a").out
+    a = merge_models(tiny.base, tiny.models, merge_params("sce"), tmp_path / "a").out
     sharded = [("m1", tiny.m1_sharded), ("m2", tiny.m2), ("m3", tiny.m3)]
-    b = merge_models(tiny.base, sharded, MergeParams(), tmp_path / "b").out
+    b = merge_models(tiny.base, sharded, merge_params("sce"), tmp_path / "b").out
     assert reference.files(a) == reference.files(b)
 
 
 def test_grown_vocabulary_is_cropped_and_reported(tiny, inputs, tmp_path):
     models = [("m1", tiny.m1), ("m2", tiny.m2), ("m3", tiny.m3_grown)]
-    result = merge_models(tiny.base, models, MergeParams(method="linear"), tmp_path / "merged")
+    result = merge_models(tiny.base, models, merge_params("linear"), tmp_path / "merged")
     cropped = {(c["model"], c["tensor"]): (c["from"], c["to"]) for c in result.report["cropped"]}
     assert cropped == {
         ("m3", "model.embed_tokens.weight"): ([104, 32], [96, 32]),
@@ -68,7 +68,7 @@ def test_grown_vocabulary_is_cropped_and_reported(tiny, inputs, tmp_path):
 
 def test_model_with_tied_embeddings_gives_its_embedding_as_lm_head(tiny, inputs, tmp_path):
     models = [("m1", tiny.m1), ("m2", tiny.m2_tied), ("m3", tiny.m3)]
-    result = merge_models(tiny.base, models, MergeParams(method="linear"), tmp_path / "merged")
+    result = merge_models(tiny.base, models, merge_params("linear"), tmp_path / "merged")
     assert result.report["tied"] == [{"model": "m2", "tensor": "lm_head.weight", "source": "model.embed_tokens.weight"}]
     out = load_tensors(result.out)
     expected = reference.linear(
@@ -84,7 +84,7 @@ def test_model_with_tied_embeddings_gives_its_embedding_as_lm_head(tiny, inputs,
 
 
 def test_tied_base_ignores_the_models_lm_head(tiny, tmp_path):
-    result = merge_models(tiny.base_tied, tiny.models, MergeParams(), tmp_path / "merged")
+    result = merge_models(tiny.base_tied, tiny.models, merge_params("sce"), tmp_path / "merged")
     assert "lm_head.weight" not in load_tensors(result.out)
     assert {i["model"] for i in result.report["ignored"]} == {"m1", "m2", "m3"}
     model = AutoModelForCausalLM.from_pretrained(result.out)
@@ -96,7 +96,7 @@ def test_bf16_base_gives_bf16_output(tiny, tmp_path):
     bf16 = tmp_path / "base_bf16"
     shutil.copytree(tiny.base, bf16)
     save_torch({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()}, bf16 / "model.safetensors")
-    result = merge_models(bf16, tiny.models, MergeParams(method="ties"), tmp_path / "merged")
+    result = merge_models(bf16, tiny.models, merge_params("ties"), tmp_path / "merged")
     with safe_open(next(result.out.glob("*.safetensors")), framework="pt") as f:
         assert all(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
 
@@ -104,7 +104,7 @@ def test_bf16_base_gives_bf16_output(tiny, tmp_path):
 def _expect_error(tiny, tmp_path, models, match, base=None):
     out = tmp_path / "merged"
     with pytest.raises(FusecliError, match=match) as exc:
-        merge_models(base or tiny.base, models, MergeParams(), out)
+        merge_models(base or tiny.base, models, merge_params("sce"), out)
     assert "\n" not in str(exc.value)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
 
@@ -142,19 +142,19 @@ def test_duplicates_and_missing_base_are_refused(tiny, tmp_path):
     _expect_error(tiny, tmp_path, [("a", tiny.m1)], "not found", base=tmp_path / "nowhere")
     _expect_error(tiny, tmp_path, [], "no models")
     with pytest.raises(FusecliError, match="would replace the input"):
-        merge_models(tiny.base, tiny.models, MergeParams(), tiny.m2)
+        merge_models(tiny.base, tiny.models, merge_params("sce"), tiny.m2)
 
 
 def test_cuda_request_without_cuda_is_refused(tiny, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
     with pytest.raises(FusecliError, match="no CUDA device"):
-        merge_models(tiny.base, tiny.models, MergeParams(device="cuda"), tmp_path / "merged")
+        merge_models(tiny.base, tiny.models, merge_params("sce", device="cuda"), tmp_path / "merged")
 
 
 def test_failure_midway_leaves_no_output_and_keeps_the_old_one(tiny, tmp_path, monkeypatch):
     out = tmp_path / "merged"
-    merge_models(tiny.base, tiny.models, MergeParams(method="linear"), out)
+    merge_models(tiny.base, tiny.models, merge_params("linear"), out)
     before = reference.files(out)
     calls = []
 
@@ -165,7 +165,7 @@ def test_failure_midway_leaves_no_output_and_keeps_the_old_one(tiny, tmp_path, m
 
     monkeypatch.setattr(ShardedWriter, "add", add)
     with pytest.raises(RuntimeError, match="disk full"):
-        merge_models(tiny.base, tiny.models, MergeParams(), out)
+        merge_models(tiny.base, tiny.models, merge_params("sce"), out)
     assert reference.files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
 
@@ -173,8 +173,8 @@ def test_failure_midway_leaves_no_output_and_keeps_the_old_one(tiny, tmp_path, m
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["sce", "varm", "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"])
 def test_cuda_matches_cpu(tiny, tmp_path, method):
-    cpu = merge_models(tiny.base, tiny.models, MergeParams(method=method), tmp_path / "cpu")
-    gpu = merge_models(tiny.base, tiny.models, MergeParams(method=method, device="cuda"), tmp_path / "gpu")
+    cpu = merge_models(tiny.base, tiny.models, merge_params(method), tmp_path / "cpu")
+    gpu = merge_models(tiny.base, tiny.models, merge_params(method, device="cuda"), tmp_path / "gpu")
     a, b = load_tensors(cpu.out), load_tensors(gpu.out)
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)

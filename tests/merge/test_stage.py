@@ -25,7 +25,9 @@ def stage_main():
 def workspace(tiny, tmp_path):
     for slug, path in (("beta", tiny.m1), ("alpha", tiny.m2), ("gamma", tiny.m3)):
         shutil.copytree(path, tmp_path / "fused" / slug)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"merge": {"method": "ties", "weight": [0.5, 0.3]}}))
+    merge = {"method": "ties", "methods": ["ties"], "device": "cpu", "max_shard_size": "5GB",
+             "ties": {"weight": [0.5, 0.3], "density": 0.6, "normalize": True}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"merge": merge}))
     return tmp_path
 
 

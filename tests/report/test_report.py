@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from fusecli.cli import app
 from fusecli.errors import FusecliError
+from fusecli.evaluate.names import model_names as expected_models
 from fusecli.lock import Lock, ModelEntry, dump_lock
-from fusecli.report.data import expected_models, layer_of, load_coefficients
-from fusecli.report.run import ReportInputs, build_report
+from fusecli.report.data import layer_of, load_coefficients
+from fusecli.report.stage import ReportInputs, run
 
 SLUGS = ["a", "b"]
 METHODS = ["sce", "varm", "ties"]
@@ -83,7 +84,7 @@ def assert_png(path):
 
 
 def test_report_from_complete_inputs(ws):
-    index = build_report(inputs(ws), ws / "reports")
+    index = run(inputs(ws), ws / "reports")
     text = index.read_text()
     for section in ("## Scores per domain", "## Who taught what", "## Training curves", "## Merge coefficients"):
         assert section in text
@@ -118,7 +119,7 @@ def test_older_metrics_and_missing_logs_are_reported_not_fatal(ws):
     write_json(ws / "eval/metrics.json", metrics)
     shutil.rmtree(ws / "logs/fuse/b")
     shutil.rmtree(ws / "merged/varm")
-    text = build_report(inputs(ws), ws / "reports").read_text()
+    text = run(inputs(ws), ws / "reports").read_text()
     assert "Incomplete inputs" in text
     for name in ("fused:b", "merged:varm", "merged:ties", "merged:sce"):
         assert f"missing: model `{name}`" in text
@@ -134,10 +135,10 @@ def test_older_metrics_and_missing_logs_are_reported_not_fatal(ws):
 def test_a_missing_or_broken_metrics_file_is_a_clear_error(ws):
     (ws / "eval/metrics.json").unlink()
     with pytest.raises(FusecliError, match="run `dvc repro evaluate` first"):
-        build_report(inputs(ws), ws / "reports")
+        run(inputs(ws), ws / "reports")
     (ws / "eval/metrics.json").write_text('{"scores": {}}')
     with pytest.raises(FusecliError, match="no 'models' mapping"):
-        build_report(inputs(ws), ws / "reports")
+        run(inputs(ws), ws / "reports")
 
 
 def test_coefficients_are_averaged_per_layer(ws):
@@ -158,10 +159,10 @@ def test_cli_report(ws):
 
 
 def test_the_control_is_flagged_and_an_ungated_run_says_so(ws):
-    for run in ("fuse/a", "fuse/b", "fuse_all"):
-        path = ws / "logs" / run / "selection.json"
+    for name in ("fuse/a", "fuse/b", "fuse_all"):
+        path = ws / "logs" / name / "selection.json"
         selection = json.loads(path.read_text())
         write_json(path, {**selection, "teacher": "reference", "gate": None})
-    text = build_report(inputs(ws), ws / "reports").read_text()
+    text = run(inputs(ws), ws / "reports").read_text()
     assert "**Control run** (`fuse.teacher: reference`)" in text
     assert "Competence gate off (`fuse.gate: null`)" in text and "| gate (nats) |" not in text

@@ -1,5 +1,8 @@
-"""Importing this package registers every merge method (one module each)."""
+"""Importing this package registers every merge method: each module in this folder registers its own, so
+adding a method is adding its module (and its `merge.<name>` options to params.yaml)."""
 
-from fusecli.merge.methods import dare, linear, sce, task_arithmetic, ties, varm
+import importlib
+import pkgutil
 
-__all__ = ["dare", "linear", "sce", "task_arithmetic", "ties", "varm"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,6 +1,6 @@
-"""Pieces shared by the task-vector methods: each formula here is written once (method.md, stage 5).
+"""Pieces shared by the task-vector methods: each formula here is written once (docs/method.md, stage 5).
 
-Conventions from method.md: variance is the population variance, sign(0) counts as + when electing
+Conventions from docs/method.md: variance is the population variance, sign(0) counts as + when electing
 a sign, a zero delta never agrees with the elected sign, and a zero denominator counts as 1.
 """
 
@@ -33,7 +33,7 @@ def per_model(values: Tensor | list[float] | tuple[float, ...], like: Tensor) ->
 
 
 def nonzero(x: Tensor) -> Tensor:
-    """A denominator where 0 counts as 1 (method.md): positions nobody contributes to stay at 0."""
+    """A denominator where 0 counts as 1 (docs/method.md): positions nobody contributes to stay at 0."""
     return torch.where(x == 0, torch.ones_like(x), x)
 
 

@@ -11,15 +11,28 @@ uniform numbers one element after another, so the masks do not depend on the blo
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from fusecli.merge.methods.common import combine, task_vectors
-from fusecli.merge.params import MergeParams
+from fusecli.merge.params import Weight, check_fraction, check_weight
 from fusecli.merge.registry import Blocks, register
 
-OPTIONS = ("weight", "density", "normalize", "seed")
+
+@dataclass(frozen=True)
+class DareOptions:
+    """params.yaml `merge.dare_linear` and `merge.dare_ties` (FuseChat's baseline values as defaults)."""
+
+    weight: Weight = 0.2  # one for all models, or one per model; null: 1/N each
+    density: float = 0.6  # fraction of each task vector kept
+    normalize: bool = True  # divide by the sum of the weights that contributed
+    seed: int = 0  # the masks are a function of (seed, tensor name, model index)
+
+    def validate(self) -> None:
+        check_weight("merge.dare_*", self.weight)
+        check_fraction("merge.dare_*", "density", self.density, "the fraction of each task vector kept")
 
 
 def dare_generator(seed: int, name: str, index: int) -> torch.Generator:
@@ -32,7 +45,7 @@ def dare_mask(shape: torch.Size | tuple[int, ...], density: float, seed: int, na
     return torch.rand(shape, generator=dare_generator(seed, name, index)) < density
 
 
-def dare_generators(blocks: Blocks, params: MergeParams, name: str) -> list[torch.Generator] | None:
+def dare_generators(blocks: Blocks, params: DareOptions, name: str) -> list[torch.Generator] | None:
     """One mask generator per model for this tensor; the blocks draw from them in order."""
     if params.density >= 1:
         return None
@@ -40,7 +53,7 @@ def dare_generators(blocks: Blocks, params: MergeParams, name: str) -> list[torc
 
 
 def dare_deltas(
-    base: Tensor, models: list[Tensor], params: MergeParams, generators: list[torch.Generator] | None
+    base: Tensor, models: list[Tensor], params: DareOptions, generators: list[torch.Generator] | None
 ) -> Tensor:
     deltas = task_vectors(base, models)
     if generators is None:
@@ -49,18 +62,18 @@ def dare_deltas(
     return deltas * masks.to(deltas.device) / params.density
 
 
-@register("dare_linear", options=OPTIONS, weight=0.2, normalize=True, mergekit="dare_linear", stats=dare_generators)
+@register("dare_linear", options=DareOptions, mergekit="dare_linear", stats=dare_generators)
 def dare_linear(
-    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: list[torch.Generator] | None
+    base: Tensor, models: list[Tensor], params: DareOptions, *, name: str = "", stats: list[torch.Generator] | None
 ) -> tuple[Tensor, None]:
     """DARE-linear: randomly dropped, rescaled task vectors, weighted sum."""
     deltas = dare_deltas(base, models, params, stats)
     return combine(base, deltas, params.weight, consensus=False, normalize=params.normalize), None
 
 
-@register("dare_ties", options=OPTIONS, weight=0.2, normalize=True, mergekit="dare_ties", stats=dare_generators)
+@register("dare_ties", options=DareOptions, mergekit="dare_ties", stats=dare_generators)
 def dare_ties(
-    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: list[torch.Generator] | None
+    base: Tensor, models: list[Tensor], params: DareOptions, *, name: str = "", stats: list[torch.Generator] | None
 ) -> tuple[Tensor, None]:
     """DARE-TIES: randomly dropped, rescaled task vectors, merged where signs agree."""
     deltas = dare_deltas(base, models, params, stats)

@@ -6,16 +6,29 @@ average (as in mergekit); list it as a model to include it. Default weights: 1/N
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
-from fusecli.merge.params import MergeParams
-from fusecli.merge.registry import UNIFORM, register
+from fusecli.merge.params import Weight, check_weight
+from fusecli.merge.registry import register
 
 
-@register(
-    "linear", options=("weight", "normalize"), weight=UNIFORM, normalize=True, mergekit="linear", reads_base=False
-)
-def linear(base: Tensor | None, models: list[Tensor], params: MergeParams, *, name: str = "") -> tuple[Tensor, None]:
+@dataclass(frozen=True)
+class LinearOptions:
+    """params.yaml `merge.linear`."""
+
+    weight: Weight = None  # one for all models, or one per model; null: 1/N each
+    normalize: bool = True  # divide by the sum of the weights
+
+    def validate(self) -> None:
+        check_weight("merge.linear", self.weight)
+
+
+@register("linear", options=LinearOptions, mergekit="linear", reads_base=False)
+def linear(
+    base: Tensor | None, models: list[Tensor], params: LinearOptions, *, name: str = ""
+) -> tuple[Tensor, None]:
     """Linear: weighted average of the model tensors."""
     merged = models[0] * params.weight[0]
     for w, theta in zip(params.weight[1:], models[1:], strict=True):

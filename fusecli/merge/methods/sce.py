@@ -8,7 +8,7 @@ Per tensor j with task vectors delta_i = theta_i - theta_0:
 - Erase: elected sign s = sign(sum_i delta_i) (0 as +), e_i = [sign(delta_i) == s].
 - Merge: delta* = sum_i eta_i e_i delta_i / sum_i eta_i e_i (0 denominator as 1); theta_0 + delta*.
 
-Two published variants differ in what the mask touches (method.md):
+Two published variants differ in what the mask touches (docs/method.md):
 - `release` (the authors' code): the mask only weighs eta; the full deltas are elected and merged.
 - `sparse` (mergekit's `sce`): unselected positions are zeroed before election and merging.
 They agree at tau = 1.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -34,8 +35,19 @@ from fusecli.merge.methods.common import (
     per_model,
     task_vectors,
 )
-from fusecli.merge.params import MergeParams
+from fusecli.merge.params import check_fraction
 from fusecli.merge.registry import Block, Blocks, Coefficients, register
+
+
+@dataclass(frozen=True)
+class SceOptions:
+    """params.yaml `merge.sce`."""
+
+    variant: Literal["release", "sparse"] = "release"  # release: the authors' code (docs/method.md)
+    select_topk: float = 0.1  # tau: the fraction of positions kept by variance
+
+    def validate(self) -> None:
+        check_fraction("merge.sce", "select_topk", self.select_topk, "the fraction of positions kept")
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,7 @@ def block_variance(block: Block) -> Tensor:
     return block.derive("variance", lambda b: variance(block_deltas(b)))
 
 
-def sce_stats(blocks: Blocks, params: MergeParams, name: str) -> SceStats:
+def sce_stats(blocks: Blocks, params: SceOptions, name: str) -> SceStats:
     """Select: the variance threshold of the top tau fraction. Calculate: eta from the selected deltas."""
     tau, threshold = params.select_topk, -math.inf
     if tau < 1:
@@ -79,13 +91,13 @@ def sce_stats(blocks: Blocks, params: MergeParams, name: str) -> SceStats:
     return SceStats(threshold, eta)
 
 
-@register("sce", options=("sce_variant", "select_topk"), mergekit="sce", stats=sce_stats)
+@register("sce", options=SceOptions, mergekit="sce", stats=sce_stats)
 def sce(
-    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: SceStats
+    base: Tensor, models: list[Tensor], params: SceOptions, *, name: str = "", stats: SceStats
 ) -> tuple[Tensor, Coefficients]:
     """SCE (FuseChat-2.0): variance-selected, energy-weighted, sign-agreeing task-vector average."""
     deltas = task_vectors(base, models)
-    if params.sce_variant == "sparse" and stats.threshold > -math.inf:
+    if params.variant == "sparse" and stats.threshold > -math.inf:
         deltas.mul_(variance(deltas) >= stats.threshold)
     weights = elected_sign_agreement(deltas).to(deltas.dtype).mul_(per_model(stats.eta, deltas))
     merged = deltas.mul_(weights).sum(dim=0).div_(nonzero(weights.sum(dim=0)))

@@ -8,15 +8,21 @@ tensor: `varm_weights` sums over its blocks before any block is merged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from fusecli.merge.methods.common import block_deltas, per_model
-from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import Blocks, Coefficients, register
 
 
-def varm_weights(blocks: Blocks, params: MergeParams, name: str) -> Tensor:
+@dataclass(frozen=True)
+class VarmOptions:
+    """params.yaml `merge.varm`: none, the weights come from the task vectors."""
+
+
+def varm_weights(blocks: Blocks, params: VarmOptions, name: str) -> Tensor:
     """w_i = sum(delta_i^2) / sum_k sum(delta_k^2) (the means' 1/numel cancels); uniform if all 0."""
     energy = torch.zeros(blocks.n_models, dtype=torch.float64)
     for b in blocks:
@@ -25,9 +31,9 @@ def varm_weights(blocks: Blocks, params: MergeParams, name: str) -> Tensor:
     return torch.full_like(energy, 1.0 / len(energy)) if total == 0 else energy / total
 
 
-@register("varm", stats=varm_weights)
+@register("varm", options=VarmOptions, stats=varm_weights)
 def varm(
-    base: Tensor, models: list[Tensor], params: MergeParams, *, name: str = "", stats: Tensor
+    base: Tensor, models: list[Tensor], params: VarmOptions, *, name: str = "", stats: Tensor
 ) -> tuple[Tensor, Coefficients]:
     """VaRM (FuseChat v1): per-matrix weights proportional to the mean squared task vector."""
     thetas = torch.stack(models)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusecli.merge import MergeParams, get_method
+from fusecli.merge import get_method, merge_params
 from fusecli.merge.methods.dare import dare_mask
 
 from .. import reference
@@ -42,5 +42,5 @@ def test_density_one_is_task_arithmetic_normalised():
     torch.manual_seed(0)
     base = torch.randn(5, 5)
     models = [base + torch.randn(5, 5) for _ in range(2)]
-    merged, _ = get_method("dare_linear")(base, models, MergeParams(method="dare_linear", density=1.0))
+    merged, _ = get_method("dare_linear")(base, models, merge_params("dare_linear", density=1.0).options)
     torch.testing.assert_close(merged, base + sum(m - base for m in models) / 2)

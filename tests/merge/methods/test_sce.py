@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusecli.merge import MergeParams, get_method
+from fusecli.merge import get_method, merge_params
+from fusecli.merge.methods.sce import SceOptions
 
 from .. import reference
 
@@ -10,7 +11,7 @@ from .. import reference
 @pytest.mark.parametrize("variant", ["release", "sparse"])
 @pytest.mark.parametrize("tau", [0.1, 1.0])
 def test_sce_matches_numpy_reference(run_merge, inputs, variant, tau):
-    out, report = run_merge(method="sce", sce_variant=variant, select_topk=tau)
+    out, report = run_merge(method="sce", variant=variant, select_topk=tau)
     etas = {}
 
     def ref(base, models, name):
@@ -31,16 +32,16 @@ def test_variants_agree_at_tau_one_and_differ_below():
     for m in models:
         m[4:6] = base[4:6] + 0.5  # equal deltas: zero variance
     sce = get_method("sce")
-    at = {v: sce(base, models, MergeParams(sce_variant=v, select_topk=1.0))[0] for v in ("release", "sparse")}
+    at = {v: sce(base, models, SceOptions(v, 1.0))[0] for v in ("release", "sparse")}
     assert torch.equal(at["release"], at["sparse"])
-    below = {v: sce(base, models, MergeParams(sce_variant=v, select_topk=0.1))[0] for v in ("release", "sparse")}
+    below = {v: sce(base, models, SceOptions(v, 0.1))[0] for v in ("release", "sparse")}
     assert not torch.equal(below["release"], below["sparse"])
 
 
 def test_sign_of_zero_sum_is_positive_and_zero_denominator_keeps_base():
     base = torch.zeros(3)
     models = [torch.tensor([1.0, 0.0, 2.0]), torch.tensor([-1.0, 0.0, 2.0])]
-    merged, coefficients = get_method("sce")(base, models, MergeParams(select_topk=1.0))
+    merged, coefficients = get_method("sce")(base, models, merge_params("sce", select_topk=1.0).options)
     # position 0: deltas +1 and -1 sum to 0 -> elected +, only the first model counts
     # position 1: no model moved -> denominator 0 counts as 1 -> stays at the base
     assert merged.tolist() == [1.0, 0.0, 2.0]
@@ -49,7 +50,7 @@ def test_sign_of_zero_sum_is_positive_and_zero_denominator_keeps_base():
 
 def test_untouched_tensor_gives_uniform_eta_and_the_base():
     base = torch.randn(4, 4)
-    merged, coefficients = get_method("sce")(base, [base.clone(), base.clone()], MergeParams())
+    merged, coefficients = get_method("sce")(base, [base.clone(), base.clone()], merge_params("sce").options)
     assert torch.equal(merged, base)
     assert coefficients == {"eta": [0.5, 0.5]}
 
@@ -57,5 +58,5 @@ def test_untouched_tensor_gives_uniform_eta_and_the_base():
 def test_result_is_cast_back_to_base_dtype():
     base = torch.randn(8, 8).to(torch.bfloat16)
     models = [(base.float() + 0.01 * torch.randn(8, 8)).to(torch.bfloat16) for _ in range(2)]
-    merged, _ = get_method("sce")(base, models, MergeParams())
+    merged, _ = get_method("sce")(base, models, merge_params("sce").options)
     assert merged.dtype == torch.bfloat16

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fusecli.merge import MergeParams, get_method
+from fusecli.merge import get_method, merge_params
 
 from .. import reference
 
@@ -19,7 +19,7 @@ def test_density_one_keeps_everything():
     torch.manual_seed(0)
     base = torch.randn(6, 6)
     models = [base + torch.randn(6, 6) for _ in range(2)]
-    merged, _ = get_method("ties")(base, models, MergeParams(method="ties", density=1.0))
+    merged, _ = get_method("ties")(base, models, merge_params("ties", density=1.0).options)
     expected = reference.generalized(
         base.numpy(), reference.task_vectors(base.numpy(), [m.numpy() for m in models]), [0.2, 0.2], True, True
     )

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from fusecli.merge import MergeParams, get_method
+from fusecli.merge import get_method, merge_params
 
 from .. import reference
 
@@ -24,6 +24,6 @@ def test_varm_matches_numpy_reference(run_merge, inputs):
 
 def test_untouched_tensor_gives_uniform_weights():
     base = torch.randn(4)
-    merged, coefficients = get_method("varm")(base, [base.clone(), base.clone()], MergeParams(method="varm"))
+    merged, coefficients = get_method("varm")(base, [base.clone(), base.clone()], merge_params("varm").options)
     assert torch.equal(merged, base)
     assert coefficients == {"weight": [0.5, 0.5]}

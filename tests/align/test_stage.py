@@ -5,16 +5,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file, safe_open
 
 from fusecli.align.dist import RULES
-from fusecli.align.run import AlignParams, run_align
+from fusecli.align.params import AlignParams
+from fusecli.align.stage import run
 from fusecli.config import load_section
 from fusecli.data.render import render, tokenize
 from fusecli.errors import FusecliError
 from fusecli.hashing import content_hash
 from fusecli.lock import Lock, ModelEntry, dump_lock
 from fusecli.store import StoreWriter, iter_records, read_manifest
+from tests.params import section
 
 from .conftest import CORPUS
 
@@ -68,7 +71,8 @@ def test_self_alignment_maps_every_position(tmp_path, tokenizers, tokenizer_dirs
     """Aligning a model with itself: identity alignment, every row mapped, top-K copied unchanged."""
     meta = tokenizers["meta"]
     store = write_extract(tmp_path / "meta", meta, meta, first_id=259)  # ordinary tokens only
-    cov = run_align(AlignParams(k=K), store, store, tokenizer_dirs["meta"], tokenizer_dirs["meta"], tmp_path / "out")
+    params = section(AlignParams, "align", k=K)
+    cov = run(params, store, store, tokenizer_dirs["meta"], tokenizer_dirs["meta"], tmp_path / "out")
     assert cov["coverage"] == 1.0 and cov["offsets_agreement"] == 1.0 and cov["pivot_only_sequences"] == 0
     for src, out in zip(_records(store), _records(tmp_path / "out"), strict=True):
         np.testing.assert_array_equal(out["topk_ids"], src["topk_ids"])
@@ -84,8 +88,8 @@ def cross(tmp_path_factory, tokenizers, tokenizer_dirs):
     pivot_tok, source_tok = tokenizers["byte"], tokenizers["meta"]
     pivot = write_extract(root / "pivot", pivot_tok, pivot_tok, drop={4}, seed=1)
     source = write_extract(root / "source", source_tok, pivot_tok, drop={2}, max_length={1: 40}, seed=2)
-    params = AlignParams(k=K)
-    cov = run_align(params, pivot, source, tokenizer_dirs["byte"], tokenizer_dirs["meta"], root / "out")
+    params = section(AlignParams, "align", k=K)
+    cov = run(params, pivot, source, tokenizer_dirs["byte"], tokenizer_dirs["meta"], root / "out")
     return {"root": root, "pivot": pivot, "source": source, "out": root / "out", "cov": cov, "params": params}
 
 
@@ -150,10 +154,10 @@ def test_offsets_method_with_workers_matches_one_process(cross, tokenizer_dirs):
     root = cross["root"]
     outs = []
     for workers in (1, 2):
-        params = AlignParams(method="offsets", vocab_map="em", k=K, workers=workers)
+        params = section(AlignParams, "align", method="offsets", vocab_map="em", k=K, workers=workers)
         out = root / f"offsets{workers}"
         outs.append(
-            run_align(params, cross["pivot"], cross["source"], tokenizer_dirs["byte"], tokenizer_dirs["meta"], out)
+            run(params, cross["pivot"], cross["source"], tokenizer_dirs["byte"], tokenizer_dirs["meta"], out)
         )
     assert outs[0] == outs[1] and outs[0]["offsets_agreement"] == 1.0
     for a, b in zip(_records(root / "offsets1"), _records(root / "offsets2"), strict=True):
@@ -164,7 +168,7 @@ def test_offsets_method_with_workers_matches_one_process(cross, tokenizer_dirs):
 def test_workers_change_no_byte_of_the_default_mined_output(cross, tokenizer_dirs):
     """align.workers is unhashed in dvc.yaml (AlignParams.UNHASHED): the pool must not change one byte."""
     root = cross["root"]
-    two = run_align(dataclasses.replace(cross["params"], workers=2), cross["pivot"], cross["source"],
+    two = run(dataclasses.replace(cross["params"], workers=2), cross["pivot"], cross["source"],
                     tokenizer_dirs["byte"], tokenizer_dirs["meta"], root / "mined2")
     assert two == cross["cov"]
     files = sorted(p.relative_to(cross["out"]) for p in cross["out"].rglob("*") if p.is_file())
@@ -198,7 +202,7 @@ def test_stage_reads_the_models_from_the_lock(cross, tokenizer_dirs, tmp_path, c
     lock = tmp_path / "models.lock"
     lock.write_text(dump_lock(Lock(pivot=pivot, sources={"meta-src": source})))
     params = tmp_path / "params.yaml"
-    params.write_text("align:\n  k: 3\n")
+    params.write_text("align:\n  method: mined\n  vocab_map: ms\n  k: 3\n  workers: 1\n")
     main = runpy.run_path(str(STAGE))["main"]
     args = ["--params", str(params), "--lock", str(lock), "--pivot-extract", str(cross["pivot"])]
     args += ["--source-extract", str(cross["source"]), "--out", str(tmp_path / "out")]
@@ -207,6 +211,9 @@ def test_stage_reads_the_models_from_the_lock(cross, tokenizer_dirs, tmp_path, c
     with pytest.raises(SystemExit):
         main([*args, "--source", "nope"])
     assert "has no source 'nope'" in capsys.readouterr().err
+
+
+VALID = {"method": "mined", "vocab_map": "ms", "k": 10, "workers": 1}
 
 
 @pytest.mark.parametrize(
@@ -221,12 +228,15 @@ def test_stage_reads_the_models_from_the_lock(cross, tokenizer_dirs, tmp_path, c
 )
 def test_params_are_checked(tmp_path, body, match):
     path = tmp_path / "params.yaml"
-    path.write_text(f"align:\n  {body}\n")
+    path.write_text(yaml.safe_dump({"align": {**VALID, **yaml.safe_load(body)}}))
     with pytest.raises(FusecliError, match=match):
         load_section(AlignParams, "align", path)
 
 
-def test_defaults_are_the_release_settings(tmp_path):
+def test_every_key_comes_from_params_yaml(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("align: {}\n")
+    path.write_text(yaml.safe_dump({"align": VALID}))
     assert load_section(AlignParams, "align", path) == AlignParams("mined", "ms", 10, 1)
+    path.write_text("align: {k: 10}\n")
+    with pytest.raises(FusecliError, match="align.method is missing"):
+        load_section(AlignParams, "align", path)

@@ -1,4 +1,4 @@
-"""The align stage: extract/pivot + extract/sources/<slug> -> align/<slug> (method.md, stage 3).
+"""The align stage: extract/pivot + extract/sources/<slug> -> align/<slug> (docs/method.md, stage 3).
 
 Pass 1 aligns the tokens of every sequence (both stores joined on `seq_index`), counts the aligned
 (pivot id, source id) pairs and keeps each alignment in a scratch store; the vocabulary map is built
@@ -17,10 +17,9 @@ import multiprocessing as mp
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -38,29 +37,13 @@ from rich.text import Text
 from safetensors.numpy import save
 
 from fusecli.align.dist import MAPPED_RULES, RULES, align_rows, one_hot_rows
-from fusecli.align.tokens import Alignment, TokenTable, agreement, align_mined, align_offsets, load_tokenizer
+from fusecli.align.params import AlignParams
+from fusecli.align.tokens import Alignment, TokenTable, agreement, align_mined, align_offsets
 from fusecli.align.vocab import Cooccurrence, build_vocab_map, direct_map
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_bytes, atomic_write_json
 from fusecli.store import Record, StoreWriter, iter_records, read_manifest
-
-
-@dataclass(frozen=True)
-class AlignParams:
-    """params.yaml `align`: token aligner, vocabulary map, output width K, worker processes."""
-
-    method: Literal["mined", "offsets"] = "mined"
-    vocab_map: Literal["ms", "em", "mined_vocab"] = "ms"
-    k: int = 10
-    workers: int = 1
-
-    UNHASHED: ClassVar[tuple[str, ...]] = ("workers",)  # speed only: dvc.yaml's align@ does not hash them
-
-    def validate(self) -> None:
-        if self.k < 1:
-            raise FusecliError(f"align.k = {self.k} must be at least 1: set it to the extract top-K (10)")
-        if self.workers < 1:
-            raise FusecliError(f"align.workers = {self.workers} must be at least 1: use 1 for no process pool")
+from fusecli.tokenizer import load_tokenizer
 
 
 class _Rate(ProgressColumn):
@@ -272,7 +255,7 @@ def _pass2(
     return rules
 
 
-def run_align(
+def run(
     params: AlignParams,
     pivot_extract: str | Path,
     source_extract: str | Path,

@@ -14,14 +14,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusecli.evaluate.run import harness_table
-from fusecli.evaluate.stage import FUSELM
+from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
+from fusecli.evaluate.tables import harness_table
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
-from fusecli.merge.stage import merge_methods
+from fusecli.markdown import table
+from fusecli.plan import merge_methods
 from fusecli.report import data, plots
-
-MERGED = "merged"
 
 
 @dataclass(frozen=True)
@@ -34,21 +33,17 @@ class ReportInputs:
     merged: Path  # merged/<method>/merge_report.json
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
 
 
 def score_table(scores: dict[str, dict], metric: str, domains: list[str]) -> list[str]:
-    lines = ["| model | " + " | ".join(domains) + " | mean |", "|---" * (len(domains) + 2) + "|"]
+    rows = []
     for model, per_domain in scores.items():
         values = [per_domain.get(d, {}).get(metric) for d in domains]
-        lines.append(f"| {model} | " + " | ".join(_fmt(v) for v in values) + f" | {_fmt(_mean(values))} |")
-    return lines
+        rows.append([model, *values, _mean(values)])
+    return table(["model", *domains, "mean"], rows)
 
 
 def teachers_table(teachers: dict[str, dict]) -> list[str]:
@@ -57,15 +52,14 @@ def teachers_table(teachers: dict[str, dict]) -> list[str]:
     domains = sorted({d for sel in runs.values() for share in sel["share"].values() for d in share})
     if not domains:
         return ["No fusion selection logs found."]
-    lines = ["| run | source | fusion | coverage | " + " | ".join(domains) + " |", "|---" * (len(domains) + 4) + "|"]
+    rows = []
     for run, sel in teachers["runs"].items():
         slugs = [run.removeprefix("fuse@")] if run.startswith("fuse@") else list(teachers["coverage"])
         for slug in slugs:
             share = (sel or {}).get("share", {}).get(slug, {})
-            cells = " | ".join(_fmt(share.get(d)) for d in domains)
             fn = (sel or {}).get("fusion_fn") or "-"
-            lines.append(f"| {run} | {slug} | {fn} | {_fmt(teachers['coverage'].get(slug))} | {cells} |")
-    return lines
+            rows.append([run, slug, fn, teachers["coverage"].get(slug), *(share.get(d) for d in domains)])
+    return table(["run", "source", "fusion", "coverage", *domains], rows)
 
 
 def gate_lines(teachers: dict[str, dict]) -> list[str]:
@@ -80,12 +74,9 @@ def gate_lines(teachers: dict[str, dict]) -> list[str]:
     if not gated:
         return lines + ["Competence gate off (`fuse.gate: null`): every teacher competes, as in the paper.", ""]
     domains = sorted({d for sel in gated.values() for d in sel["gated"]})
-    lines += ["Share of sequences whose every teacher's CE exceeded `fuse.gate` (no fusion term: plain SFT):", "",
-              "| run | gate (nats) | " + " | ".join(domains) + " |", "|---" * (len(domains) + 2) + "|"]
-    for run, sel in gated.items():
-        cells = " | ".join(_fmt(sel["gated"].get(d)) for d in domains)
-        lines.append(f"| {run} | {sel['gate']:g} | {cells} |")
-    return lines + [""]
+    lines += ["Share of sequences whose every teacher's CE exceeded `fuse.gate` (no fusion term: plain SFT):", ""]
+    rows = [[run, f"{sel['gate']:g}", *(sel["gated"].get(d) for d in domains)] for run, sel in gated.items()]
+    return lines + table(["run", "gate (nats)", *domains], rows) + [""]
 
 
 def teacher_metrics(teachers: dict[str, dict]) -> dict[str, dict]:
@@ -121,19 +112,19 @@ def copy_curves(logs: Path, slugs: list[str], out: Path) -> None:
                 shutil.copyfile(tsv, target)
 
 
-def build_report(inputs: ReportInputs, out: str | Path) -> Path:
+def run(inputs: ReportInputs, out: str | Path) -> Path:
     """Write `out`/index.md, `out`/plots/*.png, `out`/curves/ and `out`/teachers.json; return the index."""
     out = Path(out)
     slugs = sorted(read_lock(inputs.lock).sources)
     merge = merge_methods(inputs.params)
     metrics = data.load_metrics(inputs.metrics)
     scores = metrics["models"]
-    expected = data.expected_models(slugs, list(merge.methods))
+    expected = model_names(slugs, list(merge.methods))
     missing = [f"model `{m}` in {inputs.metrics} (an older run? rerun `dvc repro evaluate`)"
                for m in expected if m not in scores]
     extra = [m for m in scores if m not in expected]
     ordered = {m: scores[m] for m in expected + extra if m in scores}
-    if f"{MERGED}:{merge.default}" in ordered:
+    if merged_name(merge.default) in ordered:
         ordered.pop(MERGED, None)  # the same scores as merged:<default>: drawn once
     domains = sorted({d for s in ordered.values() for d in s})
     teachers = data.load_teachers(inputs.logs, inputs.align, slugs)
