@@ -35,6 +35,7 @@ def listed(stage: str, section: str) -> set[str]:
     [
         ("align", "align", AlignParams, set()),
         ("fuse", "fuse", FuseParams, set()),
+        ("fuse_all", "fuse", FuseParams, set()),
         ("sft_baseline", "fuse", FuseParams, {"lam", "teacher", "gate"}),  # lambda 1: no fusion term
     ],
 )
