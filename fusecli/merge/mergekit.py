@@ -107,8 +107,12 @@ def mergekit_yaml(
 
 
 def _relative(path: Path, root: Path) -> str:
-    """`path` relative to `root` (with `..` where it lies outside), as mergekit will read it."""
+    """`path` relative to `root` (with `..` where it lies outside), as mergekit will read it. `./` in
+    front, so that neither a reader nor mergekit takes `models/pivot` for a hub id (mergekit's model
+    card asks the hub about a path with one `/`, and fails offline)."""
     text = os.path.relpath(Path(path).resolve(), root)
+    if text not in (".", "..") and not text.startswith("../"):
+        text = f"./{text}"
     if "+" in text or "@" in text:
         raise FusecliError(
             f"{path}: mergekit reads '+' in a model path as a LoRA and '@' as a hub revision: "

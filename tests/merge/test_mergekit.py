@@ -21,10 +21,10 @@ def test_ties_exports_per_model_and_global_parameters_relative_to_the_workspace(
     config = yaml.safe_load(text)
     assert config == {
         "merge_method": "ties",
-        "base_model": "base",
+        "base_model": "./base",
         "models": [
-            {"model": "a", "parameters": {"weight": 0.5, "density": 0.6}},
-            {"model": "b", "parameters": {"weight": 0.25, "density": 0.6}},
+            {"model": "./a", "parameters": {"weight": 0.5, "density": 0.6}},
+            {"model": "./b", "parameters": {"weight": 0.25, "density": 0.6}},
         ],
         "parameters": {"normalize": True},
         "dtype": "bfloat16",
@@ -36,7 +36,7 @@ def test_paths_outside_the_workspace_go_up_and_default_to_the_current_directory(
     (tmp_path / "ws").mkdir()
     monkeypatch.chdir(tmp_path / "ws")
     config = yaml.safe_load(mergekit_yaml(merge_params("ties"), tmp_path / "base", [tmp_path / "ws" / "m" / "a"]))
-    assert config["base_model"] == "../base" and config["models"][0]["model"] == "m/a"
+    assert config["base_model"] == "../base" and config["models"][0]["model"] == "./m/a"
 
 
 def test_linear_has_no_base_and_uniform_default_weights(tmp_path):
