@@ -159,8 +159,7 @@ class MergekitConfig:
 def read_mergekit(path: Path, root: Path | None = None) -> MergekitConfig:
     """The fusecli merge a mergekit YAML describes; relative model paths are read from `root`, the
     workspace (default: the current directory), as mergekit reads them from where it runs."""
-    path = Path(path)
-    root = Path(root or Path.cwd())
+    path, root = Path(path), Path(root or Path.cwd())
     data = read_yaml(path)
     for key, fix in UNSHARED.items():
         if data.get(key) is not None:
@@ -178,91 +177,133 @@ def read_mergekit(path: Path, root: Path | None = None) -> MergekitConfig:
             f"{path}: merge_method {name!r} is not one fusecli shares with mergekit: use one of "
             + ", ".join(shared_methods())
         )
-    method = by_mergekit[name]
-    fields = [f.name for f in dataclasses.fields(get_method(method).options)]
-    defaults = MERGEKIT_DEFAULTS[name]
-    top = _parameters(data.get("parameters"), f"{path}: parameters")
-    accepted = [k for k in fields if k in PER_MODEL + GLOBAL] + [k for k in defaults if k not in fields]
-    accepted += IGNORED
-    for key, value in top.items():
-        if key not in accepted:
-            raise FusecliError(
-                f"{path}: parameters.{key} is not an option fusecli shares for {name} "
-                f"(it reads {', '.join(accepted)}): remove it"
-            )
-        if key in defaults and key not in fields and value != defaults[key]:
-            raise FusecliError(
-                f"{path}: parameters.{key}: {_show(value)} is not supported for {name}: fusecli's {method} always "
-                f"works as {key}: {_show(defaults[key])}; remove it"
-            )
-
-    entries = data.get("models")
-    if not isinstance(entries, list) or not entries:
-        raise FusecliError(f"{path}: models must be a list of {{model: FOLDER, parameters: {{...}}}}: add the models")
-    base = _folder(data["base_model"], f"{path}: base_model", root) if data.get("base_model") is not None else None
-    models: list[Path] = []
-    per_model: list[dict[str, Any]] = []
-    for i, entry in enumerate(entries):
-        where = f"{path}: models[{i}]"
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise FusecliError(f"{where} must be a mapping with a model (a folder) and optional parameters")
-        extra = sorted(set(entry) - {"model", "parameters"})
-        if extra:
-            raise FusecliError(f"{where}: unknown key {extra[0]!r}: give only model and parameters")
-        folder = _folder(entry["model"], f"{where}.model", root)
-        values = _parameters(entry.get("parameters"), f"{where}.parameters")
-        if base is not None and folder.resolve() == base.resolve() and method != "linear":
-            continue  # mergekit merges the task vectors of the other models onto it: it is the base
-        for key in values:
-            if key in GLOBAL or key in defaults and key not in PER_MODEL:
-                raise FusecliError(
-                    f"{where}.parameters.{key}: mergekit reads {key} from the top-level parameters only: move it there"
-                )
-            if key not in fields or key not in PER_MODEL:
-                raise FusecliError(
-                    f"{where}.parameters.{key} is not a per-model option fusecli shares for {name}: remove it"
-                )
-        models.append(folder)
-        per_model.append(values)
-    if not models:
-        raise FusecliError(f"{path}: models lists only the base_model: add the models to merge onto it")
-    if method == "linear":
-        if base is not None and base.resolve() not in [m.resolve() for m in models]:
-            raise FusecliError(
-                f"{path}: base_model of a linear merge is averaged too and needs a weight: list it under models "
-                "with a weight, or remove base_model"
-            )
-        base = base or models[0]  # the layout and side files (config, tokenizer): mergekit's first model too
-    elif base is None:
-        raise FusecliError(f"{path}: {name} merges task vectors relative to a base: add base_model: FOLDER")
-
-    options: dict[str, Any] = {k: v for k, v in defaults.items() if k in fields}
-    options.update({k: v for k, v in top.items() if k in fields and k in GLOBAL})
-    if method == "sce":
-        options["variant"] = "sparse"  # mergekit's sce
-    for key in (k for k in PER_MODEL if k in fields):
-        got = [values.get(key, top.get(key, defaults.get(key))) for values in per_model]
-        if key == "weight":
-            if None in got:
-                i = got.index(None)
-                raise FusecliError(
-                    f"{path}: models[{i}] ({models[i]}) has no weight: mergekit's {name} needs one per model "
-                    "(or parameters.weight for all): add it"
-                )
-            options[key] = tuple(got)
-        elif len(set(got)) > 1:
-            raise FusecliError(
-                f"{path}: {key} differs between models ({', '.join(map(str, got))}; a model without one gets "
-                f"mergekit's default {defaults[key]}): fusecli takes one {key} for all models, give each the same"
-            )
-        else:
-            options[key] = got[0]
-    dtype = data.get("out_dtype") or data.get("dtype")
+    reader = _Reader(path, root, name, by_mergekit[name])
+    top = reader.top_parameters(data.get("parameters"))
+    base, models = reader.models(data.get("base_model"), data.get("models"))
+    dtype = data.get("out_dtype") or data.get("dtype")  # mergekit writes out_dtype, else dtype
     if dtype is not None and str(dtype).removeprefix("torch.") not in LOADABLE:
         raise FusecliError(f"{path}: dtype {dtype!r} is not one of {', '.join(LOADABLE)}: fix it")
     return MergekitConfig(
-        path, method, options, base, models, None if dtype is None else str(dtype).removeprefix("torch.")
+        path,
+        reader.method,
+        reader.options(top, models),
+        base,
+        [folder for _, folder, _ in models],
+        None if dtype is None else str(dtype).removeprefix("torch."),
     )
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """Reads the parts of one mergekit config for mergekit method `name` (fusecli's `method`)."""
+
+    path: Path
+    root: Path
+    name: str
+    method: str
+
+    @property
+    def fields(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(get_method(self.method).options)]
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return MERGEKIT_DEFAULTS[self.name]
+
+    def top_parameters(self, data: Any) -> dict[str, Any]:
+        """The top-level `parameters`: the method's global options, per-model ones for every model, and
+        mergekit options fusecli does not have, at the one value that is what fusecli does."""
+        top = _parameters(data, f"{self.path}: parameters")
+        fields, defaults = self.fields, self.defaults
+        accepted = [k for k in fields if k in PER_MODEL + GLOBAL] + [k for k in defaults if k not in fields]
+        accepted += IGNORED
+        for key, value in top.items():
+            if key not in accepted:
+                raise FusecliError(
+                    f"{self.path}: parameters.{key} is not an option fusecli shares for {self.name} "
+                    f"(it reads {', '.join(accepted)}): remove it"
+                )
+            if key in defaults and key not in fields and value != defaults[key]:
+                raise FusecliError(
+                    f"{self.path}: parameters.{key}: {_show(value)} is not supported for {self.name}: fusecli's "
+                    f"{self.method} always works as {key}: {_show(defaults[key])}; remove it"
+                )
+        return top
+
+    def models(self, base_model: Any, entries: Any) -> tuple[Path, list[tuple[int, Path, dict[str, Any]]]]:
+        """The base folder and the merged models as (index in `models`, folder, per-model parameters).
+        As in mergekit, the base listed among the models is the base (its parameters unused), but
+        linear averages every listed model and has no base of its own."""
+        if not isinstance(entries, list) or not entries:
+            raise FusecliError(
+                f"{self.path}: models must be a list of {{model: FOLDER, parameters: {{...}}}}: add the models"
+            )
+        base = None if base_model is None else _folder(base_model, f"{self.path}: base_model", self.root)
+        models = []
+        for i, entry in enumerate(entries):
+            where = f"{self.path}: models[{i}]"
+            if not isinstance(entry, dict) or "model" not in entry:
+                raise FusecliError(f"{where} must be a mapping with a model (a folder) and optional parameters")
+            extra = sorted(set(entry) - {"model", "parameters"})
+            if extra:
+                raise FusecliError(f"{where}: unknown key {extra[0]!r}: give only model and parameters")
+            folder = _folder(entry["model"], f"{where}.model", self.root)
+            if base is not None and self.method != "linear" and folder.resolve() == base.resolve():
+                continue
+            models.append((i, folder, self.model_parameters(entry.get("parameters"), f"{where}.parameters")))
+        if not models:
+            raise FusecliError(f"{self.path}: models lists only the base_model: add the models to merge onto it")
+        if self.method != "linear":
+            if base is None:
+                raise FusecliError(
+                    f"{self.path}: {self.name} merges task vectors relative to a base: add base_model: FOLDER"
+                )
+            return base, models
+        if base is not None and base.resolve() not in [folder.resolve() for _, folder, _ in models]:
+            raise FusecliError(
+                f"{self.path}: base_model of a linear merge is averaged too and needs a weight: list it under "
+                "models with a weight, or remove base_model"
+            )
+        return base or models[0][1], models  # fusecli reads the layout and side files from a base folder
+
+    def model_parameters(self, data: Any, where: str) -> dict[str, Any]:
+        values = _parameters(data, where)
+        for key in values:
+            if key in GLOBAL or key in self.defaults and key not in PER_MODEL:
+                raise FusecliError(
+                    f"{where}.{key}: mergekit reads {key} from the top-level parameters only: move it there"
+                )
+            if key not in self.fields or key not in PER_MODEL:
+                raise FusecliError(f"{where}.{key} is not a per-model option fusecli shares for {self.name}: remove it")
+        return values
+
+    def options(self, top: dict[str, Any], models: list[tuple[int, Path, dict[str, Any]]]) -> dict[str, Any]:
+        """Every option of fusecli's method: the config's values, else mergekit's defaults. A weight per
+        model (mergekit requires one); one density for all models (fusecli has one)."""
+        fields, defaults = self.fields, self.defaults
+        options = {k: v for k, v in defaults.items() if k in fields}
+        options.update({k: v for k, v in top.items() if k in fields and k in GLOBAL})
+        if self.method == "sce":
+            options["variant"] = "sparse"  # mergekit's sce
+        for key in (k for k in PER_MODEL if k in fields):
+            got = [values.get(key, top.get(key, defaults.get(key))) for _, _, values in models]
+            if key == "weight":
+                if None in got:
+                    i = models[got.index(None)][0]
+                    raise FusecliError(
+                        f"{self.path}: models[{i}] has no weight: mergekit's {self.name} needs one per model "
+                        "(or parameters.weight for all): add it"
+                    )
+                options[key] = tuple(got)
+            elif len(set(got)) > 1:
+                raise FusecliError(
+                    f"{self.path}: {key} differs between models ({', '.join(map(str, got))}; a model without one "
+                    f"gets mergekit's default {defaults[key]}): fusecli takes one {key} for all models, give each "
+                    "the same"
+                )
+            else:
+                options[key] = got[0]
+        return options
 
 
 def _show(value: Any) -> str:

@@ -235,8 +235,8 @@ ONE = "models: [{model: a, parameters: {weight: 1}}]"
          "'./missing' is not a folder in"),
         ("merge_method: ties\nmodels: [{model: a, parameters: {weight: 1}}]", "ties merges task vectors relative to "
          "a base: add base_model"),
-        ("merge_method: ties\nbase_model: base\nmodels: [{model: a, parameters: {weight: 1}}, {model: b}]",
-         "models[1]"),
+        (TIES + "models: [{model: base}, {model: a, parameters: {weight: 1}}, {model: b}]",
+         "models[2] has no weight: mergekit's ties needs one per model (or parameters.weight for all)"),
         ("merge_method: ties\nbase_model: base\n"
          "models: [{model: a, parameters: {weight: 1, density: 0.5}}, {model: b, parameters: {weight: 1}}]",
          "density differs between models (0.5, 1.0;"),
