@@ -22,18 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from rich.progress import Progress
 from safetensors.numpy import save
 
 from fusecli.align.dist import MAPPED_RULES, RULES, align_rows, one_hot_rows
@@ -42,26 +31,9 @@ from fusecli.align.tokens import Alignment, TokenTable, agreement, align_mined, 
 from fusecli.align.vocab import Cooccurrence, build_vocab_map, direct_map
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_bytes, atomic_write_json
+from fusecli.progress import progress_bar
 from fusecli.store import Record, StoreWriter, iter_records, read_manifest
 from fusecli.tokenizer import load_tokenizer
-
-
-class _Rate(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.1f} seq/s" if task.speed else "- seq/s")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
 
 
 def join_stores(pivot_root: Path, source_root: Path) -> Iterator[tuple[Record, Record | None]]:
@@ -282,7 +254,7 @@ def run(
         "pivot_vocab": pivot.size,
         "source_vocab": source.size,
     }
-    with atomic_dir(out) as tmp, _progress() as progress:
+    with atomic_dir(out) as tmp, progress_bar("seq") as progress:
         scratch = tmp / ".alignments"
         cooc, counts = _pass1(params, state, pivot_extract, source_extract, scratch, progress)
         vocab_map = build_vocab_map(params.vocab_map, cooc, source, pivot, workers=params.workers)

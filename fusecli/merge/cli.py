@@ -1,6 +1,7 @@
 """`fusecli merge`: merge model folders from the command line (the lead registers `merge_command`).
 
 fusecli merge --method ties --base pivot --model a --model b --out merged --set density=0.5
+fusecli merge --config mergekit.yaml --out merged      # a mergekit YAML (fusecli/merge/mergekit.py)
 Options are the method's own (its options dataclass, params.yaml `merge.<method>`): `--set KEY=VALUE`
 sets any of them (VALUE is read as YAML, so `--set weight=[0.5,0.3]` gives a list). Errors reach the
 `fusecli` app's handler (fusecli/cli.py), which prints them as one line.
@@ -53,22 +54,40 @@ def _base_dtype(base: Path) -> str | None:
 
 
 def run_merge_command(
-    method: str,
-    base: Path,
+    method: str | None,
+    base: Path | None,
     models: list[Path],
     out: Path,
     sets: list[str],
     device: str | None,
     export_mergekit: Path | None,
+    config: Path | None = None,
+    root: Path | None = None,
 ) -> str:
-    values = parse_sets(sets)
-    if device is not None:
-        values["device"] = device
-    from fusecli.merge.mergekit import mergekit_yaml
+    """Merge as the options say, or as the mergekit YAML `config` says (`root`: the workspace, which its
+    relative paths and the export's are relative to)."""
+    from fusecli.merge.mergekit import mergekit_yaml, read_mergekit
     from fusecli.merge.run import merge_models
 
-    params = merge_params(method, where=f"--method {method} --set", **values)
-    export = mergekit_yaml(params, base, models, _base_dtype(base)) if export_mergekit else None
+    shared = {"device": device} if device is not None else {}
+    if config is not None:
+        mixed = [flag for flag, value in (("--method", method), ("--base", base), ("--model", models), ("--set", sets))
+                 if value]  # fmt: skip
+        if mixed:
+            raise FusecliError(
+                f"--config takes the method, base, models and options from {config}: drop {'/'.join(mixed)} "
+                "(or drop --config)"
+            )
+        spec = read_mergekit(config, root)
+        base, models, method = spec.base, spec.models, spec.method
+        spec.check_dtype(_base_dtype(base))
+        params = spec.params(**shared)
+    else:
+        missing = [flag for flag, value in (("--method", method), ("--base", base), ("--model", models)) if not value]
+        if missing or method is None or base is None:
+            raise FusecliError(f"missing {'/'.join(missing)}: give --method, --base and --model, or --config FILE")
+        params = merge_params(method, where=f"--method {method} --set", **parse_sets(sets), **shared)
+    export = mergekit_yaml(params, base, models, _base_dtype(base), root=root) if export_mergekit else None
     result = merge_models(base, model_labels(models), params, out)
     if export_mergekit is not None and export is not None:
         atomic_write_text(export_mergekit, export)
@@ -107,15 +126,28 @@ def method_help() -> str:
 
 
 def merge_command(
-    method: Annotated[str, typer.Option(help=method_help())],
-    base: Annotated[Path, typer.Option(help="Base (pivot) model folder; task vectors are relative to it.")],
-    model: Annotated[list[Path], typer.Option(help="A model folder to merge; repeat for each model.")],
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Output folder (written atomically).")],
+    method: Annotated[str | None, typer.Option(help=method_help())] = None,
+    base: Annotated[Path | None, typer.Option(help="Base (pivot) model folder; task vectors are relative to it.")] = (
+        None
+    ),
+    model: Annotated[list[Path] | None, typer.Option(help="A model folder to merge; repeat for each model.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE method option, e.g. density=0.5.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="A mergekit YAML instead of --method/--base/--model/--set, for the methods both tools have; "
+            "relative paths in it are read from the workspace."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="Where the arithmetic runs: cpu or cuda.")] = None,
     export_mergekit: Annotated[
-        Path | None, typer.Option(help="Also write the equivalent mergekit YAML to this file.")
+        Path | None,
+        typer.Option(help="Also write the equivalent mergekit YAML to this file (paths relative to the workspace)."),
     ] = None,
 ) -> None:
-    """Merge model folders onto a base with one of fusecli's merge methods."""
-    typer.echo(run_merge_command(method, base, model, out, set_ or [], device, export_mergekit))
+    """Merge model folders onto a base with one of fusecli's merge methods (or as a mergekit YAML says)."""
+    workspace = ctx.find_root().obj
+    root = getattr(workspace, "root", None)  # `fusecli --workspace`, default the current directory
+    typer.echo(run_merge_command(method, base, model or [], out, set_ or [], device, export_mergekit, config, root))

@@ -14,13 +14,14 @@ import csv
 import ctypes
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from rich.progress import Progress
 
 from fusecli import __version__
 from fusecli.device import resolve_device
@@ -29,6 +30,7 @@ from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files, parse_size
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import Block, Blocks, MergeMethod, get_method
+from fusecli.progress import BYTES, progress_bar
 
 REPORT = "merge_report.json"
 COEFFICIENTS_CSV = "merge_coefficients.csv"
@@ -145,9 +147,11 @@ def merge_models(
     models: Sequence[tuple[str, str | Path]],
     params: MergeParams,
     out: str | Path,
+    progress: Progress | None = None,
 ) -> MergeResult:
     """Merge `models` (label, folder) onto the base with `params.method`; write the folder `out`.
 
+    `progress` shows the bytes written, block by block (default: the stages' bar on stderr).
     On any error nothing is left at `out` (an existing `out` is kept until the new one is complete).
     """
     method = get_method(params.method)
@@ -159,8 +163,14 @@ def merge_models(
         plan = plan_merge(base, folders)
         with atomic_dir(out) as tmp:
             layout = [(t.name, base.dtype(t.name), base.shape(t.name)) for t in plan.tensors]
-            with ShardedWriter(tmp, max_bytes, layout) as writer:
-                kind, coefficients = _merge_tensors(method, resolved, base, folders, plan, writer, device)
+            total = sum(math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape in layout)
+            with ShardedWriter(tmp, max_bytes, layout) as writer, progress or progress_bar(BYTES) as shown:
+                task = shown.add_task(f"merge {method.name}", total=total)
+
+                def advance(written: torch.Tensor) -> None:
+                    shown.advance(task, written.numel() * written.element_size())
+
+                kind, coefficients = _merge_tensors(method, resolved, base, folders, plan, writer, device, advance)
             copy_side_files(base.path, tmp)
             report = _report(method, resolved, base, folders, plan, kind, coefficients)
             atomic_write_json(tmp / REPORT, report)
@@ -204,8 +214,10 @@ def _merge_tensors(
     plan: MergePlan,
     writer: ShardedWriter,
     device: torch.device,
+    advance: Callable[[torch.Tensor], None],
 ) -> tuple[str | None, dict[str, dict[str, float]]]:
-    """The streaming loop: one row block of one tensor of each model in memory at a time."""
+    """The streaming loop: one row block of one tensor of each model in memory at a time; `advance` is
+    called with each block written."""
     kind: str | None = None
     coefficients: dict[str, dict[str, float]] = {}
     labels = list(models)
@@ -213,7 +225,9 @@ def _merge_tensors(
         shape, bounds = base.shape(t.name), row_blocks(base.shape(t.name))
         if not t.merge:
             for rows in bounds:
-                writer.add(t.name, base.read(t.name, rows))
+                block = base.read(t.name, rows)
+                writer.add(t.name, block)
+                advance(block)
             continue
 
         def read(rows: slice, t: TensorPlan = t) -> Block:
@@ -225,6 +239,7 @@ def _merge_tensors(
         coefs = None
         for merged, block_coefs in method.merge(blocks, options, name=t.name):
             writer.add(t.name, merged)
+            advance(merged)
             coefs = block_coefs  # the same for every block of a tensor
         if coefs:
             (kind, values), *_ = coefs.items()

@@ -1,10 +1,13 @@
 import csv
+import io
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
+from rich.progress import Progress
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
@@ -30,6 +33,28 @@ def test_output_loads_and_generates(tiny, tmp_path):
     assert (out / "chat_template.jinja").exists() and (out / "tokenizer_config.json").exists()
     assert not (out / "training_args.bin").exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+class CountingProgress(Progress):
+    """The stages' bar, counting what the merge reports."""
+
+    def __init__(self):
+        super().__init__(console=Console(file=io.StringIO()))
+        self.advances: list[float] = []
+
+    def advance(self, task_id, advance=1):
+        self.advances.append(advance)
+        super().advance(task_id, advance)
+
+
+def test_merge_reports_progress_per_block_written(tiny, tmp_path):
+    progress = CountingProgress()
+    result = merge_models(tiny.base, tiny.models, merge_params("ties"), tmp_path / "merged", progress)
+    (task,) = progress.tasks
+    written = sum(t.nbytes for t in load_tensors(result.out).values())
+    assert task.description == "merge ties" and task.finished
+    assert task.total == task.completed == sum(progress.advances) == written
+    assert len(progress.advances) >= result.report["num_tensors"]  # one advance per row block, at least one each
 
 
 def test_coefficients_csv_matches_report(tiny, tmp_path):
