@@ -2,11 +2,16 @@
 answers (multi-turn, own template, cached) and the endpoint's errors. End to end: test_judge_e2e.py."""
 
 import json
+import shutil
 import socket
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import fusecli.evaluate.judge.answers as answers_module
 from fusecli.data.render import prompt_text
@@ -267,3 +272,49 @@ def test_answers_are_cached_by_model_questions_and_settings(answerer, tmp_path, 
     questions_file.write_text(json.dumps({"question_id": 1, "category": "c", "turns": ["Hey", "Bye"]}) + "\n")
     all_answers(models, read_questions(questions_file), params, tmp_path / "cache")
     assert calls == ["a", "a", "a"]  # new settings, then a new question file: answered again
+
+
+def test_report_tables_show_scores_and_missing_counts():
+    from fusecli.evaluate.tables import report_markdown
+
+    records = [single("m", "math", 8.0), single("m", "math", None, turn=2), single("m", "writing", 5.0, qid=2),
+               *(pair("m", "math", 1, s, v) for s, v in (("A", "A"), ("B", "B")))]
+    report = report_markdown({"models": {"m": {"d": {"em": 1.0, "ce": 0.5}}}, "judge": single_scores(records),
+                              "judge_pairwise": pairwise_scores(records)})
+    assert "| m | 8.000 | 5.000 | 6.500 | 1 of 3 |" in report
+    assert "| m | 1.000 | 1.000 | 0 of 1 |" in report
+
+
+def test_editing_the_question_file_reruns_evaluate(tmp_path):
+    """dvc.yaml's evaluate stage depends on `${evaluate.judge.questions}`, wherever the file lies."""
+    root = Path(__file__).resolve().parents[2]
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for name in ("dvc.yaml", "models.lock"):
+        shutil.copy(root / name, ws / name)
+    for name in ("stages", "fusecli"):
+        shutil.copytree(root / name, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["judge"]["questions"] = "mt_bench/question.jsonl"
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (ws / "mt_bench").mkdir()
+    (ws / "mt_bench/question.jsonl").write_text(json.dumps({"question_id": 1, "category": "c", "turns": ["Hi"]}) + "\n")
+    for folder in ("baseline/sft", "fused", "fused_all", "merged", "data", "eval"):
+        (ws / folder).mkdir(parents=True)
+        (ws / folder / "x").write_text("stand-in")
+    for out in ("data/eval.parquet", "eval/metrics.json", "eval/report.md", "eval/judgments.jsonl"):
+        (ws / out).write_text("{}")
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+
+    def run(*args: str) -> str:
+        proc = subprocess.run(dvc + list(args), cwd=ws, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    run("init", "--no-scm", "-q")
+    run("commit", "-f", "evaluate")  # record the stage as run, without running it
+    assert "up to date" in run("status", "evaluate")
+    with (ws / "mt_bench/question.jsonl").open("a") as f:
+        f.write(json.dumps({"question_id": 2, "category": "c", "turns": ["Bye"]}) + "\n")
+    status = run("status", "evaluate")
+    assert "modified:" in status and "mt_bench/question.jsonl" in status
