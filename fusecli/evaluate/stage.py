@@ -76,8 +76,6 @@ def run(
         from fusecli.evaluate.judge.backend import plan_judge, run_judge  # openai is an optional extra
 
         judge = plan_judge(params, by_name, aliases)  # a bad setting stops the stage before any scoring
-    elif judgments is not None:
-        atomic_write_text(judgments, "")  # no judgments: none left over from an earlier judged run
     cache = EvalCache(cache_dir, data, native_settings(params)) if cache_dir else None
     metrics = evaluate(models, data, params, cache)
     scores = metrics["models"]
@@ -88,4 +86,6 @@ def run(
         metrics["lm_eval"] = run_harness([by_name[n] for n in harness], data, params)
     if params.backend == "judge":
         metrics.update(run_judge(judge, params, cache_dir, judgments, aliases))
+    elif judgments is not None:
+        atomic_write_text(judgments, "")  # no judgments: none left over from an earlier judged run
     return metrics

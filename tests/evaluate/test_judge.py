@@ -55,6 +55,7 @@ def test_the_shipped_demo_question_file_is_mt_bench_shaped():
     ('{"question_id": 2, "category": "math", "turns": ["a", "b"], "reference": ["x"]}',
      "line 2: reference has 1 entries, turns has 2"),
     ('{"question_id": 1, "category": "math", "turns": ["a"]}', "line 2: question_id 1 repeats an earlier line"),
+    ('{"question_id": "1", "category": "math", "turns": ["a"]}', "line 2: question_id '1' repeats an earlier line"),
     ('{"question_id": 2, "category": "overall", "turns": ["a"]}', "line 2: category must be a non-empty string"),
     ('{"question_id": true, "category": "math", "turns": ["a"]}', "line 2: question_id must be a number"),
     ("[1, 2]", "line 2: not a JSON object"),
@@ -318,3 +319,10 @@ def test_editing_the_question_file_reruns_evaluate(tmp_path):
         f.write(json.dumps({"question_id": 2, "category": "c", "turns": ["Bye"]}) + "\n")
     status = run("status", "evaluate")
     assert "modified:" in status and "mt_bench/question.jsonl" in status
+
+
+def test_judge_settings_do_not_rescore_native_scores():
+    from fusecli.evaluate.stage import native_settings
+
+    other = replace(PARAMS, backend="native", judge=judge_params(model="another", max_new_tokens=9))
+    assert native_settings(other) == native_settings(PARAMS)

@@ -130,7 +130,8 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("judge-ws") / "ws"
     write_model(root / "local/qwen", "qwen2", 300)
     write_model(root / "local/llama", "llama", 280, seed=1)
-    write_dataset(root / "data/eval.parquet" if (root / "data").mkdir() is None else None, 6)
+    (root / "data").mkdir()
+    write_dataset(root / "data/eval.parquet", 6)
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     cwd = Path.cwd()
     os.chdir(root)

@@ -57,17 +57,17 @@ def read_questions(path: str | Path) -> list[Question]:
     if not path.is_file():
         raise FusecliError(f"{path} not found: set evaluate.judge.questions to an MT-Bench question file (JSONL)")
     out: list[Question] = []
-    seen: set[int | str] = set()
+    seen: set[str] = set()  # 1 and "1" are one id: answers are keyed by the id's text
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             q = parse_question(json.loads(line))
-            if q.question_id in seen:
+            if str(q.question_id) in seen:
                 raise ValueError(f"question_id {q.question_id!r} repeats an earlier line")
         except ValueError as exc:  # json.JSONDecodeError is one
             raise FusecliError(f"{path} line {n}: {exc}: fix the line ({FORMAT})") from None
-        seen.add(q.question_id)
+        seen.add(str(q.question_id))
         out.append(q)
     if not out:
         raise FusecliError(f"{path} holds no question: {FORMAT}")
