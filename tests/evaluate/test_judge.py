@@ -264,15 +264,16 @@ def test_answers_are_cached_by_model_questions_and_settings(answerer, tmp_path, 
     real = answers_module.answer_questions
     monkeypatch.setattr(answers_module, "answer_questions", lambda m, q, p: calls.append(m.name) or real(m, q, p))
     models = [EvalModel("a", str(answerer)), EvalModel("b", str(answerer))]
-    first = all_answers(models, read_questions(questions_file), params, tmp_path / "cache")
+    first = all_answers(models, read_questions(questions_file), params, tmp_path / "cache" / "evaluate")
     assert calls == ["a"] and first["a"] == first["b"]  # the same folder's content: answered once
-    assert all_answers(models, read_questions(questions_file), params, tmp_path / "cache") == first
+    assert all_answers(models, read_questions(questions_file), params, tmp_path / "cache" / "evaluate") == first
     assert calls == ["a"]
     longer = replace(params, judge=replace(params.judge, max_new_tokens=6))
-    all_answers(models, read_questions(questions_file), longer, tmp_path / "cache")
+    all_answers(models, read_questions(questions_file), longer, tmp_path / "cache" / "evaluate")
     questions_file.write_text(json.dumps({"question_id": 1, "category": "c", "turns": ["Hey", "Bye"]}) + "\n")
-    all_answers(models, read_questions(questions_file), params, tmp_path / "cache")
+    all_answers(models, read_questions(questions_file), params, tmp_path / "cache" / "evaluate")
     assert calls == ["a", "a", "a"]  # new settings, then a new question file: answered again
+    assert len(list((tmp_path / "cache" / "judge-answers").iterdir())) == 3
 
 
 def test_report_tables_show_scores_and_missing_counts():

@@ -257,7 +257,7 @@ def test_the_key_is_never_written(judged, ws):
 
 def test_a_second_judge_regrades_without_regenerating_and_pairwise_cancels_position_bias(judged, ws, server):
     answers_before = {(r["model"], r["question_id"], r["turn"]): r["answer"] for r in records_of(ws)}
-    cache = ws / ".fusecli/cache/evaluate/judge-answers"
+    cache = ws / ".fusecli/cache/judge-answers"
     cached = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
     before = server.posts()
     models = judged[2]

@@ -59,8 +59,9 @@ def all_answers(
     models: list[EvalModel], questions: list[Question], params: EvalParams, cache_dir: str | Path | None
 ) -> dict[str, Answers]:
     """`{model name: answers}`; a model whose folder, the question file and the settings are unchanged is read
-    back from the cache."""
-    cache = (EvalCache(Path(cache_dir) / "judge-answers", params.judge.questions, answer_settings(params),
+    back from the cache (`cache_dir`: the score cache's folder)."""
+    # beside the score cache, so both share its file-hash cache (a model folder is hashed once)
+    cache = (EvalCache(Path(cache_dir).parent / "judge-answers", params.judge.questions, answer_settings(params),
                        code=__name__) if cache_dir else None)
     out: dict[str, Answers] = {}
     with Progress() as progress:
