@@ -52,6 +52,8 @@ def test_the_shipped_demo_question_file_is_mt_bench_shaped():
     ("{not json", "line 2: Expecting property name"),
     ('{"question_id": 2, "category": "math"}', "line 2: turns is missing"),
     ('{"question_id": 2, "category": "math", "turns": []}', "line 2: turns must be a non-empty list"),
+    ('{"question_id": 2, "category": "math", "turns": ["a", ""]}', "line 2: turns must be a non-empty list"),
+    ('{"question_id": 2, "category": "math", "turns": ["a"], "reference": "x"}', "line 2: reference must be a list"),
     ('{"question_id": 2, "category": "math", "turns": ["a", "b"], "reference": ["x"]}',
      "line 2: reference has 1 entries, turns has 2"),
     ('{"question_id": 1, "category": "math", "turns": ["a"]}', "line 2: question_id 1 repeats an earlier line"),
@@ -159,6 +161,20 @@ def test_single_prompt_shows_the_conversation_up_to_the_turn_and_the_reference()
     assert all(s in second[1]["content"] for s in ("four", "twelve", "And times 3?", "12"))
     plain = single_messages(WRITING, ["a", "b"], 0)
     assert "reference" not in plain[0]["content"].lower() and "[Reference]" not in plain[1]["content"]
+
+
+def test_an_empty_reference_means_none_for_that_turn(tmp_path):
+    """The public MT-Bench file has lines like question 103's: a reference for turn 1 only, "" for turn 2."""
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question_id": 103, "category": "reasoning", "turns": ["Why?", "Why not?"],
+                                "reference": ["", "Because."]}) + "\n")
+    (q,) = read_questions(path)
+    assert q.reference == ("", "Because.")
+    first, second = single_messages(q, ["x", "y"], 0), single_messages(q, ["x", "y"], 1)
+    assert "reference" not in first[0]["content"] and "[Reference]" not in first[1]["content"]
+    assert "reference answer is given" in second[0]["content"]
+    assert "Reference answer to question 2:\nBecause." in second[1]["content"]
+    assert "question 1:" not in second[1]["content"]
 
 
 def test_requests_one_per_turn_and_both_orders_for_pairs():

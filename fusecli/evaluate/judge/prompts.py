@@ -27,8 +27,13 @@ PAIR = ("You are an impartial judge comparing the replies of two AI assistants, 
         "\"[[C]]\" for a tie.")
 
 
+def _references(q: Question, turn: int) -> list[tuple[int, str]]:
+    """(turn, reference) of turns 0..turn that have one."""
+    return [(i, r) for i, r in enumerate((q.reference or ())[: turn + 1]) if r.strip()]
+
+
 def _system(template: str, q: Question, turn: int) -> str:
-    return template.format(last=LAST_TURN if turn > 0 else "", reference=REFERENCE if q.reference else "",
+    return template.format(last=LAST_TURN if turn > 0 else "", reference=REFERENCE if _references(q, turn) else "",
                            criteria=CRITERIA)
 
 
@@ -41,9 +46,10 @@ def _dialogue(q: Question, answers: list[str], turn: int, who: str) -> str:
 
 
 def _reference(q: Question, turn: int) -> str:
-    if not q.reference:
+    refs = _references(q, turn)
+    if not refs:
         return ""
-    shown = "\n\n".join(f"### Reference answer to question {i + 1}:\n{q.reference[i]}" for i in range(turn + 1))
+    shown = "\n\n".join(f"### Reference answer to question {i + 1}:\n{r}" for i, r in refs)
     return f"[Reference]\n{shown}\n[End of reference]\n\n"
 
 

@@ -1,6 +1,6 @@
 """MT-Bench question files: one JSON object per line, `question_id`, `category`, `turns` (the user's messages,
-asked one after the other in one conversation) and optionally `reference` (a reference answer per turn, for
-reference-guided grading of math, reasoning and coding as MT-Bench does). Other keys are ignored.
+asked one after the other in one conversation) and optionally `reference` (a reference answer per turn, ""
+for none, for reference-guided grading of math, reasoning and coding as MT-Bench does). Other keys are ignored.
 
 The public set is not shipped (bring it: FastChat's `mt_bench/question.jsonl`); a tiny demo file is, in
 data/demo_questions.jsonl.
@@ -23,14 +23,21 @@ class Question:
     question_id: int | str
     category: str
     turns: tuple[str, ...]
-    reference: tuple[str, ...] | None  # one per turn
+    reference: tuple[str, ...] | None  # one per turn, "" where a turn has none
 
 
-def _strings(value: object, key: str, n: int | None = None) -> tuple[str, ...]:
+def _turns(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ValueError(f"{key} must be a non-empty list of non-empty strings")
-    if n is not None and len(value) != n:
-        raise ValueError(f"{key} has {len(value)} entries, turns has {n}: give one per turn")
+        raise ValueError("turns must be a non-empty list of non-empty strings")
+    return tuple(value)
+
+
+def _reference(value: object, n: int) -> tuple[str, ...]:
+    """One string per turn; "" means no reference for that turn (the public set has some)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("reference must be a list of strings, one per turn")
+    if len(value) != n:
+        raise ValueError(f"reference has {len(value)} entries, turns has {n}: give one per turn")
     return tuple(value)
 
 
@@ -46,9 +53,9 @@ def parse_question(obj: object) -> Question:
         raise ValueError("question_id must be a number or a non-empty string")
     if not isinstance(category, str) or not category.strip() or category in RESERVED:
         raise ValueError(f"category must be a non-empty string other than {', '.join(RESERVED)}")
-    turns = _strings(obj["turns"], "turns")
+    turns = _turns(obj["turns"])
     reference = obj.get("reference")
-    return Question(qid, category, turns, None if reference is None else _strings(reference, "reference", len(turns)))
+    return Question(qid, category, turns, None if reference is None else _reference(reference, len(turns)))
 
 
 def read_questions(path: str | Path) -> list[Question]:
