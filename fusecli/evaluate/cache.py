@@ -25,23 +25,24 @@ DEFAULT_DIR = Path(".fusecli") / "cache" / "evaluate"
 SCORING = "fusecli.evaluate.run"  # score_model: its import closure is the scoring code
 
 
-def code_hash() -> str:
-    """The scoring code (every file `fusecli.evaluate.run` imports, fusecli/closure.py) and the libraries
-    it runs on: a change to either invalidates every result."""
+def code_hash(code: str = SCORING) -> str:
+    """The scoring code (every file module `code` imports, fusecli/closure.py) and the libraries it runs on:
+    a change to either invalidates every result."""
     h = hashlib.sha256(f"torch {torch.__version__} transformers {transformers.__version__}\n".encode())
-    for path in closure(SCORING):
+    for path in closure(code):
         h.update(f"{path}\n".encode())
         h.update((ROOT / path).read_bytes())
     return h.hexdigest()
 
 
 class EvalCache:
-    """Scores per model folder for one eval data file and one set of evaluation settings."""
+    """Scores per model folder for one eval data file and one set of evaluation settings; `code` names the
+    module whose import closure computes them (the judge's answers are cached the same way)."""
 
-    def __init__(self, folder: str | Path, data: str | Path, settings: dict[str, Any]) -> None:
+    def __init__(self, folder: str | Path, data: str | Path, settings: dict[str, Any], code: str = SCORING) -> None:
         self.folder = Path(folder)
         self.hash_cache = self.folder.parent / Path(CACHE_FILE).name  # size/mtime-keyed file hashes
-        fixed = {"data": file_sha256(Path(data)), "settings": settings, "code": code_hash()}
+        fixed = {"data": file_sha256(Path(data)), "settings": settings, "code": code_hash(code)}
         self._fixed = json.dumps(fixed, sort_keys=True)
 
     def key(self, model: str | Path) -> str:

@@ -16,6 +16,7 @@ from fusecli.evaluate.cache import EvalCache
 from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
 from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.run import EvalModel, evaluate
+from fusecli.io import atomic_write_text
 from fusecli.lock import read_lock
 from fusecli.plan import MergeMethods
 
@@ -47,7 +48,7 @@ def pipeline_models(
 def native_settings(params: EvalParams) -> dict:
     """The settings that decide native scores (the key of the result cache)."""
     settings = asdict(params)
-    for key in ("backend", "lm_eval"):
+    for key in ("backend", "lm_eval", "judge"):
         settings.pop(key)
     return settings
 
@@ -58,16 +59,23 @@ def run(
     data: str | Path,
     merge: MergeMethods,
     cache_dir: str | Path | None = None,
+    judgments: str | Path | None = None,
 ) -> dict:
-    """Native scores of `models` (+ lm-evaluation-harness tasks with backend lm_eval), `merged` aliased."""
+    """Native scores of `models` (+ lm-evaluation-harness tasks with backend lm_eval, + judged scores with
+    backend judge, their raw judgments written to `judgments`), `merged` aliased."""
     by_name = {m.name: m for m in models}
     by_name[MERGED] = replace(by_name[merged_name(merge.default)], name=MERGED)
-    harness = [] if params.backend == "native" else params.lm_eval.models
+    harness = params.lm_eval.models if params.backend == "lm_eval" else []
     unknown = [n for n in harness if n not in by_name]
     if unknown:
         raise FusecliError(
             f"evaluate.lm_eval.models names {unknown[0]!r}, which is not evaluated: use one of {', '.join(by_name)}"
         )
+    aliases = {MERGED: merged_name(merge.default)}
+    if params.backend == "judge":
+        from fusecli.evaluate.judge.backend import plan_judge, run_judge  # openai is an optional extra
+
+        judge = plan_judge(params, by_name, aliases)  # a bad setting stops the stage before any scoring
     cache = EvalCache(cache_dir, data, native_settings(params)) if cache_dir else None
     metrics = evaluate(models, data, params, cache)
     scores = metrics["models"]
@@ -76,4 +84,8 @@ def run(
         from fusecli.evaluate.harness import run_harness  # lm-eval is an optional extra
 
         metrics["lm_eval"] = run_harness([by_name[n] for n in harness], data, params)
+    if params.backend == "judge":
+        metrics.update(run_judge(judge, params, cache_dir, judgments, aliases))
+    elif judgments is not None:
+        atomic_write_text(judgments, "")  # no judgments: none left over from an earlier judged run
     return metrics

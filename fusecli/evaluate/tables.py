@@ -13,6 +13,7 @@ def report_markdown(metrics: dict) -> str:
     for key, title in (("em", "Greedy exact match (higher is better)"), ("ce", "Response-token CE (lower is better)")):
         rows = [[name, *(scores.get(d, {}).get(key) for d in domains)] for name, scores in models.items()]
         lines += [f"## {title}", "", *table(["model", *domains], rows), ""]
+    lines += judge_tables(metrics.get("judge") or {}, metrics.get("judge_pairwise") or {}, "##")
     return "\n".join(lines + harness_table(metrics.get("lm_eval") or {}, "##"))
 
 
@@ -23,3 +24,25 @@ def harness_table(harness: dict[str, dict[str, dict[str, float]]], heading: str)
         return []
     rows = [[name, *(tasks.get(t, {}).get(m) for t, m in columns)] for name, tasks in harness.items()]
     return [f"{heading} lm-evaluation-harness", "", *table(["model", *(f"{t} {m}" for t, m in columns)], rows), ""]
+
+
+def judge_tables(single: dict[str, dict[str, dict]], pairwise: dict[str, dict[str, dict]], heading: str) -> list[str]:
+    """evaluate.backend: judge: the mean rating (and the win rate against evaluate.judge.pairwise) per
+    category, with the missing judgments counted (left out of the means)."""
+    lines = []
+    for block, value, title in ((single, "score", "LLM judge: mean rating 1-10"),
+                                (pairwise, "win_rate", "LLM judge: win rate against evaluate.judge.pairwise")):
+        columns = list(next(iter(block.values()), {}))  # the categories, then overall
+        if not columns:
+            continue
+        rows = [[name, *(scores.get(c, {}).get(value) for c in columns), _missing(scores["overall"])]
+                for name, scores in block.items()]
+        lines += [f"{heading} {title} (missing judgments left out)", "", *table(["model", *columns, "missing"], rows),
+                  ""]
+    return lines
+
+
+def _missing(overall: dict) -> str:
+    """"2 of 16": the judgments (or pairs) with no rating (or verdict), of all."""
+    total = sum(v for k, v in overall.items() if k in ("graded", "wins", "ties", "losses", "missing"))
+    return f"{overall['missing']} of {total}"
