@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fusecli.errors import FusecliError
 from fusecli.lock import read_lock
+from fusecli.merge.card import lineage
 from fusecli.merge.params import MergeParams
 from fusecli.merge.run import MergeResult, merge_models
 
@@ -35,4 +36,4 @@ def run(
                 f"{folder} not found: source {slug!r} is in {lock} but has no fused model; run `dvc repro fuse@{slug}`"
             )
         models.append((slug, folder))
-    return merge_models(base, models, params, out)
+    return merge_models(base, models, params, out, lineage(read_lock(lock)))
