@@ -16,6 +16,7 @@ from fusecli.evaluate.cache import EvalCache
 from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
 from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.run import EvalModel, evaluate
+from fusecli.evaluate.summary import summarize
 from fusecli.lock import read_lock
 from fusecli.plan import MergeMethods
 
@@ -59,7 +60,8 @@ def run(
     merge: MergeMethods,
     cache_dir: str | Path | None = None,
 ) -> dict:
-    """Native scores of `models` (+ lm-evaluation-harness tasks with backend lm_eval), `merged` aliased."""
+    """Native scores of `models` (+ lm-evaluation-harness tasks with backend lm_eval), `merged` aliased, and their
+    summary (fusecli/evaluate/summary.py)."""
     by_name = {m.name: m for m in models}
     by_name[MERGED] = replace(by_name[merged_name(merge.default)], name=MERGED)
     harness = [] if params.backend == "native" else params.lm_eval.models
@@ -72,6 +74,7 @@ def run(
     metrics = evaluate(models, data, params, cache)
     scores = metrics["models"]
     scores[MERGED] = scores[merged_name(merge.default)]
+    metrics["summary"] = summarize(scores)
     if harness:
         from fusecli.evaluate.harness import run_harness  # lm-eval is an optional extra
 

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from fusecli import __version__
+from fusecli.card import Lineage, model_card
 from fusecli.device import resolve_device
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
-from fusecli.merge.card import Lineage, model_card
 from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files, parse_size
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import Block, Blocks, MergeMethod, get_method

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fusecli.card import lineage
 from fusecli.errors import FusecliError
 from fusecli.lock import read_lock
-from fusecli.merge.card import lineage
 from fusecli.merge.params import MergeParams
 from fusecli.merge.run import MergeResult, merge_models
 

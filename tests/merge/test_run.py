@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
@@ -178,3 +179,11 @@ def test_cuda_matches_cpu(tiny, tmp_path, method):
     a, b = load_tensors(cpu.out), load_tensors(gpu.out)
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_merge_writes_the_card_into_the_folder(tiny, tmp_path):
+    params = merge_params("ties", weight=[0.5, 0.3, 0.2])
+    out = merge_models(tiny.base, tiny.models, params, tmp_path / "merged").out
+    data = ModelCard.load(out / "README.md").data.to_dict()
+    report = json.loads((out / "merge_report.json").read_text())
+    assert data["fusecli"]["merge"] == report["options"] and data["fusecli"]["merged"]["models"] == report["models"]

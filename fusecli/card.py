@@ -85,15 +85,17 @@ def model_card(title: str, report: dict[str, Any], doc: str, lineage: Lineage | 
     options = meta["fusecli"]["merge"]
     method = options["method"]
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", f"# {title}", ""]
-    lines += [f"A FuseChat-style fusion merged with fusecli {report['fusecli_version']} using **{method}**: {doc}", ""]
+    version = report["fusecli_version"]
     if lineage is not None:
-        lines += ["## Models", "", f"- pivot (the base): {lineage.pivot.markdown()}"]
+        lines += [f"FuseChat-style knowledge fusion (fuse each source into the pivot, then merge the pair-fused "
+                  f"targets), merged with fusecli {version} using **{method}**: {doc}", "",
+                  "## Models", "", f"- pivot (the base): {lineage.pivot.markdown()}"]
         lines += [f"- source `{slug}`: {o.markdown()}, fused into the pivot as `{report['models'].get(slug, '-')}`"
                   for slug, o in lineage.sources.items()]
-        lines.append("")
-    lines += ["## Merge", "", f"Base `{report['base']}`; merged models:", ""]
-    lines += [f"- {label}: `{path}`" for label, path in report["models"].items()]
-    lines += ["", "Options:", "", "```yaml", yaml.safe_dump(options, sort_keys=False).strip(), "```"]
+    else:
+        lines += [f"Merged with fusecli {version} using **{method}**: {doc}", "", "## Models", "",
+                  f"- base: `{report['base']}`", *(f"- {label}: `{path}`" for label, path in report["models"].items())]
+    lines += ["", "## Merge options", "", "```yaml", yaml.safe_dump(options, sort_keys=False).strip(), "```"]
     notes = [f"- `{c['tensor']}` of {c['model']} cropped from {c['from']} to {c['to']}" for c in report["cropped"]]
     notes += [f"- `{t['tensor']}` of {t['model']} read from its tied `{t['source']}`" for t in report["tied"]]
     notes += [f"- `{i['tensor']}` of {i['model']} ignored: {i['why']}" for i in report["ignored"]]

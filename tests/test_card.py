@@ -1,16 +1,10 @@
 """The merged model's card: Hub front matter that huggingface_hub parses, hub ids only in base_model."""
 
-import shutil
-
-import pytest
-import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import validate_repo_id
 
-from fusecli.lock import Lock, ModelEntry, dump_lock
-from fusecli.merge import merge_models, merge_params
-from fusecli.merge.card import lineage, model_card, with_evaluation
-from fusecli.merge.stage import run as run_stage
+from fusecli.card import lineage, model_card, with_evaluation
+from fusecli.lock import Lock, ModelEntry
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -72,26 +66,3 @@ def test_evaluation_is_appended_and_the_front_matter_kept():
     parsed = ModelCard(full)
     assert parsed.data.to_dict() == ModelCard(card).data.to_dict()
     assert full.startswith(card.rstrip("\n")) and full.endswith("| merged | 0.500 |\n")
-
-
-def test_merge_writes_the_card_into_the_folder(tiny, tmp_path):
-    params = merge_params("ties", weight=[0.5, 0.3, 0.2])
-    out = merge_models(tiny.base, tiny.models, params, tmp_path / "merged").out
-    data = ModelCard.load(out / "README.md").data.to_dict()
-    report = yaml.safe_load((out / "merge_report.json").read_text())
-    assert data["fusecli"]["merge"] == report["options"] and data["fusecli"]["merged"]["models"] == report["models"]
-
-
-@pytest.mark.parametrize("hub", [True, False])
-def test_merge_stage_names_the_locked_pivot_and_sources(tiny, tmp_path, hub):
-    for slug, path in (("alpha", tiny.m1), ("beta", tiny.m2)):
-        shutil.copytree(path, tmp_path / "fused" / slug)
-    lock = hub_lock() if hub else Lock(pivot=entry("pivot"), sources={"alpha": entry("alpha"), "beta": entry("beta")})
-    (tmp_path / "models.lock").write_text(dump_lock(lock))
-    out = run_stage(merge_params("linear"), tmp_path / "models.lock", tmp_path / "fused", tiny.base,
-                    tmp_path / "merged").out
-    data = ModelCard.load(out / "README.md").data.to_dict()
-    assert data.get("base_model") == (["org/Pivot-7B"] if hub else None)
-    assert set(data["fusecli"]["sources"]) == {"alpha", "beta"}
-    assert data["fusecli"]["merged"]["models"] == {"alpha": str(tmp_path / "fused/alpha"),
-                                                   "beta": str(tmp_path / "fused/beta")}
