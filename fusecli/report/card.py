@@ -2,16 +2,19 @@
 
 The merge stage cannot write the scores into its own card: `evaluate` runs after it, and merged/<method>/ is the
 merge stage's DVC output, which no later stage may change. So the report stage writes the full card here, the
-README.md to upload next to the weights (`fusecli card` copies it into a folder).
+README.md to upload next to the weights: `fusecli card OUT` lays out the merged folder with it for `hf upload`.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import yaml
 
 from fusecli.card import with_evaluation
+from fusecli.errors import FusecliError
 from fusecli.evaluate.names import merged_name
 from fusecli.io import atomic_dir
 from fusecli.report.data import Found
@@ -70,3 +73,26 @@ def write_cards(merged: Path, methods: list[str], scores: dict[str, dict], out: 
                 written[method].parent.mkdir(parents=True)
                 written[method].write_text(with_evaluation(card, evaluation(scores, model)))
     return Found({m: out / m / CARD for m in written}, missing)
+
+
+def upload_folder(weights: Path, card: Path, out: Path) -> Path:
+    """`out`: the merged folder `weights` with `card` as its README.md, for `hf upload`. Files are hard links into
+    `weights` where the file system allows (a copy elsewhere), so never edit them in place; README.md is new."""
+    if not weights.is_dir():
+        raise FusecliError(f"{weights} not found: run `dvc repro` to merge it")
+    if not card.is_file():
+        raise FusecliError(f"{card} not found: run `dvc repro report` (it writes the card once the merge is evaluated)")
+    if out.resolve() == weights.resolve() or weights.resolve() in out.resolve().parents:
+        raise FusecliError(f"{out} is inside {weights}, a DVC output that no command may change: write elsewhere")
+    with atomic_dir(out) as tmp:
+        shutil.copytree(weights, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
+        (tmp / CARD).unlink(missing_ok=True)  # a hard link to the merge's card: replaced, never written through
+        shutil.copyfile(card, tmp / CARD)
+    return out
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

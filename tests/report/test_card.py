@@ -1,10 +1,13 @@
 """reports/cards/<method>/README.md: the merge's card, as the Hub parses it, with the evaluation's own numbers."""
 
 import json
+import shutil
 
 import pytest
 from huggingface_hub import ModelCard
+from typer.testing import CliRunner
 
+from fusecli.cli import app
 from fusecli.markdown import cell
 from fusecli.report.stage import run
 
@@ -78,3 +81,30 @@ def test_a_missing_or_older_card_is_reported_and_the_others_written(ws):
     assert "scores of `merged:sce` for its card (run `dvc repro evaluate`)" in index
     assert not (ws / "reports/cards").exists() or not any((ws / "reports/cards").iterdir())
     assert "Model cards with these scores" not in index
+
+
+def test_cli_card_lays_out_the_merged_model_with_its_evaluated_card(ws):
+    run(inputs(ws), ws / "reports")
+    (ws / "merged/sce/model.safetensors").write_bytes(b"weights")
+    merge_card = (ws / "merged/sce/README.md").read_text()
+    result = CliRunner().invoke(app, ["--workspace", str(ws), "card", "upload/sce"])
+    assert result.exit_code == 0, result.output
+    out = ws / "upload/sce"
+    assert (out / "README.md").read_text() == (ws / "reports/cards/sce/README.md").read_text()
+    assert (out / "model.safetensors").read_bytes() == b"weights" and (out / "merge_report.json").is_file()
+    assert (ws / "merged/sce/README.md").read_text() == merge_card  # the DVC output is untouched
+    result = CliRunner().invoke(app, ["--workspace", str(ws), "card", "up/ties", "--method", "ties"])
+    assert result.exit_code == 0 and ModelCard.load(ws / "up/ties/README.md").data.fusecli["merge"]["method"] == "ties"
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["merged/sce/upload"], "inside"),
+    (["up", "--method", "dare_ties"], "merged/dare_ties not found"),
+    (["up", "--method", "varm"], "cards/varm/README.md not found: run `dvc repro report`"),
+])
+def test_cli_card_refuses_clearly(ws, args, match):
+    run(inputs(ws), ws / "reports")
+    shutil.rmtree(ws / "reports/cards/varm")
+    result = CliRunner().invoke(app, ["--workspace", str(ws), "card", *args])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and match in result.output, result.output
+    assert not (ws / "up").exists() and not (ws / "merged/sce/upload").exists()
