@@ -38,7 +38,7 @@ def evaluation(scores: dict[str, dict], model: str) -> list[str]:
     lines = ["## Evaluation", "",
              f"fusecli's held-out evaluation (`evaluate` stage, eval/metrics.json; this model is `{model}`): greedy "
              "exact match (EM, higher is better) and response-token cross-entropy (CE in nats, lower is better) per "
-             "domain, and their mean over domains.", ""]
+             "domain, and their mean over domains. A gain is this model's mean minus the other model's.", ""]
     lines += gain_table(scores, [model]) + [""]
     lines += ["### Greedy exact match", ""] + score_table(rows, "em", domains) + [""]
     lines += ["### Response-token CE", ""] + score_table(rows, "ce", domains) + [""]

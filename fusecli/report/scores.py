@@ -18,9 +18,10 @@ def score_table(scores: dict[str, dict], metric: str, domains: list[str]) -> lis
 
 
 def gain_table(scores: dict[str, dict], models: list[str]) -> list[str]:
-    """Each model's mean EM and CE minus each baseline's (sft_baseline, pivot): positive EM, negative CE is better."""
+    """Each model's mean EM and CE minus each baseline's (sft_baseline, pivot): the `summary.gain` of eval/metrics.json
+    for `merged`. The headers say which sign is better: a CE gain is a difference, not an improvement."""
     rows = []
     for model in models:
         ours = model_means(scores[model])
         rows += [[model, b, *gain(ours, model_means(scores[b])).values()] for b in BASELINES if b in scores]
-    return table(["model", "vs", "em gain", "ce gain"], rows)
+    return table(["model", "vs", "EM gain (higher is better)", "CE gain (lower is better)"], rows)

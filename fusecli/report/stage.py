@@ -134,7 +134,7 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
     merges = [merged_name(m) for m in merge.methods if merged_name(m) in scores]
     if merges:
         lines += ["## Summary", "", "Each merge's mean over domains minus the baseline's (for the default method, "
-                  "`summary.gain` of eval/metrics.json): a positive EM gain and a negative CE gain are better.", ""]
+                  "`summary.gain` of eval/metrics.json).", ""]
         lines += gain_table(scores, merges) + [""]
     if cards.data:
         lines += ["Model cards with these scores, to upload with the weights: "

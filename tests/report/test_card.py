@@ -65,7 +65,8 @@ def test_each_card_is_the_merge_card_plus_the_metrics_numbers(ws):
             for metric in ("em", "ce"):
                 ours = plain_mean([s[metric] for s in scores[model].values()])
                 theirs = plain_mean([s[metric] for s in scores[baseline].values()])
-                assert gains[baseline][f"{metric} gain"] == cell(ours - theirs)
+                better = "higher" if metric == "em" else "lower"
+                assert gains[baseline][f"{metric.upper()} gain ({better} is better)"] == cell(ours - theirs)
         assert f"[{method}](cards/{method}/README.md)" in index
 
 
