@@ -80,10 +80,13 @@ def front_matter(report: dict[str, Any], lineage: Lineage | None) -> dict[str, A
 
 
 def model_card(title: str, report: dict[str, Any], doc: str, lineage: Lineage | None = None) -> str:
-    """README.md of a merged model: front matter, then which method, which options, which models."""
+    """README.md of a merged model: front matter, then which method, which options, which models. `title` is the
+    heading without a lineage (`fusecli merge`)."""
     meta = front_matter(report, lineage)
     options = meta["fusecli"]["merge"]
     method = options["method"]
+    if lineage is not None:  # a name for the Hub page: the folder's name (the method) says little there
+        title = f"{lineage.pivot.name}-fusechat-{method}"
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", f"# {title}", ""]
     version = report["fusecli_version"]
     if lineage is not None:

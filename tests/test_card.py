@@ -46,6 +46,7 @@ def test_card_parses_with_hub_front_matter():
     assert fusecli["pivot"] == {"name": "pivot", "repo": "org/Pivot-7B", "revision": SHA}
     assert fusecli["sources"] == {"alpha": {"repo": "org/Alpha-Chat", "revision": SHA}, "beta": {"path": "/data/beta"}}
     assert fusecli["merged"] == {"base": "models/pivot", "models": REPORT["models"]}
+    assert card.text.lstrip().startswith("# pivot-fusechat-ties\n")
     assert "[org/Alpha-Chat](https://huggingface.co/org/Alpha-Chat)" in card.text
     assert "source `beta`: `/data/beta`, fused into the pivot as `fused/beta`" in card.text
     assert "lm_head.weight` of beta cropped from [104, 32] to [96, 32]" in card.text
