@@ -1,9 +1,9 @@
 """The merged model's card (README.md) in the Hugging Face Hub's conventions: YAML front matter, then Markdown.
 
-The merge stage writes it into merged/<method>/ without scores; the report stage, once `evaluate` has run, writes
-the same card with an evaluation section to reports/cards/<method>/README.md (`with_evaluation`), the file to
-upload next to the weights. Both are built from merge_report.json's fields, so the card and the report never
-disagree about the method, its options or the models.
+The merge stage writes it into merged/<method>/ without scores, from the fields it writes to merge_report.json (so
+the card and that report never disagree about the method, its options or the models); the report stage, once
+`evaluate` has run, appends an evaluation section to a copy (`with_evaluation`): reports/cards/<method>/README.md,
+the file to upload next to the weights.
 
 Front matter: `library_name`, `pipeline_tag`, `tags` (merge, fusechat, fusecli, the method), and `base_model`: the
 hub ids the weights descend from. The merged models are the pair-fused targets, each the pivot fine-tuned, so
