@@ -26,7 +26,7 @@ from fusecli.errors import FusecliError, describe_os_error
 from fusecli.lock import DVC_PINNED, Lock, ModelEntry, locked_update, read_lock
 from fusecli.merge.cli import merge_command
 from fusecli.profile import profile_command
-from fusecli.report.cli import report_command
+from fusecli.report.cli import card_command, report_command
 
 SHORT = 8  # characters of a commit sha or content hash shown in tables (like git's short sha)
 
@@ -336,6 +336,7 @@ def check(
 app.command("merge")(merge_command)
 app.command("inspect-alignment")(inspect_command)
 app.command("report")(report_command)
+app.command("card")(card_command)
 app.command("profile")(profile_command)
 
 

@@ -13,6 +13,7 @@ from fusecli.errors import fail_cleanly
 from fusecli.evaluate.cache import DEFAULT_DIR
 from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.stage import pipeline_models, run
+from fusecli.evaluate.summary import terminal_summary
 from fusecli.evaluate.tables import report_markdown
 from fusecli.hashing import verify_pinned
 from fusecli.io import atomic_write_json, atomic_write_text
@@ -40,6 +41,7 @@ def main() -> None:
     models = pipeline_models(args.lock, args.fused_dir, args.fused_all, args.baseline, args.merged_dir, merge)
     metrics = run(params, models, args.data, merge, args.cache_dir or None, Path(args.out) / "judgments.jsonl")
     atomic_write_json(Path(args.out) / "metrics.json", metrics)
+    atomic_write_json(Path(args.out) / "summary.json", terminal_summary(metrics["summary"]))
     atomic_write_text(Path(args.out) / "report.md", report_markdown(metrics))
     print(report_markdown(metrics))
 

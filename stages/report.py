@@ -1,4 +1,5 @@
-"""Stage report: reports/index.md with PNG plots, and reports/teachers.json (who taught what) as metrics.
+"""Stage report: reports/index.md with PNG plots, reports/teachers.json (who taught what) as metrics, and the
+merged models' cards with their evaluation, reports/cards/<method>/README.md.
 
 python stages/report.py --params params.yaml --lock models.lock --metrics eval/metrics.json --logs logs
   --align align --merged-dir merged --out reports

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from huggingface_hub import ModelCard
 from PIL import Image
+
+from fusecli.evaluate.summary import terminal_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -121,12 +124,19 @@ def test_report_with_valid_pngs(workspace):
     assert set(teachers) == set(yaml.safe_load((workspace / "models.lock").read_text())["sources"]) | {"fuselm"}
     assert set(teachers["fuselm"]["share"]) == set(teachers) - {"fuselm"}  # fuse_all chose among every source
     assert "| fuselm |" in index and "| fuse_all |" in index
+    for method in yaml.safe_load((workspace / "params.yaml").read_text())["merge"]["methods"]:
+        card = ModelCard.load(workspace / "reports" / "cards" / method / "README.md")
+        assert card.data.to_dict() == ModelCard.load(workspace / "merged" / method / "README.md").data.to_dict()
+        assert card.data.fusecli["merge"]["method"] == method and "## Evaluation" in card.text
+        assert f"(cards/{method}/README.md)" in index
 
 
 def test_metrics_and_plots_are_registered_with_dvc(workspace):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], workspace).stdout)
     files = next(iter(shown.values()))["data"]
-    assert {"eval/metrics.json", "reports/teachers.json"} <= set(files)
+    assert {"eval/metrics.json", "eval/summary.json", "reports/teachers.json"} <= set(files)
+    summary = files["eval/metrics.json"]["data"]["summary"]
+    assert files["eval/summary.json"]["data"] == terminal_summary(summary)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], workspace).stdout)
     assert not plots.get("errors"), plots.get("errors")
     assert "reports/plots/scores_em.png" in plots["data"] and "reports/curves/sft_baseline/loss.tsv" in plots["data"]

@@ -16,6 +16,7 @@ from fusecli.evaluate.cache import EvalCache
 from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
 from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.run import EvalModel, evaluate
+from fusecli.evaluate.summary import summarize
 from fusecli.io import atomic_write_text
 from fusecli.lock import read_lock
 from fusecli.plan import MergeMethods
@@ -62,7 +63,8 @@ def run(
     judgments: str | Path | None = None,
 ) -> dict:
     """Native scores of `models` (+ lm-evaluation-harness tasks with backend lm_eval, + judged scores with
-    backend judge, their raw judgments written to `judgments`), `merged` aliased."""
+    backend judge, their raw judgments written to `judgments`), `merged` aliased, and their summary
+    (fusecli/evaluate/summary.py)."""
     by_name = {m.name: m for m in models}
     by_name[MERGED] = replace(by_name[merged_name(merge.default)], name=MERGED)
     harness = params.lm_eval.models if params.backend == "lm_eval" else []
@@ -80,6 +82,7 @@ def run(
     metrics = evaluate(models, data, params, cache)
     scores = metrics["models"]
     scores[MERGED] = scores[merged_name(merge.default)]
+    metrics["summary"] = summarize(scores)
     if harness:
         from fusecli.evaluate.harness import run_harness  # lm-eval is an optional extra
 

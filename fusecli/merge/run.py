@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.progress import Progress
 
 from fusecli import __version__
+from fusecli.card import Lineage, model_card
 from fusecli.device import resolve_device
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
@@ -147,9 +147,12 @@ def merge_models(
     models: Sequence[tuple[str, str | Path]],
     params: MergeParams,
     out: str | Path,
+    *,
     progress: Progress | None = None,
+    lineage: Lineage | None = None,
 ) -> MergeResult:
-    """Merge `models` (label, folder) onto the base with `params.method`; write the folder `out`.
+    """Merge `models` (label, folder) onto the base with `params.method`; write the folder `out`, its card naming
+    the pivot and sources of `lineage` (models.lock) when given.
 
     `progress` shows the bytes written, block by block (default: the stages' bar on stderr).
     On any error nothing is left at `out` (an existing `out` is kept until the new one is complete).
@@ -176,7 +179,7 @@ def merge_models(
             atomic_write_json(tmp / REPORT, report)
             if kind is not None:
                 atomic_write_text(tmp / COEFFICIENTS_CSV, _coefficients_csv(kind, coefficients))
-            atomic_write_text(tmp / CARD, model_card(method, resolved, base, folders, plan, Path(out).name))
+            atomic_write_text(tmp / CARD, model_card(Path(out).name, report, method.doc, lineage))
     finally:
         for folder in (base, *folders.values()):
             folder.close()
@@ -279,41 +282,3 @@ def _coefficients_csv(kind: str, coefficients: dict[str, dict[str, float]]) -> s
         for label, value in per_model.items():
             writer.writerow([tensor, label, repr(value)])
     return buf.getvalue()
-
-
-def model_card(
-    method: MergeMethod,
-    options: Any,
-    base: ModelFolder,
-    models: dict[str, ModelFolder],
-    plan: MergePlan,
-    title: str,
-) -> str:
-    """README.md of the merged folder: which method, which options, which models."""
-    described = yaml.safe_dump(method.describe(options), sort_keys=False).strip()
-    lines = [
-        "---",
-        "library_name: transformers",
-        f"tags: [merge, fusecli, {method.name}]",
-        "---",
-        f"# {title}",
-        "",
-        f"Merged with fusecli {__version__} using **{method.name}**: {method.doc}",
-        "",
-        "## Options",
-        "",
-        "```yaml",
-        described,
-        "```",
-        "",
-        "## Models",
-        "",
-        f"- base: `{base.path}`",
-        *(f"- {label}: `{m.path}`" for label, m in models.items()),
-    ]
-    notes = [f"- `{c['tensor']}` of {c['model']} cropped from {c['from']} to {c['to']}" for c in plan.cropped]
-    notes += [f"- `{t['tensor']}` of {t['model']} read from its tied `{t['source']}`" for t in plan.tied]
-    notes += [f"- `{i['tensor']}` of {i['model']} ignored: {i['why']}" for i in plan.ignored]
-    if notes:
-        lines += ["", "## Notes", "", *notes]
-    return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fusecli.card import lineage
 from fusecli.errors import FusecliError
 from fusecli.lock import read_lock
 from fusecli.merge.params import MergeParams
@@ -35,4 +36,4 @@ def run(
                 f"{folder} not found: source {slug!r} is in {lock} but has no fused model; run `dvc repro fuse@{slug}`"
             )
         models.append((slug, folder))
-    return merge_models(base, models, params, out)
+    return merge_models(base, models, params, out, lineage=lineage(read_lock(lock)))

@@ -1,4 +1,5 @@
-"""`fusecli report`: the report stage's output, from the CLI (registered in fusecli/cli.py).
+"""`fusecli report` (the report stage's output) and `fusecli card` (a merged model laid out for upload), from the
+CLI (registered in fusecli/cli.py).
 
 Kept apart from run.py so that every other fusecli command starts without importing matplotlib.
 """
@@ -28,3 +29,21 @@ def report_command(
     inputs = ReportInputs(root / metrics, ws.lock, root / params, root / logs, root / align, root / merged)
     index = run(inputs, root / out)
     typer.echo(f"wrote {index}")
+
+
+def card_command(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder to write: the merged model with its evaluated card.")],
+    method: Annotated[str | None, typer.Option(help="Merge method (default: params.yaml merge.method).")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml (merge.method).")] = Path("params.yaml"),
+    merged: Annotated[Path, typer.Option(help="Merged models: <method>/.")] = Path("merged"),
+    reports: Annotated[Path, typer.Option(help="The report folder: cards/<method>/README.md.")] = Path("reports"),
+) -> None:
+    """Lay out a merged model for upload: its files (hard links) and the report's card with the evaluation."""
+    from fusecli.plan import merge_methods
+    from fusecli.report.card import CARD, CARDS, upload_folder
+
+    root = ctx.find_root().obj.root
+    name = method or merge_methods(root / params).default
+    folder = upload_folder(root / merged / name, root / reports / CARDS / name / CARD, root / out)
+    typer.echo(f"wrote {folder}: merged/{name} with its evaluated card; upload it with `hf upload <repo> {out}`")

@@ -1,4 +1,5 @@
-"""`fusecli report` and the `report` stage: reports/index.md, its PNGs, and the who-taught-what metrics.
+"""`fusecli report` and the `report` stage: reports/index.md, its PNGs, the who-taught-what metrics and the model
+cards with their evaluation (reports/cards/<method>/README.md).
 
 The paper's comparisons side by side: every model's per-domain scores (EM and CE) as tables and
 grouped bars (the pair models, the FuseLLM-style `fuselm` and the merge methods against each other),
@@ -21,6 +22,8 @@ from fusecli.lock import read_lock
 from fusecli.markdown import table
 from fusecli.plan import merge_methods
 from fusecli.report import data, plots
+from fusecli.report.card import CARDS, write_cards
+from fusecli.report.scores import gain_table, score_table
 
 
 @dataclass(frozen=True)
@@ -31,19 +34,6 @@ class ReportInputs:
     logs: Path  # logs/: fuse/<slug>/, fuse_all/ and sft_baseline/ (dvclive, selection.json)
     align: Path  # align/<slug>/coverage.json
     merged: Path  # merged/<method>/merge_report.json
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
-def score_table(scores: dict[str, dict], metric: str, domains: list[str]) -> list[str]:
-    rows = []
-    for model, per_domain in scores.items():
-        values = [per_domain.get(d, {}).get(metric) for d in domains]
-        rows.append([model, *values, _mean(values)])
-    return table(["model", *domains, "mean"], rows)
 
 
 def teachers_table(teachers: dict[str, dict]) -> list[str]:
@@ -113,7 +103,7 @@ def copy_curves(logs: Path, slugs: list[str], out: Path) -> None:
 
 
 def run(inputs: ReportInputs, out: str | Path) -> Path:
-    """Write `out`/index.md, `out`/plots/*.png, `out`/curves/ and `out`/teachers.json; return the index."""
+    """Write `out`/index.md, plots/*.png, curves/, cards/ and teachers.json; return the index."""
     out = Path(out)
     slugs = sorted(read_lock(inputs.lock).sources)
     merge = merge_methods(inputs.params)
@@ -130,7 +120,8 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
     teachers = data.load_teachers(inputs.logs, inputs.align, slugs)
     curves = data.load_curves(inputs.logs, slugs)
     coefficients = data.load_coefficients(inputs.merged, list(merge.methods))
-    missing += teachers.missing + curves.missing + coefficients.missing
+    cards = write_cards(inputs.merged, list(merge.methods), scores, out / CARDS)
+    missing += teachers.missing + curves.missing + coefficients.missing + cards.missing
 
     lines = ["# fusecli report", ""]
     lines += [f"Sources: {', '.join(slugs) or 'none'}. Merge methods: {', '.join(merge.methods)} "
@@ -140,6 +131,14 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
         lines += [f"> - missing: {m}" for m in missing]
         lines += [f"> - not in the current models.lock / merge.methods: `{m}`" for m in extra]
         lines.append("")
+    merges = [merged_name(m) for m in merge.methods if merged_name(m) in scores]
+    if merges:
+        lines += ["## Summary", "", "Each merge's mean over domains minus the baseline's (for the default method, "
+                  "`summary.gain` of eval/metrics.json).", ""]
+        lines += gain_table(scores, merges) + [""]
+    if cards.data:
+        lines += ["Model cards with these scores, to upload with the weights: "
+                  + ", ".join(f"[{m}]({CARDS}/{m}/README.md)" for m in cards.data) + ".", ""]
     with atomic_dir(out / "plots") as tmp:
         lines += ["## Scores per domain", ""]
         if ordered:

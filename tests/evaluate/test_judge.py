@@ -320,7 +320,9 @@ def test_editing_the_question_file_reruns_evaluate(tmp_path):
     for folder in ("baseline/sft", "fused", "fused_all", "merged", "data", "eval"):
         (ws / folder).mkdir(parents=True)
         (ws / folder / "x").write_text("stand-in")
-    for out in ("data/eval.parquet", "eval/metrics.json", "eval/report.md", "eval/judgments.jsonl"):
+    stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["evaluate"]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])]
+    for out in ["data/eval.parquet", *outs]:  # the stage's outputs as dvc.yaml lists them
         (ws / out).write_text("{}")
     dvc = [str(Path(sys.executable).parent / "dvc")]
 

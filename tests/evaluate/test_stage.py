@@ -8,6 +8,7 @@ import fusecli.evaluate.run as run_module
 from fusecli.errors import FusecliError
 from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.stage import pipeline_models, run
+from fusecli.evaluate.summary import summarize
 from fusecli.lock import Lock, ModelEntry, dump_lock
 from fusecli.plan import MergeMethods
 from tests.params import section
@@ -62,6 +63,7 @@ def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, 
     assert calls == ["pivot"]  # the other eight folders hold the same files: read back from the cache
     assert set(metrics["models"]) == {m.name for m in models_of(ws)} | {"merged"}
     assert metrics["models"]["merged"] == metrics["models"]["merged:sce"]
+    assert metrics["summary"] == summarize(metrics["models"])  # the summary block of eval/metrics.json
 
     calls.clear()
     changed = write_model(ws / "other", "llama", 300, seed=2)

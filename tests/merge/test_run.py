@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from rich.console import Console
 from rich.progress import Progress
 from safetensors import safe_open
@@ -49,7 +50,7 @@ class CountingProgress(Progress):
 
 def test_merge_reports_progress_per_block_written(tiny, tmp_path):
     progress = CountingProgress()
-    result = merge_models(tiny.base, tiny.models, merge_params("ties"), tmp_path / "merged", progress)
+    result = merge_models(tiny.base, tiny.models, merge_params("ties"), tmp_path / "merged", progress=progress)
     (task,) = progress.tasks
     written = sum(t.nbytes for t in load_tensors(result.out).values())
     assert task.description == "merge ties" and task.finished
@@ -203,3 +204,11 @@ def test_cuda_matches_cpu(tiny, tmp_path, method):
     a, b = load_tensors(cpu.out), load_tensors(gpu.out)
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_merge_writes_the_card_into_the_folder(tiny, tmp_path):
+    params = merge_params("ties", weight=[0.5, 0.3, 0.2])
+    out = merge_models(tiny.base, tiny.models, params, tmp_path / "merged").out
+    data = ModelCard.load(out / "README.md").data.to_dict()
+    report = json.loads((out / "merge_report.json").read_text())
+    assert data["fusecli"]["merge"] == report["options"] and data["fusecli"]["merged"]["models"] == report["models"]

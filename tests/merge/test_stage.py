@@ -4,10 +4,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from huggingface_hub import ModelCard
 
 from fusecli.errors import FusecliError
 from fusecli.lock import Lock, ModelEntry, dump_lock
+from fusecli.merge.params import merge_params
 from fusecli.merge.stage import locked_slugs
+from fusecli.merge.stage import run as run_stage
+from tests.test_card import hub_lock
 
 from . import reference
 
@@ -76,3 +80,18 @@ def test_bad_lock_files(tmp_path):
     (tmp_path / "models.lock").write_text("[1, 2\n")
     with pytest.raises(FusecliError, match="YAML"):
         locked_slugs(tmp_path / "models.lock")
+
+
+@pytest.mark.parametrize("hub", [True, False])
+def test_merge_stage_names_the_locked_pivot_and_sources(tiny, tmp_path, hub):
+    for slug, path in (("alpha", tiny.m1), ("beta", tiny.m2)):
+        shutil.copytree(path, tmp_path / "fused" / slug)
+    lock = hub_lock() if hub else Lock(pivot=entry("pivot"), sources={s: entry(s) for s in ("alpha", "beta")})
+    (tmp_path / "models.lock").write_text(dump_lock(lock))
+    out = run_stage(merge_params("linear"), tmp_path / "models.lock", tmp_path / "fused", tiny.base,
+                    tmp_path / "merged").out
+    data = ModelCard.load(out / "README.md").data.to_dict()
+    assert data.get("base_model") == (["org/Pivot-7B"] if hub else None)
+    assert set(data["fusecli"]["sources"]) == {"alpha", "beta"}
+    assert data["fusecli"]["merged"]["models"] == {"alpha": str(tmp_path / "fused/alpha"),
+                                                   "beta": str(tmp_path / "fused/beta")}
