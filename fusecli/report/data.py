@@ -28,8 +28,11 @@ class Found:
     missing: list[str] = field(default_factory=list)
 
 
+OPTIONAL_BLOCKS = ("lm_eval", "judge", "judge_pairwise")  # evaluate.backend lm_eval and judge
+
+
 def load_metrics(path: str | Path) -> dict[str, dict]:
-    """eval/metrics.json: `models` ({model: {domain: {"em", "ce", ...}}}) and `lm_eval` ({} if not run)."""
+    """eval/metrics.json: `models` ({model: {domain: {"em", "ce", ...}}}) and the backends' blocks ({} if not run)."""
     path = Path(path)
     if not path.is_file():
         raise FusecliError(f"{path} not found: run `dvc repro evaluate` first")
@@ -40,10 +43,10 @@ def load_metrics(path: str | Path) -> dict[str, dict]:
     models = metrics.get("models") if isinstance(metrics, dict) else None
     if not isinstance(models, dict):
         raise FusecliError(f"{path} has no 'models' mapping: rerun `dvc repro evaluate`")
-    harness = metrics.get("lm_eval")
+    blocks = {key: metrics.get(key) for key in OPTIONAL_BLOCKS}
     return {
         "models": {name: s for name, s in models.items() if isinstance(s, dict)},
-        "lm_eval": harness if isinstance(harness, dict) else {},
+        **{key: value if isinstance(value, dict) else {} for key, value in blocks.items()},
     }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
-from fusecli.evaluate.tables import harness_table
+from fusecli.evaluate.tables import harness_table, judge_tables
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
 from fusecli.markdown import table
@@ -150,6 +150,7 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
         lines += ["### Response-token CE (lower is better)", ""]
         lines += score_table(ordered, "ce", domains) + [""]
         lines += harness_table(metrics["lm_eval"], "###")
+        lines += judge_tables(metrics["judge"], metrics["judge_pairwise"], "###")
         lines += ["## Who taught what", "",
                   "Per fusion run (`fuse@<source>`: the pair model; `fuse_all`: `fuselm`, every source at once) and "
                   "source: the alignment coverage (share of pivot response tokens with a mapped source "

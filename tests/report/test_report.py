@@ -112,3 +112,19 @@ def test_the_control_is_flagged_and_an_ungated_run_says_so(ws):
     text = run(inputs(ws), ws / "reports").read_text()
     assert "**Control run** (`fuse.teacher: reference`)" in text
     assert "Competence gate off (`fuse.gate: null`)" in text and "| gate (nats) |" not in text
+
+
+def test_judged_scores_reach_the_report(ws):
+    """evaluate.backend: judge adds `judge` (and `judge_pairwise`) to eval/metrics.json; the report shows them
+    with the missing judgments counted, and a report without them has no judge section."""
+    assert "LLM judge" not in run(inputs(ws), ws / "plain").read_text()
+    metrics = json.loads((ws / "eval/metrics.json").read_text())
+    metrics["judge"] = {"pivot": {"math": {"score": 6.5, "graded": 2, "missing": 1},
+                                  "overall": {"score": 6.5, "graded": 2, "missing": 1}}}
+    metrics["judge_pairwise"] = {"pivot": {"math": {"win_rate": 0.25, "wins": 0, "ties": 1, "losses": 1, "missing": 0},
+                                           "overall": {"win_rate": 0.25, "wins": 0, "ties": 1, "losses": 1,
+                                                       "missing": 0}}}
+    write_json(ws / "eval/metrics.json", metrics)
+    text = run(inputs(ws), ws / "reports").read_text()
+    assert "| pivot | 6.500 | 6.500 | 1 of 3 |" in text
+    assert "| pivot | 0.250 | 0.250 | 0 of 2 |" in text
