@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -164,17 +165,25 @@ def evaluate(
     df = pl.read_parquet(data)
     if df.height == 0:
         raise FusecliError(f"{data} holds no evaluation rows: check dataset.eval_fraction / the eval split")
-    results: dict[str, dict] = {}
+    return {"models": cached_per_model(models, "evaluate", lambda m: score_model(m, df, params), cache)}
+
+
+def cached_per_model(
+    models: list[EvalModel], verb: str, compute: Callable[[EvalModel], Any], cache: EvalCache | None
+) -> dict[str, Any]:
+    """`{model name: compute(model)}` under a progress bar; a model whose cache key (its files' content, the
+    data and settings) hits `cache` is read back instead of computed."""
+    results: dict[str, Any] = {}
     with Progress() as progress:
-        task = progress.add_task("evaluate", total=len(models))
+        task = progress.add_task(verb, total=len(models))
         for m in models:
             key = cache.key(m.path) if cache else None
-            scores = cache.get(key) if cache and key else None
-            progress.update(task, description=f"evaluate {m.name}" + (" (cached)" if scores else ""))
-            if scores is None:
-                scores = score_model(m, df, params)
+            value = cache.get(key) if cache and key else None
+            progress.update(task, description=f"{verb} {m.name}" + (" (cached)" if value else ""))
+            if value is None:
+                value = compute(m)
                 if cache and key:
-                    cache.put(key, scores)
-            results[m.name] = scores
+                    cache.put(key, value)
+            results[m.name] = value
             progress.advance(task)
-    return {"models": results}
+    return results

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import Progress
-
 from fusecli.data.render import prompt_text
 from fusecli.device import resolve_device, resolve_dtype
 from fusecli.evaluate.cache import EvalCache
 from fusecli.evaluate.judge.questions import Question
 from fusecli.evaluate.params import EvalParams
-from fusecli.evaluate.run import EvalModel, greedy_answers
+from fusecli.evaluate.run import EvalModel, cached_per_model, greedy_answers
 from fusecli.models import load_model, load_tokenizer
 
 Answers = dict[str, list[str]]  # str(question_id) -> the answer to each turn
@@ -63,17 +61,4 @@ def all_answers(
     # beside the score cache, so both share its file-hash cache (a model folder is hashed once)
     cache = (EvalCache(Path(cache_dir).parent / "judge-answers", params.judge.questions, answer_settings(params),
                        code=__name__) if cache_dir else None)
-    out: dict[str, Answers] = {}
-    with Progress() as progress:
-        task = progress.add_task("answer", total=len(models))
-        for m in models:
-            key = cache.key(m.path) if cache else None
-            answers = cache.get(key) if cache and key else None
-            progress.update(task, description=f"answer {m.name}" + (" (cached)" if answers else ""))
-            if answers is None:
-                answers = answer_questions(m, questions, params)
-                if cache and key:
-                    cache.put(key, answers)
-            out[m.name] = answers
-            progress.advance(task)
-    return out
+    return cached_per_model(models, "answer", lambda m: answer_questions(m, questions, params), cache)
