@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 import torch
-from rich.progress import Progress
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from fusecli.data.render import prompt_text, render, tokenize
@@ -28,6 +27,7 @@ from fusecli.evaluate.match import exact_match
 from fusecli.evaluate.params import EvalParams
 from fusecli.extract.run import _batches, extract_batch
 from fusecli.models import load_model, load_tokenizer
+from fusecli.progress import progress_bar
 
 if TYPE_CHECKING:
     from fusecli.evaluate.cache import EvalCache
@@ -174,7 +174,7 @@ def cached_per_model(
     """`{model name: compute(model)}` under a progress bar; a model whose cache key (its files' content, the
     data and settings) hits `cache` is read back instead of computed."""
     results: dict[str, Any] = {}
-    with Progress() as progress:
+    with progress_bar("model") as progress:
         task = progress.add_task(verb, total=len(models))
         for m in models:
             key = cache.key(m.path) if cache else None

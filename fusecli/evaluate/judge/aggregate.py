@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from fusecli.evaluate.judge.questions import RESERVED
+from fusecli.evaluate.summary import mean
 
 OVERALL = RESERVED[0]
 
@@ -32,9 +33,8 @@ def single_scores(records: list[dict]) -> dict[str, dict[str, dict]]:
     for model, cats in _per_category(items).items():
         out[model] = {}
         for category, ratings in cats.items():
-            graded = [float(x) for x in ratings if x is not None]
-            out[model][category] = {"score": sum(graded) / len(graded) if graded else None,
-                                    "graded": len(graded), "missing": len(ratings) - len(graded)}
+            graded = sum(x is not None for x in ratings)
+            out[model][category] = {"score": mean(ratings), "graded": graded, "missing": len(ratings) - graded}
     return out
 
 

@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from rich.progress import Progress
-
 from fusecli.evaluate.judge.answers import Answers
 from fusecli.evaluate.judge.prompts import Messages, pair_messages, single_messages
 from fusecli.evaluate.judge.questions import Question
+from fusecli.progress import progress_bar
 
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # MT-Bench's format: "[[7]]", "[[7.5]]"
 RATING_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]")  # and its fallback when the judge writes "[7]"
@@ -81,7 +80,7 @@ def ask_all(reply: Callable[[Messages], str], requests: list[Request], concurren
     """Every request's judged record, in order; the first alone, so a bad endpoint fails once, at once."""
     if not requests:
         return []
-    with Progress() as progress, ThreadPoolExecutor(concurrency) as pool:
+    with progress_bar("judgment") as progress, ThreadPoolExecutor(concurrency) as pool:
         task = progress.add_task("judge", total=len(requests))
 
         def one(r: Request) -> dict:
