@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import yaml
+from huggingface_hub import ModelCard
 
 from fusecli.card import with_evaluation
 from fusecli.errors import FusecliError
@@ -46,15 +47,11 @@ def evaluation(scores: dict[str, dict], model: str) -> list[str]:
 
 
 def front_matter(card: str) -> dict | None:
-    """The YAML between a card's leading `---` lines, or None when there is none."""
-    head, sep, rest = card.partition("\n")
-    if head.strip() != "---" or "\n---" not in rest:
-        return None
+    """A card's metadata as the Hub reads it (huggingface_hub's ModelCard), or None when it is not valid YAML."""
     try:
-        meta = yaml.safe_load(rest.split("\n---", 1)[0])
-    except yaml.YAMLError:
+        return ModelCard(card, ignore_metadata_errors=True).data.to_dict()
+    except (ValueError, yaml.YAMLError):
         return None
-    return meta if isinstance(meta, dict) else None
 
 
 def write_cards(merged: Path, methods: list[str], scores: dict[str, dict], out: Path) -> Found:

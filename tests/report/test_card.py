@@ -109,3 +109,13 @@ def test_cli_card_refuses_clearly(ws, args, match):
     result = CliRunner().invoke(app, ["--workspace", str(ws), "card", *args])
     assert result.exit_code == 1 and result.output.startswith("error: ") and match in result.output, result.output
     assert not (ws / "up").exists() and not (ws / "merged/sce/upload").exists()
+
+
+@pytest.mark.parametrize(
+    "broken", ["---\n: : not yaml [\n---\n# x\n", "---\n- a list\n---\n# x\n", "# no front matter\n"]
+)
+def test_a_card_the_hub_cannot_read_is_reported_not_fatal(ws, broken):
+    (ws / "merged/ties/README.md").write_text(broken)
+    index = run(inputs(ws), ws / "reports").read_text()
+    assert "merged/ties/README.md, a card with fusecli front matter (run `dvc repro merge@ties`)" in index
+    assert (ws / "reports/cards/sce/README.md").is_file()
