@@ -125,9 +125,14 @@ def _value(value: Any, i: int) -> Any:
     return value[i] if isinstance(value, tuple) else value
 
 
+def by_mergekit_name() -> dict[str, str]:
+    """mergekit's name -> fusecli's, for the methods both tools have."""
+    return {get_method(n).mergekit: n for n in method_names() if get_method(n).mergekit}
+
+
 def shared_methods() -> list[str]:
     """mergekit's names of the methods both tools have."""
-    return sorted(m for m in (get_method(n).mergekit for n in method_names()) if m)
+    return sorted(by_mergekit_name())
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ def read_mergekit(path: Path, root: Path | None = None) -> MergekitConfig:
             + ", ".join(TOP_LEVEL)
         )
     name = data.get("merge_method")
-    by_mergekit = {get_method(n).mergekit: n for n in method_names() if get_method(n).mergekit}
+    by_mergekit = by_mergekit_name()
     if name not in by_mergekit:
         raise FusecliError(
             f"{path}: merge_method {name!r} is not one fusecli shares with mergekit: use one of "
