@@ -30,9 +30,8 @@ def main() -> None:
         raise FusecliError(f"no source {args.model!r} in {args.lock}: add it with fusecli add-source")
     entry = lock.pivot if args.model == "pivot" else lock.sources[args.model]
     verify_pinned(lock, ".", [] if args.model == "pivot" else [args.model])  # changed on disk: stop before any work
-    pivot = ModelRef(lock.pivot.path, lock.pivot.trust_remote_code, lock.pivot.allow_pickle)
     model = ModelRef(entry.path, entry.trust_remote_code, entry.allow_pickle)
-    summary = extract(args.data, model, pivot, args.out, params)  # under torchrun: this rank's share
+    summary = extract(args.data, model, args.out, params)  # under torchrun: this rank's share
     if Rank.from_env().rank == 0:
         print(f"extract {args.model}: {summary['tokens']:,} tokens at {summary['tokens_per_s']:,.0f} tok/s")
         for line in dropped_warnings(args.data, summary):

@@ -1,85 +1,86 @@
 """Distribution alignment: one source top-K row, in pivot ids, per pivot response token (docs/method.md).
 
-Which source row (the off-by-one question). Stores key every row by the token it *predicts*
-(docs/architecture.md): the pivot row of response token t is the pivot's distribution after reading
-the text before t, i.e. after its context token t-1. The release aligns the gold input tokens and
-pairs the logits *at* aligned positions, each of which predicts the next token; in store terms the
-teacher for pivot token t is therefore chosen among A_{t-1}, the source tokens aligned to the pivot's
-context token t-1, and a chosen source token j' contributes the source row that predicts token j'+1.
-That is why the rules below test whether token strings *end* alike: when pivot token t-1 and source
-token j' end at the same character, both rows are conditioned on the same text. Rules, on the
-marker-unified token strings of pivot token t-1 and the pieces A_{t-1}:
-- |A| = 1: the two strings end alike (one ends with the other);
-- |A| > 1: a piece equal to the pivot token, else one that ends with it, else one that starts with
-  it; else pieces that concatenate to the pivot token, taking the last one;
-- otherwise, or when the source has no row predicting token j'+1 (not a source response token):
-  a one-hot on the pivot's gold token t, flagged `mapped = 0`.
+Which source row. Stores key every row by the token it *predicts*: the pivot row of response token t is
+the pivot's distribution after reading the text before t. A source row may stand for it only where the
+source has read exactly the same text: the same turn content up to the same character, each model in its
+own chat template (so neither reads the other's markup). Positions are paired through the turns' content
+spans (fusecli/data/render.py): pivot character `pivot_content_start + x` is source character
+`source_content_start + x`. A *boundary* at character e is a place where a token ends at e and the next
+one starts at or after e (byte pieces of one character share their character's span, so no boundary
+falls inside a character). Rules, for pivot response token t whose context ends at boundary e, x = e -
+content start:
+- `content`: 0 <= x < content length and the source has a boundary at the same x: its row there;
+- `end_of_turn`: x = content length, t is a special token (the pivot's end of turn) and the source's own
+  next token there is a special token that the map sends to t (its end of turn): its row there;
+- one-hot on the pivot's gold token t, flagged `mapped = 0`: `no_boundary` (the source splits that text
+  elsewhere, or t is inside a character), `markup` (t's context is the pivot's own markup: after the end
+  of turn, or whitespace outside the stripped content), `no_match` (no token of the source row maps to a
+  pivot token), `no_row` (the source's tokens stop before: truncation), `no_source` (no source record).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fusecli.align.tokens import Alignment, TokenTable
-
-MAPPED_RULES = ("one_to_one", "piece", "concat")
-ONE_HOT_RULES = ("no_match", "no_row", "no_source")
+MAPPED_RULES = ("content", "end_of_turn")
+ONE_HOT_RULES = ("no_boundary", "markup", "no_match", "no_row", "no_source")
 RULES = MAPPED_RULES + ONE_HOT_RULES
 
 
-def choose_piece(pivot_token: str, pieces: Sequence[str]) -> tuple[int | None, str]:
-    """The index of the aligned source piece whose row stands for the pivot's, and the rule that chose it."""
-    if not pivot_token or not pieces:
-        return None, "no_match"
-    if len(pieces) == 1:
-        s = pieces[0]
-        if s and (s.endswith(pivot_token) or pivot_token.endswith(s)):
-            return 0, "one_to_one"
-        return None, "no_match"
-    for c, s in enumerate(pieces):
-        if s == pivot_token:
-            return c, "piece"
-    for c, s in enumerate(pieces):
-        if s.endswith(pivot_token):
-            return c, "piece"
-    for c, s in enumerate(pieces):
-        if s.startswith(pivot_token):
-            return c, "piece"
-    rest, last = pivot_token, None
-    for c, s in enumerate(pieces):
-        if s and rest.startswith(s):
-            rest, last = rest[len(s) :], c
-    if last is not None and not rest:
-        return last, "concat"
-    return None, "no_match"
+def boundaries(offsets: np.ndarray) -> dict[int, int]:
+    """{character e: index j of the token after a clean boundary at e}, for j >= 1 (first wins)."""
+    if len(offsets) < 2:
+        return {}
+    ends = np.maximum.accumulate(offsets[:, 1].astype(np.int64))
+    clean = ends[:-1] <= offsets[1:, 0]
+    out: dict[int, int] = {}
+    for j in (np.flatnonzero(clean) + 1).tolist():
+        out.setdefault(int(ends[j - 1]), j)
+    return out
+
+
+def turn_end_tokens(ids: np.ndarray, offsets: np.ndarray, turns: np.ndarray) -> list[int]:
+    """Per turn, the token id that follows the content's end (the template's end of turn), or -1."""
+    bound = boundaries(offsets)
+    out = []
+    for _, a, b, _ in turns.tolist():
+        j = bound.get(b, -1) if a >= 0 else -1
+        out.append(int(ids[j]) if j >= 0 else -1)
+    return out
 
 
 def map_topk(ids: np.ndarray, logprobs: np.ndarray, to_pivot: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Map source top-K rows [R, K_s] to pivot ids; duplicates keep the higher logprob; pad to k.
+    """Map source top-K rows [R, K_s] to pivot ids [R, k], -1 / -inf padded.
 
-    Ids outside the source vocabulary table (padding rows of a model's output layer) are dropped.
+    Source tokens that start with the same pivot piece say the same thing to the pivot, so their
+    probabilities add (`Archery` and `Athletics` both to `A`). Ids the map drops (-1) and ids outside
+    the source vocabulary table (padding rows of a model's output layer) are left out.
     """
-    order = np.argsort(-logprobs, axis=1, kind="stable")
-    ids = np.take_along_axis(ids, order, 1)[:, :k].astype(np.int64)
-    logprobs = np.take_along_axis(logprobs, order, 1)[:, :k].astype(np.float32)
+    r = ids.shape[0]
+    ids = ids.astype(np.int64)
     valid = (ids >= 0) & (ids < len(to_pivot))
-    mapped = np.where(valid, to_pivot[np.clip(ids, 0, len(to_pivot) - 1)], -1)
-    by_id = np.argsort(mapped, axis=1, kind="stable")
-    sorted_ids = np.take_along_axis(mapped, by_id, 1)
-    repeat = np.zeros_like(sorted_ids, dtype=bool)
-    repeat[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
-    drop = np.zeros_like(repeat)
-    np.put_along_axis(drop, by_id, repeat, 1)
-    drop |= mapped < 0
-    kept = np.argsort(drop, axis=1, kind="stable")
-    out_ids = np.full((len(ids), k), -1, dtype=np.int32)
-    out_lp = np.full((len(ids), k), -np.inf, dtype=np.float32)
-    width = ids.shape[1]
-    out_ids[:, :width] = np.take_along_axis(np.where(drop, -1, mapped), kept, 1)
-    out_lp[:, :width] = np.take_along_axis(np.where(drop, -np.inf, logprobs), kept, 1)
+    mapped = np.where(valid, to_pivot[np.clip(ids, 0, max(len(to_pivot) - 1, 0))], -1).astype(np.int64)
+    stride = int(max(mapped.max(initial=-1), 0)) + 2
+    keys = (np.arange(r, dtype=np.int64)[:, None] * stride + mapped + 1).ravel()
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    with np.errstate(under="ignore"):
+        mass = np.add.reduceat(np.exp(logprobs.astype(np.float64).ravel()[order]), starts) if len(keys) else keys
+    group_row, group_id = keys[starts] // stride, keys[starts] % stride - 1
+    keep = (group_id >= 0) & (mass > 0)
+    group_row, group_id, mass = group_row[keep], group_id[keep], mass[keep]
+    by_mass = np.lexsort((group_id, -mass, group_row))
+    group_row, group_id, mass = group_row[by_mass], group_id[by_mass], mass[by_mass]
+    first = np.searchsorted(group_row, np.arange(r))
+    rank = np.arange(len(group_row)) - first[group_row]
+    top = rank < k
+    out_ids = np.full((r, k), -1, dtype=np.int32)
+    out_lp = np.full((r, k), -np.inf, dtype=np.float32)
+    out_ids[group_row[top], rank[top]] = group_id[top]
+    out_lp[group_row[top], rank[top]] = np.log(mass[top])
     return out_ids, out_lp
 
 
@@ -89,56 +90,87 @@ class AlignedRows:
     topk_logprobs: np.ndarray  # float32 [R, k], -inf padded
     mapped: np.ndarray  # uint8 [R]
     rule: np.ndarray  # int8 [R], index into RULES
+    source_row: np.ndarray  # int64 [R]: the source row used, -1 for one-hot rows
 
 
-def one_hot_rows(pivot_ids: np.ndarray, pivot_mask: np.ndarray, k: int) -> AlignedRows:
-    """Every response token gets a one-hot on its own gold token (rule `no_source`)."""
+def one_hot_rows(pivot_ids: np.ndarray, pivot_mask: np.ndarray, k: int, rule: str = "no_source") -> AlignedRows:
+    """Every response token gets a one-hot on its own gold token."""
     resp = np.flatnonzero(pivot_mask)
     ids = np.full((len(resp), k), -1, dtype=np.int32)
     lp = np.full((len(resp), k), -np.inf, dtype=np.float32)
     ids[:, 0] = pivot_ids[resp]
     lp[:, 0] = 0.0
-    rule = np.full(len(resp), RULES.index("no_source"), dtype=np.int8)
-    return AlignedRows(ids, lp, np.zeros(len(resp), dtype=np.uint8), rule)
+    rules = np.full(len(resp), RULES.index(rule), dtype=np.int8)
+    return AlignedRows(ids, lp, np.zeros(len(resp), dtype=np.uint8), rules, np.full(len(resp), -1, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Side:
+    """One model's tokenization of a dialogue, in its own template: what the row choice reads."""
+
+    ids: np.ndarray  # int [T]
+    offsets: np.ndarray  # int [T, 2]
+    mask: np.ndarray  # bool [T]: response tokens (the rows a store holds)
+    turns: np.ndarray  # int [n_turns, 4]: span start, content start, content end, span end
+
+
+def choose_rows(pivot: Side, source: Side, pivot_special: frozenset[int], to_pivot: np.ndarray) -> tuple:
+    """(source row per pivot response token, -1 for none; rule per token): see the module docstring."""
+    resp = np.flatnonzero(pivot.mask)
+    rows = np.full(len(resp), -1, dtype=np.int64)
+    rules = np.full(len(resp), RULES.index("markup"), dtype=np.int8)
+    p_bound = {j: e for e, j in boundaries(pivot.offsets).items()}  # token index -> boundary before it
+    s_bound = boundaries(source.offsets)
+    s_row = np.cumsum(source.mask.astype(np.int64)) - 1
+    s_end = int(source.offsets[:, 1].max(initial=0))
+    p_turns, s_turns = pivot.turns.tolist(), source.turns.tolist()
+    p_starts = pivot.offsets[:, 0].tolist()
+    for r, t in enumerate(resp.tolist()):
+        k = next((i for i, (a, _, _, b) in enumerate(p_turns) if a <= p_starts[t] < b), None)
+        if k is None or k >= len(s_turns):
+            continue
+        _, pa, pb, _ = p_turns[k]
+        _, sa, sb, _ = s_turns[k]
+        if pa < 0 or sa < 0 or pb - pa != sb - sa:
+            continue
+        e = p_bound.get(t)
+        if e is None:
+            rules[r] = RULES.index("no_boundary")
+            continue
+        x = e - pa
+        if x < 0 or x > pb - pa:
+            continue
+        if sa + x > s_end:
+            rules[r] = RULES.index("no_row")
+            continue
+        j = s_bound.get(sa + x)
+        if j is None or not source.mask[j]:
+            rules[r] = RULES.index("no_boundary")
+            continue
+        if x == pb - pa:
+            gold = int(pivot.ids[t])
+            if gold not in pivot_special or not (0 <= source.ids[j] < len(to_pivot)) or to_pivot[source.ids[j]] != gold:
+                continue  # markup: the pivot's template goes on with text, or the source's does
+            rules[r] = RULES.index("end_of_turn")
+        else:
+            rules[r] = RULES.index("content")
+        rows[r] = s_row[j]
+    return rows, rules
 
 
 def align_rows(
-    pivot_ids: np.ndarray,
-    pivot_mask: np.ndarray,
-    pivot: TokenTable,
-    alignment: Alignment,
-    source_ids: np.ndarray,
-    source_mask: np.ndarray,
+    pivot: Side,
+    source: Side,
     source_topk_ids: np.ndarray,
     source_topk_logprobs: np.ndarray,
-    source: TokenTable,
+    pivot_special: frozenset[int],
     to_pivot: np.ndarray,
     k: int,
 ) -> AlignedRows:
-    """Rows for the pivot's response tokens; `alignment` covers the first len(alignment) pivot tokens."""
-    out = one_hot_rows(pivot_ids, pivot_mask, k)
-    resp = np.flatnonzero(pivot_mask).tolist()
-    src, ptr, n = alignment.src.tolist(), alignment.ptr.tolist(), len(alignment)
-    p_canon = [pivot.canon[i] for i in pivot_ids[:n].tolist()]
-    s_canon = [source.canon[i] for i in source_ids.tolist()]
-    source_row = np.where(source_mask.astype(bool), np.cumsum(source_mask.astype(np.int64)) - 1, -1).tolist()
-    chosen = np.full(len(resp), -1, dtype=np.int64)
-    for r, t in enumerate(resp):
-        ctx = t - 1
-        if ctx < 0 or ctx >= n or ptr[ctx] == ptr[ctx + 1]:
-            continue
-        pieces = src[ptr[ctx] : ptr[ctx + 1]]
-        c, rule = choose_piece(p_canon[ctx], [s_canon[j] for j in pieces])
-        if c is None:
-            out.rule[r] = RULES.index(rule)
-            continue
-        nxt = pieces[c] + 1
-        row = source_row[nxt] if nxt < len(source_row) else -1
-        if row < 0:
-            out.rule[r] = RULES.index("no_row")
-            continue
-        chosen[r] = row
-        out.rule[r] = RULES.index(rule)
+    """Rows for the pivot's response tokens: the chosen source rows mapped to pivot ids, else one-hot."""
+    out = one_hot_rows(pivot.ids, pivot.mask, k)
+    chosen, rules = choose_rows(pivot, source, pivot_special, to_pivot)
+    out.rule[:] = rules
     sel = np.flatnonzero(chosen >= 0)
     if len(sel):
         ids, lp = map_topk(source_topk_ids[chosen[sel]], source_topk_logprobs[chosen[sel]], to_pivot, k)
@@ -146,5 +178,6 @@ def align_rows(
         out.topk_ids[sel[ok]] = ids[ok]
         out.topk_logprobs[sel[ok]] = lp[ok]
         out.mapped[sel[ok]] = 1
+        out.source_row[sel[ok]] = chosen[sel[ok]]
         out.rule[sel[~ok]] = RULES.index("no_match")
     return out

@@ -8,12 +8,16 @@ from typing import ClassVar, Literal
 from fusecli.errors import FusecliError
 
 VocabMapName = Literal["ms", "em", "mined_vocab"]
+DistMapName = Literal["prefix", "vocab_map"]
 
 
 @dataclass(frozen=True)
 class AlignParams:
-    """params.yaml `align`: token aligner, vocabulary map, output width K, worker processes."""
+    """params.yaml `align`: the map distributions use (`prefix`: each source token to the pivot's first piece
+    of its text; `vocab_map`: the paper's, exact match else `vocab_map`), the token aligner and vocabulary
+    map of the paper's statistics (saved in vocab_map.safetensors either way), output width K, workers."""
 
+    dist_map: DistMapName
     method: Literal["mined", "offsets"]
     vocab_map: VocabMapName
     k: int

@@ -1,8 +1,11 @@
 """The align stage: extract/pivot + extract/sources/<slug> -> align/<slug> (docs/method.md, stage 3).
 
-Pass 1 aligns the tokens of every sequence (both stores joined on `seq_index`), counts the aligned
-(pivot id, source id) pairs and keeps each alignment in a scratch store; the vocabulary map is built
-from the counts; pass 2 aligns the distributions and writes one align record per pivot sequence.
+Pass 1 aligns the tokens of every sequence's turn contents (both stores joined on `seq_index`; each
+model read the dialogue in its own template), counts the aligned (pivot id, source id) pairs for the
+paper's statistics map, and counts which special token each template puts where a turn's content ends
+(the source's end of turn -> the pivot's). Then the map distributions use is built (align.dist_map);
+pass 2 chooses and maps the source rows (fusecli/align/dist.py) and writes one align record per pivot
+sequence, measuring how much teacher mass lands on prefix-consistent pivot tokens (coverage.json).
 
 Sequences only the pivot has (the source's extraction dropped them) get one-hot rows everywhere and
 `seq_ce = +inf`, so the source never wins MinCE on them (reward exp(-inf) = 0). When the two
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
@@ -25,9 +28,11 @@ import numpy as np
 from rich.progress import Progress
 from safetensors.numpy import save
 
-from fusecli.align.dist import MAPPED_RULES, RULES, align_rows, one_hot_rows
+from fusecli.align.dist import MAPPED_RULES, RULES, Side, align_rows, one_hot_rows, turn_end_tokens
+from fusecli.align.fidelity import Fidelity, consistent_targets
 from fusecli.align.params import AlignParams
-from fusecli.align.tokens import Alignment, TokenTable, agreement, align_mined, align_offsets
+from fusecli.align.pieces import PIECE_RULES, prefix_map
+from fusecli.align.tokens import TokenTable, agreement, align_mined, align_offsets
 from fusecli.align.vocab import Cooccurrence, build_vocab_map, direct_map
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_dir, atomic_write_bytes, atomic_write_json
@@ -74,51 +79,87 @@ def _init(state: dict[str, Any]) -> None:
     _STATE.update(state)
 
 
+def content_tokens(offsets: np.ndarray, turns: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, offsets) of the tokens inside the turns' contents, the offsets moved to a coordinate both
+    models share: turn k's content starts at sum(lengths[:k]). `lengths` are the common content lengths."""
+    idx, moved, base = [], [], 0
+    for (_, a, _, _), n in zip(turns.tolist(), lengths.tolist(), strict=False):
+        if a >= 0:
+            inside = np.flatnonzero((offsets[:, 0] >= a) & (offsets[:, 1] <= a + n) & (offsets[:, 1] > offsets[:, 0]))
+            idx.append(inside)
+            moved.append(offsets[inside] - a + base)
+        base += n
+    if not idx:
+        return np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
+    return np.concatenate(idx).astype(np.int64), np.concatenate(moved).astype(np.int64).reshape(-1, 2)
+
+
+def _common_lengths(p_turns: np.ndarray, s_turns: np.ndarray) -> np.ndarray:
+    """Per turn, the content length both renderings share (0 where one template rewrote the content)."""
+    n = min(len(p_turns), len(s_turns))
+    lp, ls = p_turns[:n, 2] - p_turns[:n, 1], s_turns[:n, 2] - s_turns[:n, 1]
+    ok = (p_turns[:n, 1] >= 0) & (s_turns[:n, 1] >= 0) & (lp == ls)
+    return np.where(ok, lp, 0)
+
+
 def _align_tokens(pair: tuple[Record, Record | None]) -> Record:
-    """Pass 1 for one sequence: the token alignment, its (pivot id, source id) pairs, and how many
-    positions agree with the `offsets` aligner."""
+    """Pass 1 for one sequence: the token alignment of the turn contents, its (pivot id, source id) pairs,
+    how many positions agree with the `offsets` aligner, and the (source, pivot) end-of-turn token pairs."""
     p, s = pair
     if s is None:
         empty = np.zeros(0, np.int32)
-        return {"paired": 0, "src": empty, "ptr": np.zeros(1, np.int64), "pair_p": empty, "pair_s": empty}
-    n_p, n_s = common_prefix(p["offsets"], s["offsets"])
-    by_offsets = align_offsets(p["offsets"][:n_p], s["offsets"][:n_s])
+        return {"paired": 0, "pair_p": empty, "pair_s": empty}
+    lengths = _common_lengths(p["turns"], s["turns"])
+    p_idx, p_off = content_tokens(p["offsets"], p["turns"], lengths)
+    s_idx, s_off = content_tokens(s["offsets"], s["turns"], lengths)
+    n_p, n_s = common_prefix(p_off, s_off)
+    p_idx, s_idx = p_idx[:n_p], s_idx[:n_s]
+    by_offsets = align_offsets(p_off[:n_p], s_off[:n_s])
     if _STATE["method"] == "offsets":
         al, agree = by_offsets, n_p
     else:
-        al = align_mined(_STATE["source"], s["input_ids"][:n_s], _STATE["pivot"], p["input_ids"][:n_p])
+        al = align_mined(_STATE["source"], s["input_ids"][s_idx], _STATE["pivot"], p["input_ids"][p_idx])
         agree = agreement(al, by_offsets)
+    ends = zip(
+        turn_end_tokens(s["input_ids"], s["offsets"], s["turns"]),
+        turn_end_tokens(p["input_ids"], p["offsets"], p["turns"]),
+        strict=False,
+    )
     return {
         "paired": 1,
-        "src": al.src,
-        "ptr": al.ptr,
-        "pair_p": p["input_ids"][al.pivot_positions()],
-        "pair_s": s["input_ids"][al.src],
+        "pair_p": p["input_ids"][p_idx][al.pivot_positions()],
+        "pair_s": s["input_ids"][s_idx][al.src],
         "agree": agree,
         "n": n_p,
+        "ends": [(a, b) for a, b in ends if a >= 0 and b >= 0],
     }
 
 
-def _align_dists(item: tuple[Record, Record | None, Record]) -> Record:
-    """Pass 2 for one sequence: the align record, plus its rule counts."""
-    p, s, al = item
+def _align_dists(item: tuple[Record, Record | None]) -> Record:
+    """Pass 2 for one sequence: the align record, plus its rule counts and fidelity."""
+    p, s = item
     pivot_mask = p["label_mask"].astype(bool)
+    fidelity = Fidelity()
     if s is None:
         rows = one_hot_rows(p["input_ids"], pivot_mask, _STATE["k"])
         seq_ce = float("inf")
     else:
         rows = align_rows(
-            p["input_ids"],
-            pivot_mask,
-            _STATE["pivot"],
-            Alignment(src=al["src"], ptr=al["ptr"]),
-            s["input_ids"],
-            s["label_mask"],
+            Side(p["input_ids"], p["offsets"], pivot_mask, p["turns"]),
+            Side(s["input_ids"], s["offsets"], s["label_mask"].astype(bool), s["turns"]),
             s["topk_ids"],
             s["topk_logprobs"],
-            _STATE["source"],
+            _STATE["pivot"].special,
             _STATE["to_pivot"],
             _STATE["k"],
+        )
+        used = rows.source_row >= 0
+        fidelity.add(
+            s["topk_ids"][rows.source_row[used]],
+            s["topk_logprobs"][rows.source_row[used]],
+            rows.rule[used],
+            p["input_ids"][np.flatnonzero(pivot_mask)[used]],
+            _STATE,
         )
         seq_ce = float(s["seq_ce"])
     record = {
@@ -128,7 +169,7 @@ def _align_dists(item: tuple[Record, Record | None, Record]) -> Record:
         "mapped": rows.mapped,
         "seq_ce": seq_ce,
     }
-    return {"record": record, "rules": np.bincount(rows.rule, minlength=len(RULES))}
+    return {"record": record, "rules": np.bincount(rows.rule, minlength=len(RULES)), "fidelity": fidelity}
 
 
 @contextmanager
@@ -149,8 +190,9 @@ def _mapper(workers: int, state: dict[str, Any]) -> Iterator[Callable[[Callable,
         yield run
 
 
-PIVOT_FIELDS = ("seq_index", "input_ids", "label_mask")
-SOURCE_FIELDS = ("input_ids", "label_mask", "topk_ids", "topk_logprobs", "seq_ce")
+TOKEN_FIELDS = ("input_ids", "offsets", "turns")
+PIVOT_FIELDS = ("seq_index", "input_ids", "offsets", "turns", "label_mask")
+SOURCE_FIELDS = ("input_ids", "offsets", "turns", "label_mask", "topk_ids", "topk_logprobs", "seq_ce")
 
 
 def _fields(record: Record, *names: str) -> Record:
@@ -166,37 +208,28 @@ def _check_store(root: Path, what: str) -> dict[str, Any]:
 
 
 def _pass1(
-    params: AlignParams,
-    state: dict[str, Any],
-    pivot_extract: Path,
-    source_extract: Path,
-    scratch: Path,
-    progress: Progress,
-) -> tuple[Cooccurrence, dict[str, int]]:
-    """Align the tokens of every sequence into the scratch store; count the aligned id pairs."""
+    params: AlignParams, state: dict[str, Any], pivot_extract: Path, source_extract: Path, progress: Progress
+) -> tuple[Cooccurrence, dict[str, int], Counter]:
+    """Align the tokens of every sequence's turn contents; count the aligned id pairs and the end-of-turn
+    (source id, pivot id) pairs."""
     cooc = Cooccurrence(state["pivot"].size, state["source"].size)
     counts = {"agree": 0, "aligned": 0, "paired": 0}
+    ends: Counter = Counter()
     task = progress.add_task("align tokens", total=read_manifest(pivot_extract)["records"])
     pairs = (
-        (_fields(p, "input_ids", "offsets"), s if s is None else _fields(s, "input_ids", "offsets"))
+        (_fields(p, *TOKEN_FIELDS), s if s is None else _fields(s, *TOKEN_FIELDS))
         for p, s in join_stores(pivot_extract, source_extract)
     )
-
-    def alignments(results: Iterable[Record]) -> Iterator[Record]:
-        for res in results:
+    with _mapper(params.workers, state) as pmap:
+        for res in pmap(_align_tokens, pairs):
             if res["paired"]:
                 cooc.add(res["pair_p"], res["pair_s"])
                 counts["agree"] += res["agree"]
                 counts["aligned"] += res["n"]
                 counts["paired"] += 1
+                ends.update(res["ends"])
             progress.advance(task)
-            yield {k: res[k] for k in ("paired", "src", "ptr")}
-
-    with _mapper(params.workers, state) as pmap:
-        writer = StoreWriter.open(scratch, meta={"kind": "scratch"})
-        writer.write_all(alignments(pmap(_align_tokens, pairs)))
-        writer.close()
-    return cooc, counts
+    return cooc, counts, ends
 
 
 def _pass2(
@@ -204,27 +237,50 @@ def _pass2(
     state: dict[str, Any],
     pivot_extract: Path,
     source_extract: Path,
-    scratch: Path,
     writer: StoreWriter,
     progress: Progress,
-) -> np.ndarray:
-    """Align the distributions of every pivot sequence into `writer`; return the per-rule counts."""
+) -> tuple[np.ndarray, Fidelity]:
+    """Align the distributions of every pivot sequence into `writer`; return the per-rule counts and the
+    fidelity of the mapped rows."""
     rules = np.zeros(len(RULES), dtype=np.int64)
+    fidelity = Fidelity()
     task = progress.add_task("align distributions", total=read_manifest(pivot_extract)["records"])
     items = (
-        (_fields(p, *PIVOT_FIELDS), s if s is None else _fields(s, *SOURCE_FIELDS), al)
-        for (p, s), al in zip(join_stores(pivot_extract, source_extract), iter_records(scratch), strict=True)
+        (_fields(p, *PIVOT_FIELDS), s if s is None else _fields(s, *SOURCE_FIELDS))
+        for p, s in join_stores(pivot_extract, source_extract)
     )
 
     def records(results: Iterable[Record]) -> Iterator[Record]:
         for res in results:
             rules[:] += res["rules"]
+            fidelity.merge(res["fidelity"])
             progress.advance(task)
             yield res["record"]
 
     with _mapper(params.workers, state) as pmap:
         writer.write_all(records(pmap(_align_dists, items)))
-    return rules
+    return rules, fidelity
+
+
+def end_of_turn_map(ends: Counter, source: TokenTable, pivot: TokenTable) -> dict[int, int]:
+    """Each source special token that ends turns -> the pivot special token most often in the same place."""
+    best: dict[int, tuple[int, int]] = {}
+    for (s, p), n in sorted(ends.items()):
+        if s in source.special and p in pivot.special and n > best.get(s, (-1, 0))[1]:
+            best[s] = (p, n)
+    return {s: p for s, (p, _) in best.items()}
+
+
+def distribution_map(
+    params: AlignParams, vocab_map: np.ndarray, ends: dict[int, int], source: TokenTable, pivot: TokenTable, tok: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the map distributions use, each source token's PIECE_RULES class), with the end-of-turn pairs."""
+    prefix, piece_rule = prefix_map(source, pivot, tok)
+    to_pivot = prefix if params.dist_map == "prefix" else direct_map(vocab_map, source, pivot)
+    for s, p in ends.items():
+        to_pivot[s] = p
+        piece_rule[s] = PIECE_RULES.index("special")
+    return to_pivot.astype(np.int32), piece_rule
 
 
 def run(
@@ -243,11 +299,13 @@ def run(
     pivot_extract, source_extract = Path(pivot_extract), Path(source_extract)
     total = _check_store(pivot_extract, "pivot")["records"]
     _check_store(source_extract, "source")
-    pivot = TokenTable.from_tokenizer(load_tokenizer(pivot_model, trust_remote_code[0]))
+    pivot_tok = load_tokenizer(pivot_model, trust_remote_code[0])
+    pivot = TokenTable.from_tokenizer(pivot_tok)
     source = TokenTable.from_tokenizer(load_tokenizer(source_model, trust_remote_code[1]))
     state: dict[str, Any] = {"method": params.method, "pivot": pivot, "source": source, "k": params.k}
     meta = {
         "kind": "align",
+        "dist_map": params.dist_map,
         "method": params.method,
         "vocab_map": params.vocab_map,
         "k": params.k,
@@ -255,20 +313,23 @@ def run(
         "source_vocab": source.size,
     }
     with atomic_dir(out) as tmp, progress_bar("seq") as progress:
-        scratch = tmp / ".alignments"
-        cooc, counts = _pass1(params, state, pivot_extract, source_extract, scratch, progress)
+        cooc, counts, end_pairs = _pass1(params, state, pivot_extract, source_extract, progress)
         vocab_map = build_vocab_map(params.vocab_map, cooc, source, pivot, workers=params.workers)
-        state["to_pivot"] = direct_map(vocab_map, source, pivot)
+        ends = end_of_turn_map(end_pairs, source, pivot)
+        to_pivot, piece_rule = distribution_map(params, vocab_map, ends, source, pivot, pivot_tok)
+        state.update(
+            to_pivot=to_pivot, piece_rule=piece_rule, consistent=consistent_targets(to_pivot, source, pivot)
+        )
         writer = StoreWriter.open(tmp, meta=meta)
-        rules = _pass2(params, state, pivot_extract, source_extract, scratch, writer, progress)
-        shutil.rmtree(scratch)
-        coverage = _coverage(params, total, counts, rules, cooc, source, pivot)
+        rules, fidelity = _pass2(params, state, pivot_extract, source_extract, writer, progress)
+        coverage = _coverage(params, total, counts, rules, cooc, source, pivot, state, fidelity, ends)
         writer.close(summary=coverage)
         atomic_write_json(tmp / "coverage.json", coverage)
         p_ids, s_ids, n = cooc.pairs()
         tensors = {
-            "vocab_map": vocab_map,  # the `vocab_map` method's source -> pivot map
-            "direct_map": state["to_pivot"],  # what distributions used: exact match first, else vocab_map
+            "vocab_map": vocab_map,  # the `vocab_map` method's source -> pivot map (the paper's statistics)
+            "dist_map": to_pivot,  # what distributions used (align.dist_map), -1: dropped
+            "piece_rule": piece_rule,  # per source token, its class in PIECE_RULES
             "cooc_pivot": p_ids,
             "cooc_source": s_ids,
             "cooc_count": n,
@@ -302,12 +363,18 @@ def _coverage(
     cooc: Cooccurrence,
     source: TokenTable,
     pivot: TokenTable,
+    state: dict[str, Any],
+    fidelity: Fidelity,
+    ends: dict[int, int],
 ) -> dict[str, Any]:
-    """Share of pivot response positions with a mapped distribution, and why the others are one-hot."""
+    """Share of pivot response positions with a mapped distribution, why the others are one-hot, and how much
+    of the teacher mass in the mapped rows lands on prefix-consistent pivot tokens (the fidelity)."""
     positions = int(rules.sum())
     mapped = int(sum(rules[RULES.index(r)] for r in MAPPED_RULES))
     _, s_ids, _ = cooc.pairs()
+    piece_rule = state["piece_rule"]
     return {
+        "dist_map": params.dist_map,
         "method": params.method,
         "vocab_map": params.vocab_map,
         "k": params.k,
@@ -317,8 +384,11 @@ def _coverage(
         "mapped_positions": mapped,
         "coverage": mapped / positions if positions else 0.0,
         "rules": {name: int(rules[i]) for i, name in enumerate(RULES)},
+        "fidelity": fidelity.summary(),
+        "end_of_turn_map": {source.canon[s]: pivot.canon[p] for s, p in sorted(ends.items())},
         "offsets_agreement": counts["agree"] / counts["aligned"] if counts["aligned"] else None,
         "source_vocab": source.size,
         "source_ids_seen": int(len(np.unique(s_ids))),
-        "source_ids_exact_match": sum(1 for c in source.canon if c and c in pivot.lookup),
+        "source_ids_exact_match": int(np.sum(piece_rule == PIECE_RULES.index("exact"))),
+        "source_ids_by_piece_rule": {name: int(np.sum(piece_rule == i)) for i, name in enumerate(PIECE_RULES)},
     }

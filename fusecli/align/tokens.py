@@ -99,6 +99,7 @@ class TokenTable:
     canon: list[str]
     stripped: list[str]
     lookup: dict[str, int]  # canonical string -> id; ordinary tokens win over byte-fallback ones
+    special: frozenset[int]  # ids of special (added, special=True) tokens: markup, never text
     bos_id: int | None
     eos_id: int | None
     unk_id: int | None
@@ -121,7 +122,7 @@ class TokenTable:
                 "use a tokenizer with a convert_ids_to_tokens (a fast tokenizer)"
             ) from None
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-        canon, byte_ids = [], set()
+        canon, byte_ids, special = [], set(), set()
         for i, tok in enumerate(raw):
             if tok is None and i not in known:
                 canon.append("")  # a hole in the id range: never produced, never matched
@@ -133,6 +134,8 @@ class TokenTable:
                 )
             if i in added:
                 content = added[i].content
+                if added[i].special:
+                    special.add(i)
                 canon.append(content if added[i].special else content.replace(" ", MARKER))
                 continue
             if kind == "metaspace" and _BYTE_TOKEN.fullmatch(tok):
@@ -150,6 +153,7 @@ class TokenTable:
             canon=canon,
             stripped=[strip_marker(s) for s in canon],
             lookup=lookup,
+            special=frozenset(special | {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id) if i is not None}),
             bos_id=tokenizer.bos_token_id,
             eos_id=tokenizer.eos_token_id,
             unk_id=tokenizer.unk_token_id,

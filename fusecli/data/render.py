@@ -1,9 +1,11 @@
 """Render a dialogue with a chat template and mark which tokens are response (assistant) tokens.
 
-Every model sees the same text: the dialogue rendered with the *pivot's* chat template (docs/method.md,
-notation). A token is a response token when its first character lies inside an assistant turn's
-span; the span covers the assistant content and the template's end-of-turn marker, so the model
-also learns to stop.
+Each model reads the dialogue in its own chat template, so no model reads another's markup as text
+(docs/method.md, notation). A token is a response token when its first character lies inside an
+assistant turn's span; the span covers the assistant content and the template's end-of-turn marker,
+so the model also learns to stop. Inside the span, the turn's *content* (the message text, stripped
+of surrounding whitespace, which some templates trim) is the text every model shares: the align stage
+pairs positions of two models' renderings through it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ Message = dict[str, str]
 class Rendered:
     text: str
     spans: tuple[tuple[int, int], ...]  # [start, end) character spans of assistant turns
+    content: tuple[tuple[int, int], ...]  # per turn, [start, end) of its stripped content; (-1, -1): not found
+
+    @property
+    def turns(self) -> np.ndarray:
+        """int32 [n_turns, 4]: span start, content start, content end, span end (what stores keep)."""
+        rows = [(a, c, d, b) for (a, b), (c, d) in zip(self.spans, self.content, strict=True)]
+        return np.asarray(rows, dtype=np.int32).reshape(-1, 4)
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class Tokenized:
     input_ids: np.ndarray  # int64 [T]
     offsets: np.ndarray  # int32 [T, 2] character offsets into the rendered text
     label_mask: np.ndarray  # bool [T]: token t is a response token (predicted from position t-1)
+    turns: np.ndarray | None = None  # int32 [n_turns, 4], Rendered.turns
 
 
 def _template(tokenizer: object, messages: Sequence[Message], add_generation_prompt: bool) -> str:
@@ -47,7 +57,7 @@ def render(tokenizer: object, messages: Sequence[Message]) -> Rendered:
     if not any(m["role"] == "assistant" for m in messages):
         raise FusecliError("dialogue has no assistant turn: every row needs at least one assistant message")
     text = _template(tokenizer, messages, add_generation_prompt=False)
-    spans = []
+    spans, content = [], []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
@@ -56,7 +66,16 @@ def render(tokenizer: object, messages: Sequence[Message]) -> Rendered:
         if not (text.startswith(prefix) and text.startswith(upto)):
             raise FusecliError("chat template is not prefix-stable: cannot locate assistant turns")
         spans.append((len(prefix), len(upto)))
-    return Rendered(text=text, spans=tuple(spans))
+        content.append(content_span(text, len(prefix), len(upto), str(message.get("content") or "")))
+    return Rendered(text=text, spans=tuple(spans), content=tuple(content))
+
+
+def content_span(text: str, start: int, end: int, content: str) -> tuple[int, int]:
+    """Where the stripped `content` lies in text[start:end], first occurrence; (-1, -1) if the template
+    rewrote it (then that turn's positions are not paired with other models')."""
+    core = content.strip()
+    at = text.find(core, start, end)
+    return (at, at + len(core)) if at >= 0 else (-1, -1)
 
 
 def prompt_text(tokenizer: object, messages: Sequence[Message]) -> str:
@@ -80,4 +99,4 @@ def tokenize(tokenizer: object, rendered: Rendered, max_length: int | None = Non
         mask |= (starts >= a) & (starts < b)
     if len(mask):
         mask[0] = False  # the first token has no preceding position to predict it
-    return Tokenized(input_ids=ids, offsets=offsets, label_mask=mask)
+    return Tokenized(input_ids=ids, offsets=offsets, label_mask=mask, turns=rendered.turns)

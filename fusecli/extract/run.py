@@ -121,15 +121,17 @@ def _ids(df: Any) -> list[str]:
 
 
 def tokenize_all(
-    dialogues: list, pivot_tok: object, model_tok: object, max_length: int, ids: list[str] | None = None
+    dialogues: list, model_tok: object, max_length: int, ids: list[str] | None = None
 ) -> list[Tokenized]:
-    """Render with the pivot's template, tokenize with the model's own tokenizer."""
+    """Render with the model's own chat template and tokenize with its own tokenizer: no model reads another's
+    markup as text (the align stage pairs the models' positions through the turns' content). A model with no
+    chat template is refused (render's one-line error), as `fusecli check` refuses it."""
     items = []
     for i, msgs in enumerate(dialogues):
         if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
             rid = ids[i] if ids is not None else str(i)
             raise FusecliError(f"dataset row {rid!r} has no assistant turn: give it an assistant reply or drop it")
-        items.append(tokenize(model_tok, render(pivot_tok, msgs), max_length))
+        items.append(tokenize(model_tok, render(model_tok, msgs), max_length))
     return items
 
 
@@ -271,6 +273,7 @@ def _finish_batch(p: Pending) -> tuple[list[Record], list[int]]:
                 "input_ids": it.input_ids.astype(np.int32),
                 "offsets": it.offsets.astype(np.int32),
                 "label_mask": it.label_mask.astype(np.uint8),
+                "turns": it.turns.astype(np.int32),
                 **{name: parts[j] for name, parts in topk.items()},
                 "seq_ce": float(row_ce.mean()),
             }
@@ -301,7 +304,6 @@ def load_extract_model(ref: ModelRef, device: torch.device, dtype: torch.dtype, 
 def extract(
     data: str | Path,
     model_ref: ModelRef,
-    pivot_ref: ModelRef,
     out: str | Path,
     params: ExtractParams,
     rank: Rank | None = None,
@@ -318,9 +320,8 @@ def extract(
         torch.cuda.set_device(device)
     dtype = resolve_dtype(params.dtype, device)
     dialogues = load_dialogues(data)
-    pivot_tok = load_tokenizer(pivot_ref.path, pivot_ref.trust_remote_code)
-    model_tok = pivot_tok if model_ref == pivot_ref else load_tokenizer(model_ref.path, model_ref.trust_remote_code)
-    items = tokenize_all(dialogues, pivot_tok, model_tok, params.max_length, row_ids(data))
+    model_tok = load_tokenizer(model_ref.path, model_ref.trust_remote_code)
+    items = tokenize_all(dialogues, model_tok, params.max_length, row_ids(data))
     model = load_extract_model(model_ref, device, dtype, params, rank)
     vocab = model.get_output_embeddings().weight.shape[0]
     if len(model_tok) > vocab:

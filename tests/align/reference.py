@@ -58,8 +58,15 @@ def overlap_reference(pivot_spans: list[tuple[int, int]], source_spans: list[tup
     return out
 
 
-def make_table(tokens: list[str], bos: str | None = None, eos: str | None = None, unk: str | None = None) -> TokenTable:
-    """A TokenTable from canonical token strings (index = id), as `TokenTable.from_tokenizer` would give."""
+def make_table(
+    tokens: list[str],
+    bos: str | None = None,
+    eos: str | None = None,
+    unk: str | None = None,
+    special: tuple[str, ...] = (),
+) -> TokenTable:
+    """A TokenTable from canonical token strings (index = id), as `TokenTable.from_tokenizer` would give;
+    bos, eos and `special` are special tokens."""
     lookup: dict[str, int] = {}
     for i, t in enumerate(tokens):
         lookup.setdefault(t, i)
@@ -69,6 +76,7 @@ def make_table(tokens: list[str], bos: str | None = None, eos: str | None = None
         canon=list(tokens),
         stripped=[t.replace(MARKER, "") for t in tokens],
         lookup=lookup,
+        special=frozenset(tokens.index(t) for t in (bos, eos, *special) if t),
         bos_id=tokens.index(bos) if bos else None,
         eos_id=tokens.index(eos) if eos else None,
         unk_id=tokens.index(unk) if unk else None,

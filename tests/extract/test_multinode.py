@@ -24,7 +24,7 @@ WORKER = """
 import sys
 from fusecli.extract.run import ExtractParams, ModelRef, extract
 ref = ModelRef(sys.argv[2])
-extract(sys.argv[1], ref, ref, sys.argv[3], ExtractParams(**{params}, device="cpu"))
+extract(sys.argv[1], ref, sys.argv[3], ExtractParams(**{params}, device="cpu"))
 """
 
 
@@ -38,7 +38,7 @@ def test_two_nodes_write_the_same_store_as_one_process(tmp_path):
     write_dataset(tmp_path / "train.parquet", 18)
     write_model(tmp_path / "pivot", "qwen2", 300)
     ref = ModelRef(str(tmp_path / "pivot"))
-    extract(tmp_path / "train.parquet", ref, ref, tmp_path / "single", ExtractParams(**PARAMS, device="cpu"))
+    extract(tmp_path / "train.parquet", ref, tmp_path / "single", ExtractParams(**PARAMS, device="cpu"))
 
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(params=PARAMS))

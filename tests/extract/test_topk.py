@@ -49,7 +49,7 @@ def test_extract_matches_naive_full_logits(world):
     from transformers import AutoModelForCausalLM
 
     pivot = ModelRef(str(world / "pivot"))
-    extract(world / "train.parquet", ModelRef(str(world / "source")), pivot, world / "out", EXACT)
+    extract(world / "train.parquet", ModelRef(str(world / "source")), world / "out", EXACT)
     model = AutoModelForCausalLM.from_pretrained(world / "source").eval()
     records = list(iter_records(world / "out"))
     assert [r["seq_index"] for r in records] == list(range(20))
@@ -65,7 +65,7 @@ def test_compact_store_is_within_the_kl_bound_and_reads_the_same_fields(world):
     from transformers import AutoModelForCausalLM
 
     pivot = ModelRef(str(world / "pivot"))
-    extract(world / "train.parquet", ModelRef(str(world / "source")), pivot, world / "packed", PARAMS)
+    extract(world / "train.parquet", ModelRef(str(world / "source")), world / "packed", PARAMS)
     assert read_manifest(world / "packed")["meta"]["codec"] == {"vocab": 280, "k": 4}
     model = AutoModelForCausalLM.from_pretrained(world / "source").eval()
     records = list(iter_records(world / "packed"))
@@ -81,9 +81,9 @@ def test_compact_store_is_within_the_kl_bound_and_reads_the_same_fields(world):
 
 def test_data_parallel_ranks_write_the_same_store_as_one_process(world):
     pivot = ModelRef(str(world / "pivot"))
-    extract(world / "train.parquet", pivot, pivot, world / "single", PARAMS)
+    extract(world / "train.parquet", pivot, world / "single", PARAMS)
     for r in (2, 1, 0):  # rank 0 merges after the barrier, so it finishes last
-        extract(world / "train.parquet", pivot, pivot, world / "dp", PARAMS, rank=Rank(r, 3))
+        extract(world / "train.parquet", pivot, world / "dp", PARAMS, rank=Rank(r, 3))
     single, dp = read_manifest(world / "single"), read_manifest(world / "dp")
     assert dp["shards"] == single["shards"] and dp["records"] == single["records"] == 20
     assert dp["summary"]["world_size"] == 3
@@ -95,14 +95,14 @@ def test_data_parallel_ranks_write_the_same_store_as_one_process(world):
     # a finished store is not redone, even by another number of ranks
     stamps = {p.name: p.stat().st_mtime_ns for p in (world / "dp").glob("*.safetensors")}
     for r in (1, 0):
-        extract(world / "train.parquet", pivot, pivot, world / "dp", PARAMS, rank=Rank(r, 2))
+        extract(world / "train.parquet", pivot, world / "dp", PARAMS, rank=Rank(r, 2))
     assert read_manifest(world / "dp")["shards"] == single["shards"]
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (world / "dp").glob("*.safetensors")}
 
 
 def test_resume_after_interruption_gives_identical_bytes(world, monkeypatch):
     pivot = ModelRef(str(world / "pivot"))
-    extract(world / "train.parquet", pivot, pivot, world / "full", PARAMS)
+    extract(world / "train.parquet", pivot, world / "full", PARAMS)
 
     original = extract_run.StoreWriter.write
     calls = {"n": 0}
@@ -115,10 +115,10 @@ def test_resume_after_interruption_gives_identical_bytes(world, monkeypatch):
 
     monkeypatch.setattr(extract_run.StoreWriter, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        extract(world / "train.parquet", pivot, pivot, world / "resumed", PARAMS)
+        extract(world / "train.parquet", pivot, world / "resumed", PARAMS)
     monkeypatch.setattr(extract_run.StoreWriter, "write", original)
     assert len(read_manifest_partial(world / "resumed")) == 2
-    extract(world / "train.parquet", pivot, pivot, world / "resumed", PARAMS)
+    extract(world / "train.parquet", pivot, world / "resumed", PARAMS)
     full = sorted(p.name for p in (world / "full").iterdir())
     assert full == sorted(p.name for p in (world / "resumed").iterdir())
     for name in full:
@@ -142,7 +142,7 @@ def test_nan_rows_are_reported_and_excluded(world, monkeypatch):
 
     monkeypatch.setattr(extract_run, "forward_rows", poisoned)
     pivot = ModelRef(str(world / "pivot"))
-    summary = extract(world / "train.parquet", pivot, pivot, world / "nan", PARAMS)
+    summary = extract(world / "train.parquet", pivot, world / "nan", PARAMS)
     assert summary["dropped_rows"]
     kept = {r["seq_index"] for r in iter_records(world / "nan")}
     assert kept.isdisjoint(summary["dropped_rows"])

@@ -20,7 +20,7 @@ def pair(tmp_path_factory):
     write_dataset(d / "train.parquet", 16)
     write_model(d / "pivot", "qwen2", 300)
     ref = ModelRef(str(d / "pivot"))
-    extract(d / "train.parquet", ref, ref, d / "extract", ExtractParams(k=4, max_length=64, batch_tokens=512))
+    extract(d / "train.parquet", ref, d / "extract", ExtractParams(k=4, max_length=64, batch_tokens=512))
     w = StoreWriter.open(d / "align", {"test": 1})
     records = []
     for r in iter_records(d / "extract"):

@@ -1,0 +1,104 @@
+"""How much of what a source says survives the alignment (coverage.json `fidelity`, the report).
+
+For every source row the align stage uses, the teacher's probability mass (exp of its stored top-K
+log-probabilities) is split by where the map sends each token: to a prefix-consistent pivot token (one
+that starts the same text, or a special token for a special token), to another pivot token (the paper's
+maps can: `Archery` -> `rchery`), or nowhere (dropped). It is counted per row rule (content, end of turn)
+and per class of source token (PIECE_RULES: exact match, first piece, longest prefix, special, none), so a
+figure names where mass is lost. At end-of-turn rows it also counts the mass on the pivot's own end of turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fusecli.align.dist import MAPPED_RULES, RULES
+from fusecli.align.pieces import PIECE_RULES, is_prefix_consistent
+from fusecli.align.tokens import TokenTable
+
+
+def consistent_targets(to_pivot: np.ndarray, source: TokenTable, pivot: TokenTable) -> np.ndarray:
+    """bool [V_s]: whether the map sends source token s to a prefix-consistent pivot token."""
+    return np.array([is_prefix_consistent(source, pivot, s, int(p)) for s, p in enumerate(to_pivot)], dtype=bool)
+
+
+class Fidelity:
+    """Teacher mass of the used source rows: total and prefix-consistent, per (row rule, piece rule)."""
+
+    def __init__(self) -> None:
+        self.mass = np.zeros((len(RULES), len(PIECE_RULES)))
+        self.consistent = np.zeros_like(self.mass)
+        self.dropped = 0.0  # mass on source tokens the map sends nowhere
+        self.eot_rows = 0
+        self.eot_mass = 0.0  # summed P(the pivot's gold end of turn) over end-of-turn rows
+        self.eot_top = 0  # end-of-turn rows whose most likely pivot token is the gold end of turn
+
+    def add(
+        self, ids: np.ndarray, logprobs: np.ndarray, row_rule: np.ndarray, gold: np.ndarray, state: dict[str, Any]
+    ) -> None:
+        """Source rows ids/logprobs [R, K] used for pivot gold tokens `gold` [R] under rules `row_rule` [R]."""
+        if not len(ids):
+            return
+        to_pivot, consistent, piece_rule = state["to_pivot"], state["consistent"], state["piece_rule"]
+        valid = (ids >= 0) & (ids < len(to_pivot))
+        s = np.where(valid, ids, 0).astype(np.int64)
+        with np.errstate(under="ignore"):
+            mass = np.where(valid, np.exp(logprobs.astype(np.float64)), 0.0)
+        rule = np.broadcast_to(row_rule.astype(np.int64)[:, None], ids.shape)
+        np.add.at(self.mass, (rule, piece_rule[s]), mass)
+        np.add.at(self.consistent, (rule, piece_rule[s]), np.where(consistent[s], mass, 0.0))
+        self.dropped += float(np.where(to_pivot[s] < 0, mass, 0.0).sum())
+        eot = row_rule == RULES.index("end_of_turn")
+        if eot.any():
+            on_gold = np.where(valid[eot] & (to_pivot[s[eot]] == gold[eot, None]), mass[eot], 0.0).sum(1)
+            self.eot_rows += int(eot.sum())
+            self.eot_mass += float(on_gold.sum())
+            best = np.zeros_like(on_gold, dtype=bool)
+            for r, (row_ids, row_mass) in enumerate(zip(s[eot], mass[eot], strict=True)):
+                by_pivot: dict[int, float] = {}
+                for i, m in zip(to_pivot[row_ids].tolist(), row_mass.tolist(), strict=True):
+                    if i >= 0:
+                        by_pivot[i] = by_pivot.get(i, 0.0) + m
+                best[r] = bool(by_pivot) and max(by_pivot, key=by_pivot.__getitem__) == int(gold[eot][r])
+            self.eot_top += int(best.sum())
+
+    def merge(self, other: Fidelity) -> None:
+        self.mass += other.mass
+        self.consistent += other.consistent
+        self.dropped += other.dropped
+        self.eot_rows += other.eot_rows
+        self.eot_mass += other.eot_mass
+        self.eot_top += other.eot_top
+
+    def summary(self) -> dict[str, Any]:
+        """Shares of the total teacher mass of the used rows; `consistent` is the headline figure."""
+        total = float(self.mass.sum())
+
+        def share(x: float) -> float | None:
+            return x / total if total else None
+
+        by_piece = {
+            name: {"mass": share(float(self.mass[:, i].sum())), "consistent": share(float(self.consistent[:, i].sum()))}
+            for i, name in enumerate(PIECE_RULES)
+        }
+        by_row = {
+            name: {
+                "mass": share(float(self.mass[RULES.index(name)].sum())),
+                "consistent": share(float(self.consistent[RULES.index(name)].sum())),
+            }
+            for name in MAPPED_RULES
+        }
+        return {
+            "teacher_mass": total,
+            "consistent": share(float(self.consistent.sum())),
+            "dropped": share(self.dropped),
+            "by_piece_rule": by_piece,
+            "by_row_rule": by_row,
+            "end_of_turn": {
+                "rows": self.eot_rows,
+                "mass_on_end_of_turn": self.eot_mass / self.eot_rows if self.eot_rows else None,
+                "top_is_end_of_turn": self.eot_top / self.eot_rows if self.eot_rows else None,
+            },
+        }
