@@ -1,4 +1,4 @@
-"""A source that teaches nothing is said out loud in the fuse stage's log."""
+"""A source that teaches nothing is said out loud: in the fuse stage's log and at the top of reports/index.md."""
 
 import json
 import sys
@@ -10,8 +10,11 @@ import pytest
 from fusecli.fuse.data import build_examples
 from fusecli.fuse.selection import silent, taught, warnings
 from fusecli.lock import Lock, ModelEntry, dump_lock
+from fusecli.report.stage import run as report
 from fusecli.store import StoreWriter
 from stages import fuse as stage
+from tests.report.workspace import build as report_workspace
+from tests.report.workspace import inputs as report_inputs
 
 VOCAB, K, N = 30, 3, 150
 DOMAINS = ["capital", "currency"]
@@ -85,10 +88,11 @@ def test_fuse_all_names_each_silent_source_and_the_gate():
     assert "fuselm learned nothing from it" in line and "raise fuse.gate" in line
 
 
-def test_the_log_warns_about_a_source_that_never_won(quiet, tmp_path, monkeypatch, capsys):
+def test_the_log_and_the_report_warn_about_a_source_that_never_won(quiet, tmp_path, monkeypatch, capsys):
     """The planted source: the fuse stage (its training replaced by the selection it writes) prints the
-    warning on stderr."""
-    (tmp_path / "ws/logs/fuse/b").mkdir(parents=True)
+    warning on stderr, and the report made from its selection.json shows it at the top."""
+    (tmp_path / "ws").mkdir()
+    ws = report_workspace(tmp_path / "ws")  # sources a and b; b's pair run is the planted one
     monkeypatch.chdir(tmp_path)
 
     def fake_train(pivot_model, pivot_extract, aligns, data, out, logs, params, trust_remote_code):
@@ -112,3 +116,8 @@ def test_the_log_warns_about_a_source_that_never_won(quiet, tmp_path, monkeypatc
     warned = [line for line in err if line.startswith("warning: ")]
     assert warned == [f"warning: {w}" for w in warnings("fuse@b", selection_of(quiet), ["b"])]
     assert "fuse@b: source b taught 1 of 150 sequences (0.7%, under 1%)" in warned[0]
+
+    text = report(report_inputs(ws), ws / "reports").read_text()
+    top = text.split("## ")[0]  # before the first section
+    assert "**Warnings**" in top and warned[0].removeprefix("warning: ") in top
+    assert "source a taught" not in text  # the other pair run's source taught a third of its sequences
