@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
+from fusecli.fuse.selection import warnings
 from fusecli.fuse.train import FuseParams, train
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
@@ -47,7 +49,7 @@ def main() -> None:
         ap.error("--align or --align-root is required unless --sft-baseline")
     verify_pinned(lock, ".")  # the pivot's weights changed on disk after pinning: stop before any work
     pivot = lock.pivot
-    train(
+    summary = train(
         pivot.path,
         args.pivot_extract,
         aligns,
@@ -57,6 +59,15 @@ def main() -> None:
         params,
         pivot.trust_remote_code,
     )
+    if summary and aligns:  # rank 0 only (the other ranks get {}); the SFT baseline has no source
+        warn_silent_sources(summary, [Path(a).name for a in aligns], bool(args.align_root))
+
+
+def warn_silent_sources(summary: dict, sources: list[str], every_source: bool) -> None:
+    """A source that taught under 1% of the sequences makes its fused model the SFT baseline: say so."""
+    run = "fuse_all" if every_source else "fuse@" + "+".join(sources)
+    for line in warnings(run, summary, sources):
+        print(f"warning: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

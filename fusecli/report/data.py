@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fusecli.errors import FusecliError
+from fusecli.fuse.selection import warnings
 
 CURVES = ("loss", "sft_loss", "fusion_loss")  # dvclive series of the fuse stage, one subplot each
 LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
@@ -80,27 +81,35 @@ def _run_selection(selection: dict[str, Any], run: str, slugs: list[str]) -> dic
 
 
 def load_teachers(logs: str | Path, align: str | Path, slugs: list[str]) -> Found:
-    """Who taught what: {"coverage": {slug: c}, "runs": {run: selection or None}}.
+    """Who taught what: {"coverage": {slug: c}, "alignment": {slug: coverage.json or None}, "runs": {run: selection
+    or None}, "warnings": [line]}.
 
     Per fusion run (fuse@<slug>, fuse_all), from its selection.json: per source and domain the share of
-    sequences whose teacher was that source (MinCE; the mean weight for AvgCE), and per domain the share of
-    sequences the competence gate (fuse.gate) left without a teacher. Per source, the alignment coverage
-    from align/<slug>/coverage.json.
+    sequences whose teacher was that source (MinCE; the mean weight for AvgCE), per domain the share of
+    sequences the competence gate (fuse.gate) left without a teacher, and the fuse log's warning for each
+    source that taught under 1% of the sequences. Per source, align/<slug>/coverage.json: the coverage and
+    the fidelity of the alignment.
     """
-    coverage: dict[str, float | None] = {}
+    alignment: dict[str, dict[str, Any] | None] = {}
     runs: dict[str, dict[str, Any] | None] = {}
+    lines: list[str] = []
     missing = []
     for slug in slugs:
-        found = _json(Path(align) / slug / "coverage.json")
-        if found is None:
-            missing.append(f"{Path(align) / slug / 'coverage.json'} (run `dvc repro align@{slug}`)")
-        coverage[slug] = (found or {}).get("coverage")
+        path = Path(align) / slug / "coverage.json"
+        alignment[slug] = _json(path)
+        if alignment[slug] is None:
+            missing.append(f"{path} (run `dvc repro align@{slug}`)")
+        elif not isinstance(alignment[slug].get("fidelity"), dict):
+            missing.append(f"the fidelity in {path} (an older align stage: run `dvc repro align@{slug}`)")
     for run, folder in fusion_runs(logs, slugs).items():
         selection = _json(folder / "selection.json")
         if selection is None:
             missing.append(f"{folder / 'selection.json'} (run `dvc repro {run}`)")
         runs[run] = None if selection is None else _run_selection(selection, run, slugs)
-    return Found({"coverage": coverage, "runs": runs}, missing)
+        sources = [run.removeprefix("fuse@")] if run.startswith("fuse@") else slugs
+        lines += warnings(run, selection, sources) if selection is not None else []
+    coverage = {slug: (found or {}).get("coverage") for slug, found in alignment.items()}
+    return Found({"coverage": coverage, "alignment": alignment, "runs": runs, "warnings": lines}, missing)
 
 
 def _tsv(path: Path) -> tuple[list[float], list[float]]:

@@ -4,9 +4,11 @@ cards with their evaluation (reports/cards/<method>/README.md).
 The paper's comparisons side by side: every model's per-domain scores (EM and CE) as tables and
 grouped bars (the pair models, the FuseLLM-style `fuselm` and the merge methods against each other),
 which source taught which domain (the MinCE selection shares, the alignment coverage and what the
-competence gate dropped), the dvclive training curves and the merge coefficients per layer (SCE eta,
+competence gate dropped), how faithfully each source's distributions were aligned (the fidelity in
+align/<slug>/coverage.json), the dvclive training curves and the merge coefficients per layer (SCE eta,
 VaRM weights). Anything missing, such as a metrics file from an older run, is
-listed at the top of the report instead of failing it.
+listed at the top of the report instead of failing it, and so is a source that taught under 1% of its
+fusion run's sequences (the fuse log's warning: its fused model is the SFT baseline).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fusecli.markdown import table
 from fusecli.plan import merge_methods
 from fusecli.report import data, plots
 from fusecli.report.card import CARDS, write_cards
+from fusecli.report.fidelity import consistent_share, fidelity_lines
 from fusecli.report.scores import gain_table, score_table
 
 
@@ -32,7 +35,7 @@ class ReportInputs:
     lock: Path  # models.lock
     params: Path  # params.yaml (merge.method, merge.methods)
     logs: Path  # logs/: fuse/<slug>/, fuse_all/ and sft_baseline/ (dvclive, selection.json)
-    align: Path  # align/<slug>/coverage.json
+    align: Path  # align/<slug>/coverage.json (coverage and fidelity)
     merged: Path  # merged/<method>/merge_report.json
 
 
@@ -70,8 +73,9 @@ def gate_lines(teachers: dict[str, dict]) -> list[str]:
 
 
 def teacher_metrics(teachers: dict[str, dict]) -> dict[str, dict]:
-    """Numbers only, for `dvc metrics diff`: {slug: {"coverage": c, "share": {domain: s}, "gated": {domain: g}}}
-    from the pair runs, and {FUSELM: {"share": {slug: {domain: s}}, "gated": {domain: g}}} from fuse_all."""
+    """Numbers only, for `dvc metrics diff`: {slug: {"coverage": c, "consistent": f, "share": {domain: s},
+    "gated": {domain: g}}} from the pair runs (f: the alignment's share of teacher mass on prefix-consistent
+    pivot tokens), and {FUSELM: {"share": {slug: {domain: s}}, "gated": {domain: g}}} from fuse_all."""
     out: dict[str, dict] = {}
     for run, sel in teachers["runs"].items():
         pair = run.startswith("fuse@")
@@ -86,9 +90,18 @@ def teacher_metrics(teachers: dict[str, dict]) -> dict[str, dict]:
             entry["share"] = {}
         if pair and teachers["coverage"].get(slug) is not None:
             entry["coverage"] = float(teachers["coverage"][slug])
+        if pair and (consistent := consistent_share(teachers["alignment"].get(slug))) is not None:
+            entry["consistent"] = consistent
         if pair or sel is not None:
             out[slug if pair else FUSELM] = entry
     return out
+
+
+def warning_lines(warnings: list[str]) -> list[str]:
+    """The fuse logs' warnings (a source that taught under 1% of its run), at the top where they are seen."""
+    if not warnings:
+        return []
+    return ["> **Warnings** (as the fuse logs print them):", ">", *(f"> - warning: {w}" for w in warnings), ""]
 
 
 def copy_curves(logs: Path, slugs: list[str], out: Path) -> None:
@@ -131,6 +144,7 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
         lines += [f"> - missing: {m}" for m in missing]
         lines += [f"> - not in the current models.lock / merge.methods: `{m}`" for m in extra]
         lines.append("")
+    lines += warning_lines(teachers.data["warnings"])
     merges = [merged_name(m) for m in merge.methods if merged_name(m) in scores]
     if merges:
         lines += ["## Summary", "", "Each merge's mean over domains minus the baseline's (for the default method, "
@@ -158,6 +172,7 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
                   "(MinCE; the source's mean weight for AvgCE).", ""]
         lines += teachers_table(teachers.data) + [""]
         lines += gate_lines(teachers.data)
+        lines += ["## Alignment fidelity", ""] + fidelity_lines(teachers.data["alignment"])
         lines += ["## Training curves", ""]
         if curves.data:
             plots.training_curves(curves.data, tmp / "curves.png")

@@ -49,7 +49,8 @@ def test_report_from_complete_inputs(ws):
         assert f"(plots/{name}.png)" in text
         assert_png(ws / "reports/plots" / f"{name}.png")
     teachers = json.loads((ws / "reports/teachers.json").read_text())
-    assert teachers["b"] == {"coverage": pytest.approx(0.8), "share": {"capital": 0.0, "currency": 1.0, "region": 0.0}}
+    assert teachers["b"] == {"coverage": pytest.approx(0.8), "consistent": pytest.approx(0.9),
+                             "share": {"capital": 0.0, "currency": 1.0, "region": 0.0}}
     assert teachers["fuselm"] == {"share": {"a": {d: 0.5 for d in DOMAINS}, "b": {d: 0.2 for d in DOMAINS}},
                                   "gated": {d: 0.2 for d in DOMAINS}}
     curves = sorted(p.relative_to(ws / "reports/curves").as_posix() for p in (ws / "reports/curves").rglob("*.*"))

@@ -33,6 +33,27 @@ def scores(i):
             for j, d in enumerate(DOMAINS)}
 
 
+def alignment(k):
+    """align/<slug>/coverage.json of the k-th source, as the align stage writes it (values made up)."""
+    split = {"mass": 0.6, "consistent": 0.6 - k / 10}  # source k: k/10 of its mass on inconsistent pieces
+    return {
+        "coverage": 0.9 - k / 10,
+        "rules": {"content": 60, "end_of_turn": 30 - 10 * k, "no_boundary": 5, "markup": 5 + 10 * k, "no_match": 0,
+                  "no_row": 0, "no_source": 0},
+        "fidelity": {
+            "teacher_mass": 80.0,
+            "consistent": 1.0 - k / 10,
+            "dropped": k / 100,
+            "by_piece_rule": {"exact": split, "first_piece": {"mass": 0.3, "consistent": 0.3},
+                              "longest_prefix": {"mass": 0.0, "consistent": 0.0},
+                              "special": {"mass": 0.1, "consistent": 0.1},
+                              "none": {"mass": 0.0, "consistent": 0.0}},
+            "by_row_rule": {"content": split, "end_of_turn": {"mass": 0.4, "consistent": 0.4}},
+            "end_of_turn": {"rows": 30 - 10 * k, "mass_on_end_of_turn": 0.75 - k / 4, "top_is_end_of_turn": 0.5},
+        },
+    }
+
+
 def build(tmp_path):
     """A workspace after `dvc repro evaluate`: metrics, fusion logs, alignment coverage, merged folders' reports
     and cards."""
@@ -45,7 +66,7 @@ def build(tmp_path):
         run = tmp_path / "logs/fuse" / slug
         write_json(run / "selection.json", {"fusion_fn": "mince", "sequences": {d: 10 for d in DOMAINS},
                                             "source_share": {d: float(j == k) for j, d in enumerate(DOMAINS)}})
-        write_json(tmp_path / "align" / slug / "coverage.json", {"coverage": 0.9 - k / 10})
+        write_json(tmp_path / "align" / slug / "coverage.json", alignment(k))
     write_json(tmp_path / "logs/fuse_all/selection.json",  # what fuse_all writes: every source, gated at 1 nat
                {"fusion_fn": "mince", "teacher": "model", "gate": 1.0, "sequences": {d: 10 for d in DOMAINS},
                 "teacher_share": {"pivot": {d: 0.1 for d in DOMAINS}, "a": {d: 0.5 for d in DOMAINS},
