@@ -5,7 +5,9 @@ log-probabilities) is split by where the map sends each token: to a prefix-consi
 that starts the same text, or a special token for a special token), to another pivot token (the paper's
 maps can: `Archery` -> `rchery`), or nowhere (dropped). It is counted per row rule (content, end of turn)
 and per class of source token (PIECE_RULES: exact match, first piece, longest prefix, special, none), so a
-figure names where mass is lost. At end-of-turn rows it also counts the mass on the pivot's own end of turn.
+figure names where mass is lost. At end-of-turn rows it also counts the mass on the pivot's own end of turn,
+over all sequences and over those whose source sequence CE is below the pivot's (the ones MinCE gives the
+source): off its domain a source often does not stop where the reference does, and is not chosen there.
 """
 
 from __future__ import annotations
@@ -31,14 +33,21 @@ class Fidelity:
         self.mass = np.zeros((len(RULES), len(PIECE_RULES)))
         self.consistent = np.zeros_like(self.mass)
         self.dropped = 0.0  # mass on source tokens the map sends nowhere
-        self.eot_rows = 0
-        self.eot_mass = 0.0  # summed P(the pivot's gold end of turn) over end-of-turn rows
-        self.eot_top = 0  # end-of-turn rows whose most likely pivot token is the gold end of turn
+        # end-of-turn rows, summed P(the pivot's gold end of turn), rows where it is the top pivot token;
+        # row 0: every sequence, row 1: sequences the source wins under MinCE
+        self.eot = np.zeros((2, 3))
 
     def add(
-        self, ids: np.ndarray, logprobs: np.ndarray, row_rule: np.ndarray, gold: np.ndarray, state: dict[str, Any]
+        self,
+        ids: np.ndarray,
+        logprobs: np.ndarray,
+        row_rule: np.ndarray,
+        gold: np.ndarray,
+        state: dict[str, Any],
+        source_wins: bool = False,
     ) -> None:
-        """Source rows ids/logprobs [R, K] used for pivot gold tokens `gold` [R] under rules `row_rule` [R]."""
+        """Source rows ids/logprobs [R, K] used for pivot gold tokens `gold` [R] under rules `row_rule` [R], of
+        one sequence (`source_wins`: its source sequence CE is below the pivot's)."""
         if not len(ids):
             return
         to_pivot, consistent, piece_rule = state["to_pivot"], state["consistent"], state["piece_rule"]
@@ -53,8 +62,6 @@ class Fidelity:
         eot = row_rule == RULES.index("end_of_turn")
         if eot.any():
             on_gold = np.where(valid[eot] & (to_pivot[s[eot]] == gold[eot, None]), mass[eot], 0.0).sum(1)
-            self.eot_rows += int(eot.sum())
-            self.eot_mass += float(on_gold.sum())
             best = np.zeros_like(on_gold, dtype=bool)
             for r, (row_ids, row_mass) in enumerate(zip(s[eot], mass[eot], strict=True)):
                 by_pivot: dict[int, float] = {}
@@ -62,15 +69,16 @@ class Fidelity:
                     if i >= 0:
                         by_pivot[i] = by_pivot.get(i, 0.0) + m
                 best[r] = bool(by_pivot) and max(by_pivot, key=by_pivot.__getitem__) == int(gold[eot][r])
-            self.eot_top += int(best.sum())
+            counts = np.array([eot.sum(), on_gold.sum(), best.sum()], dtype=np.float64)
+            self.eot[0] += counts
+            if source_wins:
+                self.eot[1] += counts
 
     def merge(self, other: Fidelity) -> None:
         self.mass += other.mass
         self.consistent += other.consistent
         self.dropped += other.dropped
-        self.eot_rows += other.eot_rows
-        self.eot_mass += other.eot_mass
-        self.eot_top += other.eot_top
+        self.eot += other.eot
 
     def summary(self) -> dict[str, Any]:
         """Shares of the total teacher mass of the used rows; `consistent` is the headline figure."""
@@ -96,9 +104,15 @@ class Fidelity:
             "dropped": share(self.dropped),
             "by_piece_rule": by_piece,
             "by_row_rule": by_row,
-            "end_of_turn": {
-                "rows": self.eot_rows,
-                "mass_on_end_of_turn": self.eot_mass / self.eot_rows if self.eot_rows else None,
-                "top_is_end_of_turn": self.eot_top / self.eot_rows if self.eot_rows else None,
-            },
+            "end_of_turn": _eot(self.eot[0]),
+            "end_of_turn_source_wins": _eot(self.eot[1]),
         }
+
+
+def _eot(row: np.ndarray) -> dict[str, Any]:
+    rows, mass, top = row.tolist()
+    return {
+        "rows": int(rows),
+        "mass_on_end_of_turn": mass / rows if rows else None,
+        "top_is_end_of_turn": top / rows if rows else None,
+    }

@@ -22,9 +22,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from safetensors.numpy import load_file
 
-from fusecli.align.dist import MAPPED_RULES, RULES, Side, align_rows, choose_rows, one_hot_rows
+from fusecli.align.dist import MAPPED_RULES, RULES
 from fusecli.errors import FusecliError
 from fusecli.lock import read_lock
 from fusecli.store import MANIFEST, Record, iter_records, read_manifest
@@ -94,7 +93,6 @@ def _table(result: dict[str, list], method: str) -> Table:
     return table
 
 
-VOCAB_MAP = "vocab_map.safetensors"  # align/<slug>'s maps: `dist_map` is the one its rows used
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ class RowStores:
 
     def check(self) -> None:
         """Every store complete, before any tokenizer loads: a missing one is the common case (not run yet)."""
-        for path in (self.pivot / MANIFEST, self.source / MANIFEST, self.align / MANIFEST, self.align / VOCAB_MAP):
+        for path in (self.pivot / MANIFEST, self.source / MANIFEST, self.align / MANIFEST):
             if not path.is_file():
                 raise FusecliError(f"{path} not found: run `dvc repro` first")
         for root in (self.pivot, self.source, self.align):
@@ -155,49 +153,24 @@ def top_tokens(ids: np.ndarray, logprobs: np.ndarray, table: Any, n: int) -> lis
     return out
 
 
-def source_rows(pivot_rec: Record, source_rec: Record | None, special: frozenset[int], to_pivot: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(the source row chosen per pivot response token or -1, its rule, mapped), as the align stage chose them.
-
-    The row is the one the rule chose even where no token of it maps (`no_match`), so its tokens can be seen.
-    """
-    mask = pivot_rec["label_mask"].astype(bool)
-    if source_rec is None:
-        rows = one_hot_rows(pivot_rec["input_ids"], mask, k)
-        return rows.source_row, rows.rule, rows.mapped
-    pivot = Side(pivot_rec["input_ids"], pivot_rec["offsets"], mask, pivot_rec["turns"])
-    source = Side(source_rec["input_ids"], source_rec["offsets"], source_rec["label_mask"].astype(bool),
-                  source_rec["turns"])
-    chosen, _ = choose_rows(pivot, source, special, to_pivot)
-    rows = align_rows(pivot, source, source_rec["topk_ids"], source_rec["topk_logprobs"], special, to_pivot, k)
-    return chosen, rows.rule, rows.mapped
-
-
 def teacher_rows(stores: RowStores, index: int, pivot: Any, source: Any, top: int) -> dict[str, Any]:
     """Per pivot response position of sequence `index`: the pivot token, the row rule, the source's own top
-    tokens and the aligned row's; plus both sequence CEs (MinCE's choice) and how many positions' `mapped`
-    flags the stored align record does not share with this code's choice (0 unless the stores are stale)."""
+    tokens and the aligned row's, as the align stage recorded them; plus both sequence CEs (MinCE's choice)."""
     p = record_at(stores.pivot, index)
     if p is None:
         raise FusecliError(f"row {index} is not in {stores.pivot}: its extract stage left it out (see its warnings)")
-    if "turns" not in p:
-        raise FusecliError(f"{stores.pivot} was written before stores kept the chat turns: run `dvc repro` first")
     s, a = record_at(stores.source, index), record_at(stores.align, index)
     if a is None:
         raise FusecliError(f"row {index} is not in {stores.align}: run `dvc repro` first")
-    to_pivot = load_file(stores.align / VOCAB_MAP)["dist_map"]
-    chosen, rules, mapped = source_rows(p, s, pivot.special, to_pivot, a["topk_ids"].shape[1])
+    if "rule" not in a:
+        raise FusecliError(f"{stores.align} was written before align records kept their rules: run `dvc repro` first")
     rows = []
     for r, t in enumerate(np.flatnonzero(p["label_mask"]).tolist()):
-        own = [] if s is None or chosen[r] < 0 else top_tokens(s["topk_ids"][chosen[r]], s["topk_logprobs"][chosen[r]],
-                                                              source, top)
-        rows.append({"position": t, "pivot_token": pivot.canon[int(p["input_ids"][t])], "rule": RULES[rules[r]],
+        j = int(a["source_row"][r])
+        own = [] if s is None or j < 0 else top_tokens(s["topk_ids"][j], s["topk_logprobs"][j], source, top)
+        rows.append({"position": t, "pivot_token": pivot.canon[int(p["input_ids"][t])], "rule": RULES[a["rule"][r]],
                      "source": own, "aligned": top_tokens(a["topk_ids"][r], a["topk_logprobs"][r], pivot, top)})
-    return {
-        "seq_ce": {"pivot": float(p["seq_ce"]), "source": None if s is None else float(s["seq_ce"])},
-        "rows": rows,
-        "stale": int(np.sum(mapped.astype(bool) != a["mapped"].astype(bool))),
-    }
+    return {"seq_ce": {"pivot": float(p["seq_ce"]), "source": None if s is None else float(s["seq_ce"])}, "rows": rows}
 
 
 def _sources(locked: dict[str, Any], slugs: list[str], lock_path: Path) -> list[str]:
@@ -250,10 +223,6 @@ def _rows_table(result: dict[str, Any], slug: str) -> Table:
 
 
 def _print_rows(result: dict[str, Any], json_out: bool) -> None:
-    for slug, found in result["sources"].items():
-        if found["stale"]:
-            typer.echo(f"warning: {found['stale']} position(s) of row {result['row']} are mapped differently in "
-                       f"align/{slug} than its stores say: rerun `dvc repro align@{slug}`", err=True)
     if json_out:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return

@@ -160,6 +160,7 @@ def _align_dists(item: tuple[Record, Record | None]) -> Record:
             rows.rule[used],
             p["input_ids"][np.flatnonzero(pivot_mask)[used]],
             _STATE,
+            source_wins=float(s["seq_ce"]) < float(p["seq_ce"]),
         )
         seq_ce = float(s["seq_ce"])
     record = {
@@ -167,6 +168,8 @@ def _align_dists(item: tuple[Record, Record | None]) -> Record:
         "topk_ids": rows.topk_ids,
         "topk_logprobs": rows.topk_logprobs,
         "mapped": rows.mapped,
+        "rule": rows.rule,  # index into fusecli.align.dist.RULES, per pivot response token
+        "source_row": rows.source_row.astype(np.int32),  # the source store row used, -1 for one-hot
         "seq_ce": seq_ce,
     }
     return {"record": record, "rules": np.bincount(rows.rule, minlength=len(RULES)), "fidelity": fidelity}
@@ -191,7 +194,7 @@ def _mapper(workers: int, state: dict[str, Any]) -> Iterator[Callable[[Callable,
 
 
 TOKEN_FIELDS = ("input_ids", "offsets", "turns")
-PIVOT_FIELDS = ("seq_index", "input_ids", "offsets", "turns", "label_mask")
+PIVOT_FIELDS = ("seq_index", "input_ids", "offsets", "turns", "label_mask", "seq_ce")
 SOURCE_FIELDS = ("input_ids", "offsets", "turns", "label_mask", "topk_ids", "topk_logprobs", "seq_ce")
 
 

@@ -177,7 +177,6 @@ def test_every_row_reads_back_its_stores(workspace, tables):
         got = json.loads(result.stdout)
         assert (got["row"], got["seq_index"]) == (rid, i) and list(got["sources"]) == [SLUG]
         found = got["sources"][SLUG]
-        assert found["stale"] == 0
         resp = np.flatnonzero(pivot[i]["label_mask"])
         assert [r["position"] for r in found["rows"]] == resp.tolist()
         for r, row in enumerate(found["rows"]):
@@ -203,19 +202,6 @@ def test_the_table_shows_each_position(workspace):
     assert f"row {workspace['ids'][0]} (#0, crop), source {SLUG}" in " ".join(result.stdout.split())
     for word in ("pivot token", "content", "end_of_turn", "<|im_end|>"):
         assert word in result.stdout
-
-
-def test_stale_align_outputs_are_flagged(workspace, monkeypatch):
-    """Rows chosen otherwise than the align store holds them (other code or inputs made it): a warning."""
-    real = inspect_module.source_rows
-
-    def flipped(*args):
-        chosen, rules, mapped = real(*args)
-        return chosen, rules, 1 - mapped
-
-    monkeypatch.setattr(inspect_module, "source_rows", flipped)
-    result = _rows(workspace, "--row", "0", "--slug", SLUG)
-    assert result.exit_code == 0 and "rerun `dvc repro align@meta-src`" in result.stderr
 
 
 @pytest.mark.parametrize(
