@@ -1,11 +1,13 @@
 """The judge backend's parts: question files, prompts, rating and verdict parsing, aggregation, settings,
 answers (multi-turn, own template, cached) and the endpoint's errors. End to end: test_judge_e2e.py."""
 
+import http.server
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -238,6 +240,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("body", "shown"), [
+    ({"detail": "The prompt has 945 tokens, but the model takes at most 256"},  # transformers serve (FastAPI)
+     "(HTTP 400: The prompt has 945 tokens, but the model takes at most 256)"),
+    ({"error": {"message": "This model's maximum context length is 4096 tokens.", "type": "BadRequestError"}},
+     "(HTTP 400: This model's maximum context length is 4096 tokens.)"),  # OpenAI, vLLM
+    ("bad\nrequest sk-stub-key", "(HTTP 400: bad request ***)"),  # plain text, on one line, the key scrubbed
+    ("", "(HTTP 400: Error code: 400)"),  # no body: the client's message
+])
+def test_a_refused_request_shows_the_endpoints_reason(body, shown, monkeypatch):
+    """The body of a 400, which the openai client keeps out of its exception's message."""
+    payload = (body if isinstance(body, str) else json.dumps(body)).encode()
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(400)
+            self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setenv("FUSECLI_STUB_KEY", "sk-stub-key")
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse) as stub:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+        try:
+            judge = Judge(judge_params(base_url=f"http://127.0.0.1:{stub.server_address[1]}/v1", retries=0,
+                                       api_key_env="FUSECLI_STUB_KEY"))
+            with pytest.raises(FusecliError) as err:
+                judge.reply([{"role": "user", "content": "hi"}])
+        finally:
+            stub.shutdown()
+    assert str(err.value) == (f"the judge at {judge.params.base_url} refused the request for model "
+                              f"{judge.params.model!r} {shown}: check evaluate.judge")
 
 
 def test_an_unreachable_endpoint_is_one_clear_error():
