@@ -33,7 +33,7 @@ def judge_tokenizer(params: JudgeParams) -> Any | None:
 def prompt_tokens(tokenizer: Any, messages: Messages) -> int:
     """The prompt's length in tokens: the messages in the judge's chat template with the assistant's turn opened,
     as a chat endpoint renders them. Without a template, the messages' text alone: fewer tokens than any template
-    makes, so a prompt said not to fit never would."""
+    makes, so a prompt found too long is too long."""
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
