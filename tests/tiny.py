@@ -49,14 +49,15 @@ def tiny_config(arch: str, vocab_size: int, **overrides: object):  # noqa: ANN20
     return AutoConfig.for_model(arch, vocab_size=vocab_size, **{**shape, **overrides})
 
 
-def write_model(path: Path, arch: str = "qwen2", vocab_size: int = 300, seed: int = 0) -> Path:
-    """A tiny chat model with its own byte-level BPE tokenizer, saved as safetensors."""
+def write_model(path: Path, arch: str = "qwen2", vocab_size: int = 300, seed: int = 0, **config: object) -> Path:
+    """A tiny chat model with its own byte-level BPE tokenizer, saved as safetensors; `config` overrides
+    tiny_config's (e.g. max_position_embeddings)."""
     from transformers import AutoModelForCausalLM
 
     from fusecli.demo.tokenizers import train_tokenizer
 
     tok = train_tokenizer(TEXTS * 4 + [f"({i})" for i in range(20)], vocab_size)
-    cfg = tiny_config(arch, len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = tiny_config(arch, len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **config)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(path, safe_serialization=True)

@@ -44,6 +44,8 @@ class JudgeParams:
     concurrency: int  # judge requests in flight
     timeout: float  # seconds per request
     retries: int  # per request, on connection errors, 408/409/429 and 5xx (the openai client's rule)
+    context: int | None  # the judge's context in tokens, prompt and reply; null: unknown, not checked
+    tokenizer: str | None  # a local folder with the judge's tokenizer, to count a prompt's tokens (with context)
 
     def validate(self) -> None:
         if not re.match(r"https?://", self.base_url):
@@ -63,6 +65,14 @@ class JudgeParams:
             )
         if self.temperature < 0:
             raise FusecliError("evaluate.judge.temperature must be >= 0 (MT-Bench judges at 0)")
+        if (self.context is None) != (self.tokenizer is None):
+            raise FusecliError(
+                "evaluate.judge.context and evaluate.judge.tokenizer go together: set both (the judge's context "
+                "in tokens and a folder with its tokenizer, to count each prompt's tokens), or both to null"
+            )
+        if self.context is not None and self.context <= self.max_tokens:
+            raise FusecliError(f"evaluate.judge.context = {self.context} leaves no room for a prompt: it must be "
+                               f"more than evaluate.judge.max_tokens ({self.max_tokens})")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """The judge backend's parts: question files, prompts, rating and verdict parsing, aggregation, settings,
 answers (multi-turn, own template, cached) and the endpoint's errors. End to end: test_judge_e2e.py."""
 
+import http.server
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from fusecli.evaluate.judge.aggregate import outcome, pairwise_scores, single_sc
 from fusecli.evaluate.judge.answers import all_answers, answer_questions
 from fusecli.evaluate.judge.backend import plan_judge
 from fusecli.evaluate.judge.client import NO_KEY, Judge, api_key
+from fusecli.evaluate.judge.context import check_context, prompt_tokens
 from fusecli.evaluate.judge.grade import pair_requests, parse_rating, parse_verdict, single_requests
 from fusecli.evaluate.judge.prompts import pair_messages, single_messages
 from fusecli.evaluate.judge.questions import Question, read_questions
@@ -200,6 +203,9 @@ def test_requests_one_per_turn_and_both_orders_for_pairs():
     ({"concurrency": 0}, "concurrency must be >= 1"),
     ({"timeout": 0.0}, "timeout > 0"),
     ({"temperature": -1.0}, "temperature must be >= 0"),
+    ({"context": 4096}, "evaluate.judge.context and evaluate.judge.tokenizer go together"),
+    ({"tokenizer": "judge-tokenizer"}, "evaluate.judge.context and evaluate.judge.tokenizer go together"),
+    ({"context": 64, "max_tokens": 64, "tokenizer": "t"}, "context = 64 leaves no room for a prompt"),
 ])
 def test_bad_judge_settings(changes, words):
     with pytest.raises(FusecliError, match=words):
@@ -229,7 +235,9 @@ def test_plan_checks_names_before_any_work(tmp_path):
     for changes, words in (({"models": ("pivot", "fused:x")}, "evaluate.judge.models names 'fused:x'"),
                            ({"pairwise": "nope"}, "evaluate.judge.pairwise names 'nope'"),
                            ({"models": ("pivot",), "pairwise": "pivot"}, "leaves no other model"),
-                           ({"questions": str(tmp_path / "q.jsonl")}, "q.jsonl not found")):
+                           ({"questions": str(tmp_path / "q.jsonl")}, "q.jsonl not found"),
+                           ({"context": 4096, "tokenizer": str(tmp_path / "tok")},
+                            r"evaluate.judge.tokenizer: tokenizer folder \S+tok not found")):
         with pytest.raises(FusecliError, match=words):
             plan_judge(replace(PARAMS, judge=judge_params(**changes)), by_name, aliases)
 
@@ -238,6 +246,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("body", "shown"), [
+    ({"detail": "The prompt has 945 tokens, but the model takes at most 256"},  # transformers serve (FastAPI)
+     "(HTTP 400: The prompt has 945 tokens, but the model takes at most 256)"),
+    ({"error": {"message": "This model's maximum context length is 4096 tokens.", "type": "BadRequestError"}},
+     "(HTTP 400: This model's maximum context length is 4096 tokens.)"),  # OpenAI, vLLM
+    ("bad\nrequest sk-stub-key", "(HTTP 400: bad request ***)"),  # plain text, on one line, the key scrubbed
+    ("", "(HTTP 400: Error code: 400)"),  # no body: the client's message
+])
+def test_a_refused_request_shows_the_endpoints_reason(body, shown, monkeypatch):
+    """The body of a 400, which the openai client keeps out of its exception's message."""
+    payload = (body if isinstance(body, str) else json.dumps(body)).encode()
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(400)
+            self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setenv("FUSECLI_STUB_KEY", "sk-stub-key")
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse) as stub:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+        try:
+            judge = Judge(judge_params(base_url=f"http://127.0.0.1:{stub.server_address[1]}/v1", retries=0,
+                                       api_key_env="FUSECLI_STUB_KEY"))
+            with pytest.raises(FusecliError) as err:
+                judge.reply([{"role": "user", "content": "hi"}])
+        finally:
+            stub.shutdown()
+    assert str(err.value) == (f"the judge at {judge.params.base_url} refused the request for model "
+                              f"{judge.params.model!r} {shown}: check evaluate.judge")
 
 
 def test_an_unreachable_endpoint_is_one_clear_error():
@@ -270,6 +316,39 @@ def test_turn_two_sees_the_models_own_turn_one_answer(answerer):
         second = greedy([{"role": "user", "content": q.turns[0]}, {"role": "assistant", "content": first},
                          {"role": "user", "content": q.turns[1]}])
         assert answers[str(q.question_id)] == [first, second]
+
+
+def test_a_prompt_past_the_judges_context_stops_before_any_request(answerer):
+    """The longest prompt and the reply's max_tokens must fit evaluate.judge.context, counted in the judge's
+    chat template: one token more is one line naming the longest prompt and the fix."""
+    tok = load_tokenizer(answerer)
+    requests = single_requests([MATH, WRITING], {"m": {"4": ["four", "twelve"], "w1": ["A haiku.", "A sad one."]}})
+    lengths = [prompt_tokens(tok, r.messages) for r in requests]
+    rendered = tok.apply_chat_template(requests[1].messages, add_generation_prompt=True, tokenize=False)
+    assert lengths[1] == len(tok(rendered, add_special_tokens=False)["input_ids"])  # the template's tokens, all
+    assert max(lengths) == lengths[1]  # MATH's turn 2: two turns and the reference
+    fits = judge_params(max_tokens=10, context=lengths[1] + 10, tokenizer=str(answerer))
+    check_context(requests, tok, fits)
+    with pytest.raises(FusecliError) as err:
+        check_context(requests, tok, replace(fits, context=lengths[1] + 9))
+    assert str(err.value) == (
+        f"1 of 4 judge prompts do not fit the judge's context: the longest (model 'm', question 4, turn 2) has "
+        f"{lengths[1]} tokens, plus evaluate.judge.max_tokens = 10 for the reply, over evaluate.judge.context = "
+        f"{lengths[1] + 9}: serve a judge with a longer context and raise evaluate.judge.context, or lower "
+        "evaluate.judge.max_new_tokens (shorter answers) or max_tokens")
+    pairs = pair_requests([MATH], {"m": {"4": ["four", "twelve"]}, "ref": {"4": ["4", "12"]}}, "ref")
+    with pytest.raises(FusecliError, match=r"^4 of 4 judge prompts .* \(model 'm', question 4, turn 2, against "):
+        check_context(pairs, tok, replace(fits, context=11))
+    check_context(pairs, None, replace(fits, context=None, tokenizer=None))  # context unknown: not checked
+
+
+def test_a_tokenizer_without_a_chat_template_counts_the_messages_alone(answerer):
+    tok = load_tokenizer(answerer)
+    messages = single_messages(MATH, ["four", "twelve"], 1)
+    plain = sum(len(tok(m["content"], add_special_tokens=False)["input_ids"]) for m in messages)
+    assert plain < prompt_tokens(tok, messages)
+    tok.chat_template = None
+    assert prompt_tokens(tok, messages) == plain  # fewer than any template adds: never refused wrongly
 
 
 def test_answers_are_cached_by_model_questions_and_settings(answerer, tmp_path, monkeypatch):

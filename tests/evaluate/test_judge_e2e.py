@@ -6,17 +6,21 @@ Two tiny judges behind the one server (it loads the model a request names, a loc
 `stamp`, a tiny model wired to reply "[[A]][[7]]" to anything (every layer's output zeroed, so the next
 token depends on the current one only), whose replies parse as a rating and a verdict. Their grades say
 nothing about the answers: the test checks the protocol, the parsing, the aggregation and the metrics.
+Both have a context of CONTEXT tokens, which the judge prompts fit (about 1,000 tokens of these tiny
+tokenizers); `short` has the suite's usual 256, which they do not: the server refuses them (HTTP 400).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,9 +32,11 @@ import yaml
 from typer.testing import CliRunner
 
 from fusecli.cli import app
+from fusecli.evaluate.judge.context import prompt_tokens
 from fusecli.evaluate.judge.grade import parse_rating, parse_verdict
 from fusecli.evaluate.judge.prompts import single_messages
 from fusecli.evaluate.judge.questions import read_questions
+from fusecli.models import load_tokenizer
 from tests.tiny import TEXTS, tiny_config, write_dataset, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +45,7 @@ QUESTIONS = ROOT / "fusecli/evaluate/judge/data/demo_questions.jsonl"
 STAMP = ("[[A]]", "[[7]]")
 KEY_VAR, KEY = "FUSECLI_E2E_JUDGE_KEY", "sk-e2e-never-written-4f1c9b"
 POSTS = 'POST /v1/chat/completions HTTP/1.1" 200'
+CONTEXT = 4096  # the test judges' context (max_position_embeddings)
 
 
 def write_stamp_judge(path: Path) -> Path:
@@ -59,7 +66,7 @@ def write_stamp_judge(path: Path) -> Path:
     chain = [tok(prompt, add_special_tokens=False)["input_ids"][-1], *tok.convert_tokens_to_ids(list(STAMP)),
              tok.eos_token_id]
     cfg = tiny_config("qwen2", len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      max_position_embeddings=4096)
+                      max_position_embeddings=CONTEXT)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
@@ -95,7 +102,8 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("judge-server")
-    judges = {"noisy": write_model(root / "noisy", "llama", 290, seed=7), "stamp": write_stamp_judge(root / "stamp")}
+    judges = {"noisy": write_model(root / "noisy", "llama", 290, seed=7, max_position_embeddings=CONTEXT),
+              "stamp": write_stamp_judge(root / "stamp"), "short": write_model(root / "short", "llama", 290, seed=7)}
     port, log = free_port(), root / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with log.open("w") as out:
@@ -182,11 +190,13 @@ def recompute(records: list[dict]) -> dict:
 
 @pytest.fixture(scope="module")
 def judged(ws, server):
-    """The first run: the noisy judge, 1-10 grading only, the key from the environment."""
+    """The first run: the noisy judge, 1-10 grading only, the key from the environment, every prompt counted
+    with the judge's tokenizer (they fit its context)."""
     before = server.posts()
     models = ["pivot", f"source:{slug_of(ws)}", "merged:sce"]
-    proc = evaluate(ws, {"base_url": server.url, "model": str(server.judges["noisy"]), "api_key_env": KEY_VAR,
-                         "models": models, "pairwise": None}, {KEY_VAR: KEY})
+    noisy = str(server.judges["noisy"])
+    proc = evaluate(ws, {"base_url": server.url, "model": noisy, "api_key_env": KEY_VAR, "models": models,
+                         "pairwise": None, "context": CONTEXT, "tokenizer": noisy}, {KEY_VAR: KEY})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, server.posts() - before, models
 
@@ -261,8 +271,9 @@ def test_a_second_judge_regrades_without_regenerating_and_pairwise_cancels_posit
     cached = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
     before = server.posts()
     models = judged[2]
-    proc = evaluate(ws, {"base_url": server.url, "model": str(server.judges["stamp"]), "api_key_env": None,
-                         "models": models, "pairwise": "sft_baseline"})
+    stamp = str(server.judges["stamp"])
+    proc = evaluate(ws, {"base_url": server.url, "model": stamp, "api_key_env": None, "models": models,
+                         "pairwise": "sft_baseline", "context": CONTEXT, "tokenizer": stamp})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == cached  # sft_baseline: the pivot's files
     records = records_of(ws)
@@ -283,12 +294,36 @@ def test_a_second_judge_regrades_without_regenerating_and_pairwise_cancels_posit
 
 
 def test_endpoint_and_key_errors_are_one_line(judged, ws, server):
-    unknown = evaluate(ws, {"base_url": server.url, "model": str(ws / "no-such-judge"), "api_key_env": None,
-                            "pairwise": None})
-    unset = evaluate(ws, {"base_url": server.url, "model": str(server.judges["stamp"]), "api_key_env": KEY_VAR},
-                     {KEY_VAR: ""})
+    unchecked = {"base_url": server.url, "api_key_env": None, "pairwise": None, "context": None, "tokenizer": None}
+    unknown = evaluate(ws, {**unchecked, "model": str(ws / "no-such-judge")})
+    unset = evaluate(ws, {**unchecked, "model": str(server.judges["stamp"]), "api_key_env": KEY_VAR}, {KEY_VAR: ""})
+    short = str(server.judges["short"])
+    before = server.log.read_text(errors="replace").count("POST /v1/chat/completions")
+    too_long = evaluate(ws, {**unchecked, "model": short, "context": 256, "tokenizer": short})
+    assert server.log.read_text(errors="replace").count("POST /v1/chat/completions") == before  # nothing sent
+    refused = evaluate(ws, {**unchecked, "model": short})  # not checked: the server's 400, with its reason
     for proc, words in ((unknown, f"refused the request for model '{ws / 'no-such-judge'}'"),
-                        (unset, f"evaluate.judge.api_key_env names {KEY_VAR}, which is not set")):
+                        (unset, f"evaluate.judge.api_key_env names {KEY_VAR}, which is not set"),
+                        (too_long, "judge prompts do not fit the judge's context: the longest (model "),
+                        (too_long, "over evaluate.judge.context = 256: serve a judge with a longer context"),
+                        (refused, "(HTTP 400: The prompt has "),
+                        (refused, "tokens, but the model takes at most 256")):
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert words in errors[0], errors[0]
+
+
+def test_a_prompt_is_counted_as_the_server_counts_it(server):
+    """prompt_tokens against `transformers serve`'s own count, which its 400 for a prompt past the context
+    states."""
+    short = server.judges["short"]
+    question = read_questions(QUESTIONS)[-1]  # the one with a reference: the longest prompt
+    messages = single_messages(question, ["An answer of a few words."] * len(question.turns), 1)
+    body = json.dumps({"model": str(short), "messages": messages, "max_tokens": 4, "temperature": 0.0}).encode()
+    request = urllib.request.Request(f"{server.url}/chat/completions", body, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    detail = refused.value.read().decode()
+    counted = re.search(r"The prompt has (\d+) tokens", detail)
+    assert refused.value.code == 400 and counted, detail
+    assert prompt_tokens(load_tokenizer(short), messages) == int(counted.group(1)) > 256

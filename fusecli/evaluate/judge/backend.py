@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fusecli.errors import FusecliError
 from fusecli.evaluate.judge.aggregate import pairwise_scores, single_scores
 from fusecli.evaluate.judge.answers import all_answers
 from fusecli.evaluate.judge.client import Judge
+from fusecli.evaluate.judge.context import check_context, judge_tokenizer
 from fusecli.evaluate.judge.grade import ask_all, pair_requests, single_requests
 from fusecli.evaluate.judge.questions import Question, read_questions
 from fusecli.evaluate.params import EvalParams
@@ -27,10 +29,12 @@ class JudgePlan:
     graded: list[EvalModel]  # graded 1-10 (and against `against`)
     against: EvalModel | None  # evaluate.judge.pairwise
     judge: Judge
+    tokenizer: Any | None  # the judge's (evaluate.judge.tokenizer), to check each prompt fits evaluate.judge.context
 
 
 def plan_judge(params: EvalParams, by_name: dict[str, EvalModel], aliases: dict[str, str]) -> JudgePlan:
-    """Check the judge's settings before any model is scored: the question file, the model names, the key.
+    """Check the judge's settings before any model is scored: the question file, the model names, the key, the
+    judge's tokenizer.
     `aliases`: names that repeat another model's scores (`merged`), graded only when named."""
     opts = params.judge
     questions = read_questions(opts.questions)
@@ -44,7 +48,7 @@ def plan_judge(params: EvalParams, by_name: dict[str, EvalModel], aliases: dict[
     if against is not None and not set(names) - {against.name}:
         raise FusecliError(f"evaluate.judge.pairwise = {against.name!r} leaves no other model to compare with it: "
                            "add models to evaluate.judge.models")
-    return JudgePlan(questions, [by_name[n] for n in names], against, Judge(opts))
+    return JudgePlan(questions, [by_name[n] for n in names], against, Judge(opts), judge_tokenizer(opts))
 
 
 def run_judge(
@@ -60,6 +64,7 @@ def run_judge(
     if plan.against is not None:
         requests += pair_requests(plan.questions, {**graded, plan.against.name: answers[plan.against.name]},
                                   plan.against.name)
+    check_context(requests, plan.tokenizer, params.judge)  # before the first request
     records = [{**r, "judge": params.judge.model}
                for r in ask_all(plan.judge.reply, requests, params.judge.concurrency)]
     if judgments is not None:

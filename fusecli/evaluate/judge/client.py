@@ -8,6 +8,7 @@ only into the request's Authorization header: it is never logged, written, or pu
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -28,6 +29,19 @@ def api_key(env: str | None) -> str:
             "or set api_key_env: null for a server without a key"
         )
     return key
+
+
+def reason(exc: Any) -> str:
+    """What the endpoint said: the body of its error response (the openai client, 3.63 at least, keeps it out
+    of the exception's message, "Error code: 400"), else that message. `{"error": {"message": ...}}` (OpenAI,
+    vLLM; the client unwraps "error") and `{"detail": ...}` (FastAPI: `transformers serve`) give their text;
+    other bodies are shown as they are."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        body = body.get("message") or body.get("detail") or json.dumps(body)
+    if body:
+        return body if isinstance(body, str) else json.dumps(body)
+    return str(getattr(exc, "message", exc))
 
 
 class Judge:
@@ -65,7 +79,7 @@ class Judge:
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             fix = f"check the key in ${p.api_key_env}" if p.api_key_env else "set evaluate.judge.api_key_env"
             return f"{where} refused the key (HTTP {status}): {fix}"
-        text = " ".join(str(getattr(exc, "message", exc)).split())[:300]
+        text = " ".join(reason(exc).split())[:500]
         if self._key != NO_KEY:
             text = text.replace(self._key, "***")
         if isinstance(exc, openai.NotFoundError):
