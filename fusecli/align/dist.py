@@ -10,6 +10,11 @@ one starts at or after e (byte pieces of one character share their character's s
 falls inside a character). Rules, for pivot response token t whose context ends at boundary e, x = e -
 content start:
 - `content`: 0 <= x < content length and the source has a boundary at the same x: its row there;
+- `within_token`: the source has no boundary at x but one token of it covers x, starting at x0 < x: its
+  row at x0, conditioned on the text the pivot read since x0 (the prefix): of its tokens, those that start
+  with the prefix and go on, each sent to the pivot's first piece of the rest (`Archery` after `A`:
+  `rchery`; the trainer renormalises over the kept ids). This is the source's next-text distribution given
+  the pivot's context, within one source token (`align.within_token: condition`; `one_hot` turns it off);
 - `end_of_turn`: x = content length, t is a special token (the pivot's end of turn) and the source's own
   next token there is a special token that the map sends to t (its end of turn): its row there;
 - one-hot on the pivot's gold token t, flagged `mapped = 0`: `no_boundary` (the source splits that text
@@ -20,11 +25,12 @@ content start:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-MAPPED_RULES = ("content", "end_of_turn")
+MAPPED_RULES = ("content", "within_token", "end_of_turn")
 ONE_HOT_RULES = ("no_boundary", "markup", "no_match", "no_row", "no_source")
 RULES = MAPPED_RULES + ONE_HOT_RULES
 
@@ -58,10 +64,14 @@ def map_topk(ids: np.ndarray, logprobs: np.ndarray, to_pivot: np.ndarray, k: int
     probabilities add (`Archery` and `Athletics` both to `A`). Ids the map drops (-1) and ids outside
     the source vocabulary table (padding rows of a model's output layer) are left out.
     """
-    r = ids.shape[0]
-    ids = ids.astype(np.int64)
-    valid = (ids >= 0) & (ids < len(to_pivot))
-    mapped = np.where(valid, to_pivot[np.clip(ids, 0, max(len(to_pivot) - 1, 0))], -1).astype(np.int64)
+    return merge_topk(to_pivot_rows(ids, to_pivot), logprobs, k)
+
+
+def merge_topk(mapped: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of pivot ids [R, K_s] (-1: dropped) and their log-probabilities -> [R, k], duplicates summed,
+    by probability (ties: lower id first), -1 / -inf padded."""
+    r = mapped.shape[0]
+    mapped = mapped.astype(np.int64)
     stride = int(max(mapped.max(initial=-1), 0)) + 2
     keys = (np.arange(r, dtype=np.int64)[:, None] * stride + mapped + 1).ravel()
     order = np.argsort(keys, kind="stable")
@@ -114,13 +124,18 @@ class Side:
     turns: np.ndarray  # int [n_turns, 4]: span start, content start, content end, span end
 
 
-def choose_rows(pivot: Side, source: Side, pivot_special: frozenset[int], to_pivot: np.ndarray) -> tuple:
-    """(source row per pivot response token, -1 for none; rule per token): see the module docstring."""
+def choose_rows(
+    pivot: Side, source: Side, pivot_special: frozenset[int], to_pivot: np.ndarray, within_token: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source row per pivot response token, -1 for none; rule per token; the prefix length in characters
+    of `within_token` rows, else 0): see the module docstring."""
     resp = np.flatnonzero(pivot.mask)
     rows = np.full(len(resp), -1, dtype=np.int64)
     rules = np.full(len(resp), RULES.index("markup"), dtype=np.int8)
+    prefix = np.zeros(len(resp), dtype=np.int64)
     p_bound = {j: e for e, j in boundaries(pivot.offsets).items()}  # token index -> boundary before it
     s_bound = boundaries(source.offsets)
+    s_marks = np.array(sorted(s_bound), dtype=np.int64)
     s_row = np.cumsum(source.mask.astype(np.int64)) - 1
     s_end = int(source.offsets[:, 1].max(initial=0))
     p_turns, s_turns = pivot.turns.tolist(), source.turns.tolist()
@@ -144,6 +159,12 @@ def choose_rows(pivot: Side, source: Side, pivot_special: frozenset[int], to_piv
             rules[r] = RULES.index("no_row")
             continue
         j = s_bound.get(sa + x)
+        if j is None and within_token and x < pb - pa:
+            j, x0 = covering_token(source, s_bound, s_marks, sa, sa + x)
+            if j is not None and source.mask[j]:
+                rows[r], rules[r], prefix[r] = s_row[j], RULES.index("within_token"), sa + x - x0
+                continue
+            j = None
         if j is None or not source.mask[j]:
             rules[r] = RULES.index("no_boundary")
             continue
@@ -155,7 +176,55 @@ def choose_rows(pivot: Side, source: Side, pivot_special: frozenset[int], to_piv
         else:
             rules[r] = RULES.index("content")
         rows[r] = s_row[j]
-    return rows, rules
+    return rows, rules, prefix
+
+
+def covering_token(
+    source: Side, bound: dict[int, int], marks: np.ndarray, lo: int, at: int
+) -> tuple[int | None, int]:
+    """(the source token that starts at the last boundary x0 in [lo, at) and runs past `at`, x0), or (None, 0)."""
+    i = int(np.searchsorted(marks, at)) - 1
+    if i < 0 or marks[i] < lo:
+        return None, 0
+    x0 = int(marks[i])
+    j = bound[x0]
+    return (j, x0) if source.offsets[j, 1] > at else (None, 0)
+
+
+def to_pivot_rows(ids: np.ndarray, to_pivot: np.ndarray) -> np.ndarray:
+    """Source ids [R, K] -> pivot ids by the map, -1 for ids outside the table."""
+    ids = ids.astype(np.int64)
+    valid = (ids >= 0) & (ids < len(to_pivot))
+    return np.where(valid, to_pivot[np.clip(ids, 0, max(len(to_pivot) - 1, 0))], -1)
+
+
+def source_token(source: Side, row: int) -> int:
+    """The source token position whose store row is `row` (rows are the response tokens, in order)."""
+    return int(np.flatnonzero(source.mask)[row])
+
+
+class Conditioner:
+    """Maps a source row to pivot ids given a prefix the pivot has read within the source's next token."""
+
+    def __init__(self, source_canon: list[str], first_piece: Callable[[str], tuple[int | None, str]]):
+        self.canon, self.first_piece = source_canon, first_piece
+        self.cache: dict[str, int] = {}
+
+    def piece(self, rest: str) -> int:
+        if rest not in self.cache:
+            p, _ = self.first_piece(rest)
+            self.cache[rest] = -1 if p is None else p
+        return self.cache[rest]
+
+    def __call__(self, ids: np.ndarray, prefix: str) -> np.ndarray:
+        """Pivot ids [K] (-1: dropped): each source token that starts with `prefix` and goes on -> the pivot's
+        first piece of the rest; special tokens, escapes and tokens that do not continue the prefix -> -1."""
+        out = np.full(len(ids), -1, dtype=np.int64)
+        for c, s in enumerate(ids.tolist()):
+            text = self.canon[s] if 0 <= s < len(self.canon) else ""
+            if len(text) > len(prefix) and text.startswith(prefix) and "<0x" not in text:
+                out[c] = self.piece(text[len(prefix) :])
+        return out
 
 
 def align_rows(
@@ -166,14 +235,20 @@ def align_rows(
     pivot_special: frozenset[int],
     to_pivot: np.ndarray,
     k: int,
+    conditioner: Conditioner | None = None,
 ) -> AlignedRows:
-    """Rows for the pivot's response tokens: the chosen source rows mapped to pivot ids, else one-hot."""
+    """Rows for the pivot's response tokens: the chosen source rows mapped to pivot ids, else one-hot.
+    With a `conditioner`, positions inside a source token get `within_token` rows."""
     out = one_hot_rows(pivot.ids, pivot.mask, k)
-    chosen, rules = choose_rows(pivot, source, pivot_special, to_pivot)
+    chosen, rules, prefix = choose_rows(pivot, source, pivot_special, to_pivot, conditioner is not None)
     out.rule[:] = rules
     sel = np.flatnonzero(chosen >= 0)
     if len(sel):
-        ids, lp = map_topk(source_topk_ids[chosen[sel]], source_topk_logprobs[chosen[sel]], to_pivot, k)
+        mapped = to_pivot_rows(source_topk_ids[chosen[sel]], to_pivot)
+        for i in np.flatnonzero(prefix[sel] > 0).tolist():
+            token = conditioner.canon[int(source.ids[source_token(source, chosen[sel[i]])])]
+            mapped[i] = conditioner(source_topk_ids[chosen[sel[i]]], token[: prefix[sel[i]]])
+        ids, lp = merge_topk(mapped, source_topk_logprobs[chosen[sel]], k)
         ok = ids[:, 0] >= 0
         out.topk_ids[sel[ok]] = ids[ok]
         out.topk_logprobs[sel[ok]] = lp[ok]

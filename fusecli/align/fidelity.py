@@ -36,6 +36,7 @@ class Fidelity:
         # end-of-turn rows, summed P(the pivot's gold end of turn), rows where it is the top pivot token;
         # row 0: every sequence, row 1: sequences the source wins under MinCE
         self.eot = np.zeros((2, 3))
+        self.within = np.zeros(3)  # within-token rows, their source mass, the part that continues the prefix
 
     def add(
         self,
@@ -74,11 +75,19 @@ class Fidelity:
             if source_wins:
                 self.eot[1] += counts
 
+    def add_within(self, source_logprobs: np.ndarray, aligned_logprobs: np.ndarray) -> None:
+        """Within-token rows [R, K]: the source row's mass and what the conditioning on the prefix kept of it."""
+        with np.errstate(under="ignore"):
+            total = np.exp(source_logprobs.astype(np.float64)).sum()
+            kept = np.exp(aligned_logprobs.astype(np.float64)).sum()
+        self.within += [len(source_logprobs), total, kept]
+
     def merge(self, other: Fidelity) -> None:
         self.mass += other.mass
         self.consistent += other.consistent
         self.dropped += other.dropped
         self.eot += other.eot
+        self.within += other.within
 
     def summary(self) -> dict[str, Any]:
         """Shares of the total teacher mass of the used rows; `consistent` is the headline figure."""
@@ -106,6 +115,10 @@ class Fidelity:
             "by_row_rule": by_row,
             "end_of_turn": _eot(self.eot[0]),
             "end_of_turn_source_wins": _eot(self.eot[1]),
+            "within_token": {
+                "rows": int(self.within[0]),
+                "kept": float(self.within[2] / self.within[1]) if self.within[1] else None,
+            },
         }
 
 

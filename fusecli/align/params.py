@@ -15,9 +15,11 @@ DistMapName = Literal["prefix", "vocab_map"]
 class AlignParams:
     """params.yaml `align`: the map distributions use (`prefix`: each source token to the pivot's first piece
     of its text; `vocab_map`: the paper's, exact match else `vocab_map`), the token aligner and vocabulary
-    map of the paper's statistics (saved in vocab_map.safetensors either way), output width K, workers."""
+    map of the paper's statistics (saved in vocab_map.safetensors either way), what a pivot position inside a
+    source token gets (the source's row conditioned on the prefix, or a one-hot), output width K, workers."""
 
     dist_map: DistMapName
+    within_token: Literal["condition", "one_hot"]
     method: Literal["mined", "offsets"]
     vocab_map: VocabMapName
     k: int

@@ -28,10 +28,10 @@ import numpy as np
 from rich.progress import Progress
 from safetensors.numpy import save
 
-from fusecli.align.dist import MAPPED_RULES, RULES, Side, align_rows, one_hot_rows, turn_end_tokens
+from fusecli.align.dist import MAPPED_RULES, RULES, Conditioner, Side, align_rows, one_hot_rows, turn_end_tokens
 from fusecli.align.fidelity import Fidelity, consistent_targets
 from fusecli.align.params import AlignParams
-from fusecli.align.pieces import PIECE_RULES, prefix_map
+from fusecli.align.pieces import PIECE_RULES, FirstPiece, prefix_map
 from fusecli.align.tokens import TokenTable, agreement, align_mined, align_offsets
 from fusecli.align.vocab import Cooccurrence, build_vocab_map, direct_map
 from fusecli.errors import FusecliError
@@ -152,8 +152,11 @@ def _align_dists(item: tuple[Record, Record | None]) -> Record:
             _STATE["pivot"].special,
             _STATE["to_pivot"],
             _STATE["k"],
+            _STATE["conditioner"],
         )
-        used = rows.source_row >= 0
+        within = rows.rule == RULES.index("within_token")
+        fidelity.add_within(s["topk_logprobs"][rows.source_row[within]], rows.topk_logprobs[within])
+        used = (rows.source_row >= 0) & ~within
         fidelity.add(
             s["topk_ids"][rows.source_row[used]],
             s["topk_logprobs"][rows.source_row[used]],
@@ -309,6 +312,7 @@ def run(
     meta = {
         "kind": "align",
         "dist_map": params.dist_map,
+        "within_token": params.within_token,
         "method": params.method,
         "vocab_map": params.vocab_map,
         "k": params.k,
@@ -320,8 +324,12 @@ def run(
         vocab_map = build_vocab_map(params.vocab_map, cooc, source, pivot, workers=params.workers)
         ends = end_of_turn_map(end_pairs, source, pivot)
         to_pivot, piece_rule = distribution_map(params, vocab_map, ends, source, pivot, pivot_tok)
+        conditioner = Conditioner(source.canon, FirstPiece(pivot, pivot_tok))
         state.update(
-            to_pivot=to_pivot, piece_rule=piece_rule, consistent=consistent_targets(to_pivot, source, pivot)
+            to_pivot=to_pivot,
+            piece_rule=piece_rule,
+            consistent=consistent_targets(to_pivot, source, pivot),
+            conditioner=conditioner if params.within_token == "condition" else None,
         )
         writer = StoreWriter.open(tmp, meta=meta)
         rules, fidelity = _pass2(params, state, pivot_extract, source_extract, writer, progress)
@@ -378,6 +386,7 @@ def _coverage(
     piece_rule = state["piece_rule"]
     return {
         "dist_map": params.dist_map,
+        "within_token": params.within_token,
         "method": params.method,
         "vocab_map": params.vocab_map,
         "k": params.k,
