@@ -81,3 +81,13 @@ def make_table(
         eos_id=tokens.index(eos) if eos else None,
         unk_id=tokens.index(unk) if unk else None,
     )
+
+
+def map_row_reference(ids: list[int], logprobs: list[float], to_pivot: list[int], k: int) -> list[tuple[int, float]]:
+    """One source top-K row in pivot ids, written out: each source id's probability added to its pivot id
+    (ids past the map or mapped to -1 left out); the k largest (pivot id, probability), ties by id."""
+    mass: dict[int, float] = {}
+    for i, lp in zip(ids, logprobs, strict=True):
+        if 0 <= i < len(to_pivot) and to_pivot[i] >= 0 and lp > -math.inf:
+            mass[to_pivot[i]] = mass.get(to_pivot[i], 0.0) + math.exp(lp)
+    return sorted(mass.items(), key=lambda item: (-item[1], item[0]))[:k]
