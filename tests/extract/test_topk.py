@@ -48,7 +48,6 @@ def naive(model, r):
 def test_extract_matches_naive_full_logits(world):
     from transformers import AutoModelForCausalLM
 
-    pivot = ModelRef(str(world / "pivot"))
     extract(world / "train.parquet", ModelRef(str(world / "source")), world / "out", EXACT)
     model = AutoModelForCausalLM.from_pretrained(world / "source").eval()
     records = list(iter_records(world / "out"))
@@ -64,7 +63,6 @@ def test_extract_matches_naive_full_logits(world):
 def test_compact_store_is_within_the_kl_bound_and_reads_the_same_fields(world):
     from transformers import AutoModelForCausalLM
 
-    pivot = ModelRef(str(world / "pivot"))
     extract(world / "train.parquet", ModelRef(str(world / "source")), world / "packed", PARAMS)
     assert read_manifest(world / "packed")["meta"]["codec"] == {"vocab": 280, "k": 4}
     model = AutoModelForCausalLM.from_pretrained(world / "source").eval()
