@@ -8,7 +8,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file, safe_open
 
-from fusecli.align.dist import RULES
+from fusecli.align.dist import MAPPED_RULES, RULES
 from fusecli.align.params import AlignParams
 from fusecli.align.pieces import PIECE_RULES, canon_bytes, prefix_map
 from fusecli.align.stage import run
@@ -23,7 +23,7 @@ from fusecli.store import StoreWriter, iter_records, read_manifest
 from tests.params import section
 
 from .conftest import CORPUS
-from .reference import map_row_reference
+from .reference import assert_close_tree, fidelity_reference, map_row_reference
 
 K = 4
 STAGE = Path(__file__).parents[2] / "stages" / "align.py"
@@ -50,12 +50,13 @@ def two_turn_dialogues() -> list[list[dict[str, str]]]:
 
 
 def write_extract(
-    root: Path, tok, drop=(), max_length=None, first_id=0, seed=0, msgs_list=None, plant=None
+    root: Path, tok, drop=(), max_length=None, first_id=0, seed=0, msgs_list=None, plant=None, peak=None
 ) -> Path:
     """An extract store as the extract stage writes it: each model reads the dialogues in its own chat
     template (`turns` recorded); each row's top-1 is the gold token it predicts. With `plant` (a token id),
     every row whose context does not end inside a turn's content (the row predicts a token that starts
-    before the content or at or after its end: the template's markup) puts its top-1 on `plant` instead."""
+    before the content or at or after its end: the template's markup) puts its top-1 on `plant` instead.
+    With `peak`, every row's top-1 has that probability."""
     rng = np.random.default_rng(seed)
     records = []
     for i, msgs in enumerate(msgs_list or dialogues()):
@@ -73,7 +74,11 @@ def write_extract(
         others = rng.integers(first_id, len(tok) - 5, size=(len(gold), K - 1))
         clash = (others == top[:, None]) | (others == gold[:, None]) | (others == (plant if plant is not None else -1))
         others = np.where(clash, first_id, others)  # keep the top id unique in its row, the plant out of others
-        lp = np.sort(np.log(rng.dirichlet(np.ones(K), size=len(gold))), axis=1)[:, ::-1]
+        probs = rng.dirichlet(np.ones(K), size=len(gold))
+        if peak is not None:
+            rest = (1 - peak) * rng.dirichlet(np.ones(K - 1), len(gold))
+            probs = np.concatenate([np.full((len(gold), 1), peak), rest], axis=1)
+        lp = np.sort(np.log(probs), axis=1)[:, ::-1]
         ce = rng.random(len(gold)).astype(np.float32)
         records.append(
             {
@@ -184,35 +189,70 @@ def _start_to_row(rec: dict) -> dict[int, int]:
     return {s: r for r, s in reversed(list(enumerate(starts)))}
 
 
-def test_mapped_rows_are_the_source_rows_read_after_the_same_text(cross, tokenizers):
-    """A plain reference for the whole stage: a mapped pivot row r (predicting pivot token t) is the source
-    row that predicts the source token starting at the same character of the same turn's content, mapped
-    by summing each source token's probability onto its `dist_map` pivot id; the source's gold token there
-    goes to a pivot token whose text starts the text that follows (prefix-consistent)."""
-    to_pivot = load_file(cross["out"] / "vocab_map.safetensors")["dist_map"].tolist()
-    pivot_canon = TokenTable.from_tokenizer(tokenizers["byte"]).canon
-    texts = _texts(tokenizers["byte"])
-    sources = {int(r["seq_index"]): r for r in _records(cross["source"])}
-    checked = 0
-    for rec, p in zip(_records(cross["out"]), _records(cross["pivot"]), strict=True):
+def used_rows(out: Path, pivot: Path, source: Path):
+    """The reference's pairing, for every mapped pivot row r of the align store at `out`: (align record,
+    pivot record, r, source record, source row, rule). The source row is the one that predicts the
+    source token starting at the same character of the same turn's content as the pivot's token
+    (`content`), or, at the content's end, the source's token after it (`end_of_turn`)."""
+    sources = {int(rec["seq_index"]): rec for rec in _records(source)}
+    for rec, p in zip(_records(out), _records(pivot), strict=True):
         s = sources.get(int(p["seq_index"]))
         resp = np.flatnonzero(p["label_mask"])
         for r in np.flatnonzero(rec["mapped"]).tolist():
             start = int(p["offsets"][resp[r], 0])
             k = next(i for i, (a, _, _, b) in enumerate(p["turns"].tolist()) if a <= start < b)
             x = start - int(p["turns"][k, 1])
-            if x == int(p["turns"][k, 2] - p["turns"][k, 1]):
-                continue  # the end-of-turn row: test_end_of_turn_rows_are_never_a_text_piece
-            row = _start_to_row(s)[int(s["turns"][k, 1]) + x]
-            expected = map_row_reference(s["topk_ids"][row].tolist(), s["topk_logprobs"][row].tolist(), to_pivot, K)
-            got = [(i, float(v)) for i, v in zip(rec["topk_ids"][r], rec["topk_logprobs"][r], strict=True) if i >= 0]
-            assert [i for i, _ in got] == [i for i, _ in expected]
-            np.testing.assert_allclose([v for _, v in got], np.log([m for _, m in expected]), rtol=1e-6)
-            gold = to_pivot[int(s["topk_ids"][row, 0])]  # the source's gold token at that row, mapped
-            assert gold >= 0 and texts[int(p["seq_index"])].encode()[len(texts[int(p["seq_index"])][:start].encode()):]\
-                .startswith(canon_bytes(pivot_canon[gold]))
-            checked += 1
-    assert checked > 30
+            rule = "end_of_turn" if x == int(p["turns"][k, 2] - p["turns"][k, 1]) else "content"
+            yield rec, p, r, s, _start_to_row(s)[int(s["turns"][k, 1]) + x], rule
+
+
+def test_mapped_rows_are_the_source_rows_read_after_the_same_text(cross, tokenizers, tables):
+    """A plain reference for the whole stage: a mapped pivot row (predicting pivot token t) is the source
+    row read after the same text (used_rows), mapped by summing each source token's probability onto its
+    `dist_map` pivot id; the source's gold token there goes to a pivot token whose text starts the text
+    that follows (prefix-consistent), or at the end of the turn, a special token to the pivot's special."""
+    to_pivot = load_file(cross["out"] / "vocab_map.safetensors")["dist_map"].tolist()
+    texts = _texts(tokenizers["byte"])
+    checked = {"content": 0, "end_of_turn": 0}
+    for rec, p, r, s, row, rule in used_rows(cross["out"], cross["pivot"], cross["source"]):
+        expected = map_row_reference(s["topk_ids"][row].tolist(), s["topk_logprobs"][row].tolist(), to_pivot, K)
+        got = [(i, float(v)) for i, v in zip(rec["topk_ids"][r], rec["topk_logprobs"][r], strict=True) if i >= 0]
+        assert [i for i, _ in got] == [i for i, _ in expected]
+        np.testing.assert_allclose([v for _, v in got], np.log([m for _, m in expected]), rtol=1e-6)
+        source_gold = int(s["topk_ids"][row, 0])  # the source's gold token at that row
+        gold = to_pivot[source_gold]
+        if rule == "end_of_turn":
+            assert source_gold in tables["meta"].special and gold in tables["byte"].special
+        else:
+            text = texts[int(p["seq_index"])]
+            start = int(p["offsets"][np.flatnonzero(p["label_mask"])[r], 0])
+            assert gold >= 0 and text[start:].encode().startswith(canon_bytes(tables["byte"].canon[gold]))
+        checked[rule] += 1
+    assert checked["content"] > 30 and checked["end_of_turn"] == 3
+
+
+def test_fidelity_is_the_loop_over_the_used_rows(cross, tables):
+    """coverage.json's fidelity equals the plain loop over the source rows the reference pairs."""
+    tensors = load_file(cross["out"] / "vocab_map.safetensors")
+    to_pivot, piece_rule = tensors["dist_map"].tolist(), tensors["piece_rule"].tolist()
+    source, pivot = tables["meta"], tables["byte"]
+
+    def consistent(s: int, q: int) -> bool:  # the definition, written out
+        if q < 0 or not source.canon[s]:
+            return False
+        if s in source.special or q in pivot.special:
+            return s in source.special and q in pivot.special
+        return canon_bytes(source.canon[s]).startswith(canon_bytes(pivot.canon[q]))
+
+    rows = [
+        (s["topk_ids"][row].tolist(), s["topk_logprobs"][row].tolist(), rule,
+         int(p["input_ids"][np.flatnonzero(p["label_mask"])[r]]))
+        for _, p, r, s, row, rule in used_rows(cross["out"], cross["pivot"], cross["source"])
+    ]
+    flags = [consistent(s, q) for s, q in enumerate(to_pivot)]
+    expected = fidelity_reference(rows, to_pivot, flags, piece_rule, RULES, PIECE_RULES, MAPPED_RULES)
+    assert_close_tree(cross["cov"]["fidelity"], expected, rel=1e-6)
+    assert expected["end_of_turn"]["rows"] == 3 and expected["dropped"] < expected["consistent"]
 
 
 def test_mapped_rows_mostly_predict_the_pivot_gold_token(cross):
@@ -318,11 +358,13 @@ END_OF_TURN = {"gemma": "<end_of_turn>", "llama3": "<|eot_id|>"}
 def test_end_of_turn_rows_are_never_a_text_piece(tmp_path, tokenizers, tokenizer_dirs, tables, source, first_id):
     """The pivot (ChatML) and a source with its own chat template and special tokens (Gemma's
     `<start_of_turn>model\\n...<end_of_turn>`, Llama 3's headers and `<|eot_id|>`), each reading its own
-    markup. The source's rows before its own end of turn put their top-1 on it: the stage learns that it
+    markup. The source's rows before its own end of turn put 0.7 on it: the stage learns that it
     ends turns where the pivot's `<|im_end|>` does, and every aligned row at an `<|im_end|>` position is
     either one-hot on it or has it on top, never a text piece."""
     pivot = write_extract(tmp_path / "pivot", tokenizers["byte"], first_id=3, seed=1, msgs_list=two_turn_dialogues())
-    src = write_extract(tmp_path / "src", tokenizers[source], first_id=first_id, seed=2, msgs_list=two_turn_dialogues())
+    src = write_extract(
+        tmp_path / "src", tokenizers[source], first_id=first_id, seed=2, msgs_list=two_turn_dialogues(), peak=0.7
+    )
     params = section(AlignParams, "align", k=K)
     cov = run(params, pivot, src, tokenizer_dirs["byte"], tokenizer_dirs[source], tmp_path / "out")
     assert cov["end_of_turn_map"] == {END_OF_TURN[source]: "<|im_end|>"}
@@ -343,7 +385,7 @@ def test_end_of_turn_rows_are_never_a_text_piece(tmp_path, tokenizers, tokenizer
                 assert (rec["topk_ids"][r, 1:] == -1).all()
     assert eot_rows == 12 and taught == 12 == cov["rules"]["end_of_turn"]
     eot = cov["fidelity"]["end_of_turn"]
-    assert eot["rows"] == 12 and eot["top_is_end_of_turn"] == 1.0
+    assert eot == {"rows": 12, "mass_on_end_of_turn": pytest.approx(0.7), "top_is_end_of_turn": 1.0}
     assert cov["fidelity"]["by_row_rule"]["end_of_turn"]["consistent"] > 0
 
 
