@@ -225,6 +225,14 @@ def test_end_of_turn_needs_the_source_end_of_turn_mapped_to_the_pivots():
                               ["Hello world."])
     rows, rules = choose_rows(pivot_text, SOURCE, PIVOT_SPECIAL, TO_PIVOT)
     assert rows.tolist() == [0, -1, 2, 4, -1] and RULES[rules[4]] == "markup"
+    # ... even where the source's template also writes a newline there, which the map sends to the pivot's:
+    # both are markup after the content, not an end of turn
+    newline_map = TO_PIVOT.copy()
+    newline_map[16] = 5
+    source_text, _ = make_side([(S_M, "<<model>>"), (11, "Hell"), (12, "o"), (13, " wor"), (14, "ld"), (15, "."),
+                                (16, "\n")], 1, ["Hello world."])
+    rows, rules = choose_rows(pivot_text, source_text, PIVOT_SPECIAL, newline_map)
+    assert rows.tolist() == [0, -1, 2, 4, -1] and RULES[rules[4]] == "markup"
 
 
 ALPACA, _ = make_side([(S_M, "<<model>>"), (11, "Hell"), (12, "o"), (13, " wor"), (14, "ld"), (15, "."),
