@@ -12,6 +12,7 @@ from fusecli.align.dist import MAPPED_RULES, RULES
 from fusecli.align.params import AlignParams
 from fusecli.align.pieces import PIECE_RULES, canon_bytes, prefix_map
 from fusecli.align.stage import run
+from fusecli.align.tokens import TokenTable
 from fusecli.align.vocab import direct_map
 from fusecli.config import load_section
 from fusecli.data.render import render, tokenize
@@ -19,6 +20,7 @@ from fusecli.errors import FusecliError
 from fusecli.hashing import content_hash
 from fusecli.lock import Lock, ModelEntry, dump_lock
 from fusecli.store import StoreWriter, iter_records, read_manifest
+from fusecli.tokenizer import load_tokenizer
 from tests.params import section
 
 from .conftest import CORPUS
@@ -178,8 +180,8 @@ def test_truncated_source_leaves_the_tail_one_hot(cross):
     assert rec["mapped"][-5:].sum() == 0 and rec["mapped"].sum() > 0  # source seq 1 stops at 40 tokens
 
 
-def _texts(tok) -> list[str]:
-    return [render(tok, msgs).text for msgs in dialogues()]
+def _texts(tok, msgs_list=None) -> list[str]:
+    return [render(tok, msgs).text for msgs in msgs_list or dialogues()]
 
 
 def _start_to_row(rec: dict) -> dict[int, int]:
@@ -476,6 +478,39 @@ def test_end_of_turn_rows_on_real_vocabularies(tmp_path, real_chat, pivot, sourc
 def test_planted_markup_on_real_vocabularies(tmp_path, real_chat):
     """check_planted_markup: Mistral (ChatML) as the pivot, GPT-2 with Alpaca's text markup as the source."""
     check_planted_markup(tmp_path, real_chat["mistral-chatml"], real_chat["gpt2-alpaca"], (3, 0))
+
+
+LLAMA2_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token }}[INST] {{ m['content'] | trim }} [/INST]"
+    "{% else %} {{ m['content'] | trim }} {{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+@pytest.mark.xfail(strict=True, reason="LIMITATION: a template space before the content costs the first answer row")
+def test_a_template_space_before_the_content_keeps_the_first_answer_row(tmp_path, tokenizers, tokenizer_dirs):
+    """Llama 2's template writes `[/INST] {content}`: a sentencepiece source reads the template's space and
+    the first word as one token (`▁Le`, starting at the space), so it has no boundary at the content's start
+    and the pivot's first answer row, the one that carries the answer (issue 23's `Archery`), is one-hot
+    (`no_boundary`) at every turn. Measured on real vocabularies (GPT-2 ChatML pivot, Mistral source): 10 of
+    10 first answer rows; the reverse (Mistral with Llama 2's template as the pivot): 10 of 10 `markup`.
+    The source's row before `▁Le` has read the same content (none): it could teach that row, its tokens'
+    template space dropped before mapping (`▁Le` -> the pivot's first piece of `Le`)."""
+    folder = tmp_path / "llama2"
+    tok = load_tokenizer(tokenizer_dirs["meta"])
+    tok.chat_template = LLAMA2_TEMPLATE
+    tok.save_pretrained(folder)
+    tok = load_tokenizer(folder)
+    msgs = two_turn_dialogues()
+    pivot = write_extract(tmp_path / "pivot", tokenizers["byte"], first_id=3, seed=1, msgs_list=msgs)
+    source = write_extract(tmp_path / "src", tok, first_id=259, seed=2, msgs_list=msgs, peak=0.7)
+    run(section(AlignParams, "align", k=K), pivot, source, tokenizer_dirs["byte"], folder, tmp_path / "out")
+    canon = TokenTable.from_tokenizer(tokenizers["byte"]).canon
+    for rec, p, text in zip(_records(tmp_path / "out"), _records(pivot), _texts(tokenizers["byte"], msgs), strict=True):
+        starts = p["offsets"][p["label_mask"].astype(bool), 0]
+        for _, a, _, _ in p["turns"].tolist():
+            r = int(np.flatnonzero(starts == a)[0])  # the pivot's first answer token
+            assert rec["mapped"][r]
+            assert text[a:].encode().startswith(canon_bytes(canon[rec["topk_ids"][r, 0]]))
 
 
 def test_stage_entry_point(cross, tokenizer_dirs, tmp_path, capsys):
