@@ -191,7 +191,7 @@ PIVOT, _ = make_side([(P_A, "<a>"), (1, "He"), (2, "llo"), (3, " world"), (4, ".
 SOURCE, _ = make_side([(S_M, "<<model>>"), (11, "Hell"), (12, "o"), (13, " wor"), (14, "ld"), (15, "."),
                        (S_E, "<end>")], 1, ["Hello world."])
 TO_PIVOT = np.full(202, -1, dtype=np.int32)
-TO_PIVOT[[11, 12, 13, 14, 15, S_E]] = [1, 2, 3, 2, 4, P_E]  # `<end>` -> `<e>`: the source's end of turn
+TO_PIVOT[[11, 12, 13, 14, 15, S_E]] = [1, 2, 3, 2, 4, P_E]  # any map will do here; `<end>` -> `<e>`: end of turn
 
 
 def _rules(rules) -> list[str]:
@@ -317,7 +317,7 @@ def test_turns_are_paired_in_order_and_only_when_the_contents_agree():
     assert rows.tolist() == [0, 1, 2, -1, -1]
 
 
-S_TOPK = np.array([[11, 12, 13], [12, 13, 14], [13, 14, 15], [14, 15, 12], [15, 11, 12], [S_E, 15, 13]])
+S_TOPK = np.array([[11, 12, 14], [12, 13, 14], [13, 14, 15], [14, 15, 12], [15, 11, 12], [S_E, 15, 13]])
 S_LP = np.log(np.array([[0.6, 0.3, 0.1]] * 6, dtype=np.float32))
 
 
@@ -333,15 +333,16 @@ def test_align_rows_maps_the_chosen_rows_and_one_hots_the_rest():
         expected = map_row_reference(S_TOPK[c].tolist(), S_LP[c].tolist(), TO_PIVOT.tolist(), 4)
         assert rows.topk_ids[r, : len(expected)].tolist() == [i for i, _ in expected]
         np.testing.assert_allclose(np.exp(rows.topk_logprobs[r, : len(expected)]), [m for _, m in expected], 1e-6)
-    # source row 3 (`ld`, `.`, `o`) maps `ld` and `o` both to pivot 2: 0.6 + 0.1 (never used: no pivot row reads
-    # `Hello▁wor`); row 2 (`▁wor` 0.6, `ld` 0.3, `.` 0.1) at ▁world: 3, 2, 4
-    assert rows.topk_ids[2, :3].tolist() == [3, 2, 4]
+    # row 0 (11: 0.6, 12: 0.3, 14: 0.1) at `He`: 12 and 14 both map to pivot 2, which gets 0.3 + 0.1
+    assert rows.topk_ids[0, :3].tolist() == [1, 2, -1]
+    np.testing.assert_allclose(np.exp(rows.topk_logprobs[0, :2]), [0.6, 0.4], rtol=1e-6)
+    assert rows.topk_ids[2, :3].tolist() == [3, 2, 4]  # row 2 (13: 0.6, 14: 0.3, 15: 0.1) at `▁world`
     assert rows.topk_ids[4, 0] == P_E  # the end-of-turn row: on the pivot's end of turn
 
 
 def test_a_chosen_row_whose_tokens_all_map_nowhere_is_no_match():
     nowhere = TO_PIVOT.copy()
-    nowhere[[11, 12, 13]] = -1  # source row 0 holds only 11, 12, 13
+    nowhere[[11, 12, 14]] = -1  # source row 0 holds only 11, 12, 14
     rows = align_rows(PIVOT, SOURCE, S_TOPK, S_LP, PIVOT_SPECIAL, nowhere, k=4)
     assert RULES[rows.rule[0]] == "no_match" and rows.mapped[0] == 0 and rows.source_row[0] == -1
     assert rows.topk_ids[0].tolist() == [1, -1, -1, -1]
