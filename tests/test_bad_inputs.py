@@ -46,7 +46,7 @@ PARAMS = {
     "dataset": {"sources": [{"path": "demo"}]},
     "extract": {"k": 4, "max_length": 128, "batch_tokens": 512, "shard_size": 4, "device": "cpu", "dtype": "float32",
                 "compile": False},
-    "align": {"method": "mined", "vocab_map": "ms", "k": 4, "workers": 1},
+    "align": {"dist_map": "prefix", "method": "mined", "vocab_map": "ms", "k": 4, "workers": 1},
     "fuse": {"lam": 0.7, "epochs": 1.0, "global_batch_size": 4, "micro_batch_size": 4, "device": "cpu",
              "dtype": "float32", "gradient_checkpointing": False},
     "merge": {"method": "linear", "methods": ["linear", "ties"], "device": "cpu", "max_shard_size": "5GB",
@@ -229,6 +229,8 @@ PARAMS_CASES = {
                              ("merge method 'slerp' is unknown", "use one of", "linear")),
     "unknown-align-method": (_params(lambda d: d["align"].update(method="sinkhorn")), ALIGN,
                              ("align.method = 'sinkhorn'", "is not one of ['mined', 'offsets']")),
+    "unknown-align-dist-map": (_params(lambda d: d["align"].update(dist_map="nearest")), ALIGN,
+                               ("align.dist_map = 'nearest'", "is not one of ['prefix', 'vocab_map']")),
     "unknown-fusion-function": (_params(lambda d: d["fuse"].update(fusion_fn="maxce")), FUSE,
                                 ("fuse.fusion_fn = 'maxce' is unknown", "use one of ['avgce', 'mince']")),
 }

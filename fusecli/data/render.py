@@ -66,8 +66,21 @@ def render(tokenizer: object, messages: Sequence[Message]) -> Rendered:
         if not (text.startswith(prefix) and text.startswith(upto)):
             raise FusecliError("chat template is not prefix-stable: cannot locate assistant turns")
         spans.append((len(prefix), len(upto)))
-        content.append(content_span(text, len(prefix), len(upto), str(message.get("content") or "")))
+        at = _content_start(tokenizer, messages, k, len(prefix), len(upto))
+        content.append(content_span(text, at, len(upto), str(message.get("content") or "")))
     return Rendered(text=text, spans=tuple(spans), content=tuple(content))
+
+
+_SENTINEL = "\x00fusecli-content\x00"
+
+
+def _content_start(tokenizer: object, messages: Sequence[Message], k: int, start: int, end: int) -> int:
+    """Where the template starts writing message k's content: after any markup it puts inside the span (a
+    template with no generation prompt writes its `ASSISTANT:` header there, and an answer `A` would be found
+    in it). Found by rendering the message with a sentinel as its content; the span start if not found."""
+    probe = _template(tokenizer, [*messages[:k], {**messages[k], "content": _SENTINEL}], add_generation_prompt=False)
+    at = probe.find(_SENTINEL, start)
+    return at if start <= at <= end else start
 
 
 def content_span(text: str, start: int, end: int, content: str) -> tuple[int, int]:

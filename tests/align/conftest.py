@@ -1,7 +1,12 @@
 """Tiny tokenizers on disk, built once per session with `tokenizers` (no downloads):
 - `byte`: byte-level BPE (`Ġ`, `Ċ`), ChatML specials, eos `<|im_end|>`, no bos or unk (as the demo's);
 - `meta`: sentencepiece style (Metaspace `▁`, byte fallback `<0xNN>`), `<unk>`, `<s>`, `</s>` + ChatML;
-- `byte_small`: another byte-level BPE with a smaller vocabulary.
+- `byte_small`: another byte-level BPE with a smaller vocabulary;
+- models whose chat templates differ from the pivot's ChatML (each model reads its own template):
+  `gemma`: sentencepiece style, Gemma's `<start_of_turn>model\n...<end_of_turn>\n` with those two special tokens;
+  `llama3`: byte-level, Llama 3's header tokens and `<|eot_id|>`;
+  `alpaca`: byte-level with no chat special tokens: its markup is text (`### Response:`), and its
+  generation prompt is empty, so the markup lies inside the assistant span (the source's response rows).
 """
 
 from __future__ import annotations
@@ -21,6 +26,22 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 CHATML = ["<|im_start|>", "<|im_end|>"]
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] | trim }}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+GEMMA = ["<start_of_turn>", "<end_of_turn>"]
+LLAMA3_TEMPLATE = (
+    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+LLAMA3 = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+ALPACA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
+    "{% else %}### Response:\n{{ m['content'] }}\n\n{% endif %}{% endfor %}"
+)
 
 CORPUS = [
     "The capital of France is Paris, and its currency is the euro.",
@@ -37,20 +58,21 @@ CORPUS = [
 RARE = "你好, 世界 🤗"  # rare characters: byte-level pieces / byte fallback in the sentencepiece vocabulary
 
 
-def byte_level_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+def byte_level_tokenizer(
+    vocab_size: int, specials: tuple[str, ...] = tuple(CHATML), template: str = CHAT_TEMPLATE, **names: str
+) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", *CHATML],
+        special_tokens=["<|endoftext|>", *specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 3 + [RARE], trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
-    )
+    names = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", **names}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=template, **names)
 
 
 def _metaspace_split() -> pre_tokenizers.PreTokenizer:
@@ -65,7 +87,9 @@ def _metaspace_split() -> pre_tokenizers.PreTokenizer:
     )
 
 
-def metaspace_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+def metaspace_tokenizer(
+    vocab_size: int, specials: tuple[str, ...] = tuple(CHATML), template: str = CHAT_TEMPLATE, **names: str
+) -> PreTrainedTokenizerFast:
     """Trained without byte fallback, then rebuilt with `<0xNN>` tokens at ids 3-258 (Llama's layout)."""
     trained = Tokenizer(models.BPE(unk_token="<unk>"))
     trained.pre_tokenizer = _metaspace_split()
@@ -82,10 +106,9 @@ def metaspace_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ["<unk>", "<s>", "</s>"]])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHATML])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=CHAT_TEMPLATE
-    )
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    names = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", **names}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=template, **names)
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +118,11 @@ def tokenizer_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "byte": byte_level_tokenizer(400),
         "meta": metaspace_tokenizer(420),
         "byte_small": byte_level_tokenizer(300),
+        "gemma": metaspace_tokenizer(380, tuple(GEMMA), GEMMA_TEMPLATE),
+        "llama3": byte_level_tokenizer(
+            360, tuple(LLAMA3), LLAMA3_TEMPLATE, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"
+        ),
+        "alpaca": byte_level_tokenizer(340, (), ALPACA_TEMPLATE, eos_token="<|endoftext|>"),
     }
     dirs = {}
     for name, tok in built.items():

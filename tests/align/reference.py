@@ -81,3 +81,94 @@ def make_table(
         eos_id=tokens.index(eos) if eos else None,
         unk_id=tokens.index(unk) if unk else None,
     )
+
+
+def map_row_reference(ids: list[int], logprobs: list[float], to_pivot: list[int], k: int) -> list[tuple[int, float]]:
+    """One source top-K row in pivot ids, written out: each source id's probability added to its pivot id
+    (ids past the map or mapped to -1 left out); the k largest (pivot id, probability), ties by id."""
+    mass: dict[int, float] = {}
+    for i, lp in zip(ids, logprobs, strict=True):
+        if 0 <= i < len(to_pivot) and to_pivot[i] >= 0 and lp > -math.inf:
+            mass[to_pivot[i]] = mass.get(to_pivot[i], 0.0) + math.exp(lp)
+    return sorted(mass.items(), key=lambda item: (-item[1], item[0]))[:k]
+
+
+def pivot_first_pieces(tokenizer, texts: list[str], context: str) -> list[list[int]]:
+    """The pivot's own tokenization of each text where it follows `context` (`a` before a word that starts
+    with a space, so a sentencepiece tokenizer adds no dummy prefix to it; a newline before one that does
+    not): the ids of the tokens that start at or after the text's first character, by their offsets.
+    Independent of fusecli: the tokenizer's whole pipeline (normalizer, pre-tokenizer, model) in context."""
+    enc = tokenizer([context + t for t in texts], add_special_tokens=False, return_offsets_mapping=True)
+    return [
+        [i for i, (a, _) in zip(ids, offsets, strict=True) if a >= len(context)]
+        for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+    ]
+
+
+def fidelity_reference(rows, to_pivot, consistent, piece_rule, rules, piece_rules, mapped_rules) -> dict:
+    """Fidelity.summary() written out as one loop. `rows`: (source ids, logprobs, row rule name, pivot gold)
+    per used source row; `consistent`/`piece_rule`: per source id."""
+    mass: dict[tuple[str, str], float] = {}
+    good: dict[tuple[str, str], float] = {}
+    dropped = eot_mass = 0.0
+    eot_rows = eot_top = 0
+    for ids, logprobs, rule, gold in rows:
+        on_pivot: dict[int, float] = {}
+        for i, lp in zip(ids, logprobs, strict=True):
+            if not 0 <= i < len(to_pivot):
+                continue
+            m = math.exp(lp)
+            key = (rule, piece_rules[piece_rule[i]])
+            mass[key] = mass.get(key, 0.0) + m
+            good[key] = good.get(key, 0.0) + (m if consistent[i] else 0.0)
+            dropped += m if to_pivot[i] < 0 else 0.0
+            if to_pivot[i] >= 0:
+                on_pivot[to_pivot[i]] = on_pivot.get(to_pivot[i], 0.0) + m
+        if rule == "end_of_turn":
+            eot_rows += 1
+            eot_mass += on_pivot.get(gold, 0.0)
+            eot_top += bool(on_pivot) and max(on_pivot, key=on_pivot.__getitem__) == gold
+    total = sum(mass.values())
+
+    def share(x: float) -> float | None:
+        return x / total if total else None
+
+    def part(table: dict, pick) -> float:
+        return sum(v for k, v in table.items() if pick(k))
+
+    return {
+        "teacher_mass": total,
+        "consistent": share(sum(good.values())),
+        "dropped": share(dropped),
+        "by_piece_rule": {
+            p: {
+                "mass": share(part(mass, lambda k, p=p: k[1] == p)),
+                "consistent": share(part(good, lambda k, p=p: k[1] == p)),
+            }
+            for p in piece_rules
+        },
+        "by_row_rule": {
+            r: {
+                "mass": share(part(mass, lambda k, r=r: k[0] == r)),
+                "consistent": share(part(good, lambda k, r=r: k[0] == r)),
+            }
+            for r in mapped_rules
+        },
+        "end_of_turn": {
+            "rows": eot_rows,
+            "mass_on_end_of_turn": eot_mass / eot_rows if eot_rows else None,
+            "top_is_end_of_turn": eot_top / eot_rows if eot_rows else None,
+        },
+    }
+
+
+def assert_close_tree(got, expected, rel: float = 1e-9, path: str = "") -> None:
+    """Nested dicts equal, floats to a relative tolerance."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and set(got) == set(expected), (path, got, expected)
+        for key in expected:
+            assert_close_tree(got[key], expected[key], rel, f"{path}.{key}")
+    elif isinstance(expected, float) and isinstance(got, float):
+        assert math.isclose(got, expected, rel_tol=rel, abs_tol=1e-12), (path, got, expected)
+    else:
+        assert got == expected, (path, got, expected)

@@ -48,7 +48,6 @@ def naive(model, r):
 def test_extract_matches_naive_full_logits(world):
     from transformers import AutoModelForCausalLM
 
-    pivot = ModelRef(str(world / "pivot"))
     extract(world / "train.parquet", ModelRef(str(world / "source")), world / "out", EXACT)
     model = AutoModelForCausalLM.from_pretrained(world / "source").eval()
     records = list(iter_records(world / "out"))
@@ -61,10 +60,45 @@ def test_extract_matches_naive_full_logits(world):
         assert r["seq_ce"] == pytest.approx(float(gold_ce.mean()), abs=1e-5)
 
 
+ALPACA = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
+    "{% else %}### Response:\n{{ m['content'] }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+
+
+def test_each_model_reads_the_dataset_in_its_own_chat_template(tmp_path):
+    """A source whose template is not the pivot's (text markup, no ChatML): its store holds its own
+    rendering, token for token, and each record's `turns` (span and content start/end per assistant turn)."""
+    from fusecli.data.render import render, tokenize
+    from fusecli.extract.run import load_dialogues
+    from fusecli.tokenizer import load_tokenizer
+
+    write_dataset(tmp_path / "train.parquet", 6)
+    folder = write_model(tmp_path / "source", "llama", 280, seed=1)
+    tok = load_tokenizer(folder)
+    tok.chat_template = ALPACA
+    tok.save_pretrained(folder)
+    extract(tmp_path / "train.parquet", ModelRef(str(folder)), tmp_path / "out", EXACT)
+    tok = load_tokenizer(folder)
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    dialogues = load_dialogues(tmp_path / "train.parquet")
+    records = list(iter_records(tmp_path / "out"))
+    assert len(records) == len(dialogues) == 6
+    for r, msgs in zip(records, dialogues, strict=True):
+        rendered = render(tok, msgs)
+        own = tokenize(tok, rendered, EXACT.max_length)
+        assert rendered.text.startswith("### Instruction:\n")
+        np.testing.assert_array_equal(r["input_ids"], own.input_ids)
+        np.testing.assert_array_equal(r["turns"], rendered.turns)
+        assert r["turns"].dtype == np.int32 and im_start not in r["input_ids"]
+        (_, a, b, _), answer = r["turns"][0].tolist(), msgs[-1]["content"]
+        assert rendered.text[a:b] == answer
+
+
 def test_compact_store_is_within_the_kl_bound_and_reads_the_same_fields(world):
     from transformers import AutoModelForCausalLM
 
-    pivot = ModelRef(str(world / "pivot"))
     extract(world / "train.parquet", ModelRef(str(world / "source")), world / "packed", PARAMS)
     assert read_manifest(world / "packed")["meta"]["codec"] == {"vocab": 280, "k": 4}
     model = AutoModelForCausalLM.from_pretrained(world / "source").eval()
