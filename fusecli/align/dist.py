@@ -71,6 +71,8 @@ def merge_topk(mapped: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.nda
     """Rows of pivot ids [R, K_s] (-1: dropped) and their log-probabilities -> [R, k], duplicates summed,
     by probability (ties: lower id first), -1 / -inf padded."""
     r = mapped.shape[0]
+    if r == 0:
+        return np.zeros((0, k), dtype=np.int32), np.zeros((0, k), dtype=np.float32)
     mapped = mapped.astype(np.int64)
     stride = int(max(mapped.max(initial=-1), 0)) + 2
     keys = (np.arange(r, dtype=np.int64)[:, None] * stride + mapped + 1).ravel()
@@ -122,10 +124,11 @@ class Side:
     offsets: np.ndarray  # int [T, 2]
     mask: np.ndarray  # bool [T]: response tokens (the rows a store holds)
     turns: np.ndarray  # int [n_turns, 4]: span start, content start, content end, span end
+    special: frozenset[int] = frozenset()  # the model's special token ids (its markup)
 
 
 def choose_rows(
-    pivot: Side, source: Side, pivot_special: frozenset[int], to_pivot: np.ndarray, within_token: bool = False
+    pivot: Side, source: Side, to_pivot: np.ndarray, within_token: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(source row per pivot response token, -1 for none; rule per token; the prefix length in characters
     of `within_token` rows, else 0): see the module docstring."""
@@ -145,7 +148,7 @@ def choose_rows(
         if k is None or k >= len(s_turns):
             continue
         _, pa, pb, _ = p_turns[k]
-        _, sa, sb, _ = s_turns[k]
+        s_span, sa, sb, _ = s_turns[k]
         if pa < 0 or sa < 0 or pb - pa != sb - sa:
             continue
         e = p_bound.get(t)
@@ -155,12 +158,12 @@ def choose_rows(
         x = e - pa
         if x < 0 or x > pb - pa:
             continue
-        if sa + x > s_end:
+        if sa + x >= s_end:
             rules[r] = RULES.index("no_row")
             continue
         j = s_bound.get(sa + x)
         if j is None and within_token and x < pb - pa:
-            j, x0 = covering_token(source, s_bound, s_marks, sa, sa + x)
+            j, x0 = covering_token(source, s_bound, s_marks, s_span, sa + x)
             if j is not None and source.mask[j]:
                 rows[r], rules[r], prefix[r] = s_row[j], RULES.index("within_token"), sa + x - x0
                 continue
@@ -169,8 +172,8 @@ def choose_rows(
             rules[r] = RULES.index("no_boundary")
             continue
         if x == pb - pa:
-            gold = int(pivot.ids[t])
-            if gold not in pivot_special or not (0 <= source.ids[j] < len(to_pivot)) or to_pivot[source.ids[j]] != gold:
+            gold, own = int(pivot.ids[t]), int(source.ids[j])
+            if gold not in pivot.special or own not in source.special or to_pivot[own] != gold:
                 continue  # markup: the pivot's template goes on with text, or the source's does
             rules[r] = RULES.index("end_of_turn")
         else:
@@ -182,7 +185,10 @@ def choose_rows(
 def covering_token(
     source: Side, bound: dict[int, int], marks: np.ndarray, lo: int, at: int
 ) -> tuple[int | None, int]:
-    """(the source token that starts at the last boundary x0 in [lo, at) and runs past `at`, x0), or (None, 0)."""
+    """(the source token that starts at the last boundary x0 in [lo, at) and runs past `at`, x0), or (None, 0).
+
+    `lo` is the turn's span start, not its content's: a template's space before the content read with the
+    first word as one token (Llama 2's `[/INST] {content}` -> `▁Le`) conditions on that space."""
     i = int(np.searchsorted(marks, at)) - 1
     if i < 0 or marks[i] < lo:
         return None, 0
@@ -232,7 +238,6 @@ def align_rows(
     source: Side,
     source_topk_ids: np.ndarray,
     source_topk_logprobs: np.ndarray,
-    pivot_special: frozenset[int],
     to_pivot: np.ndarray,
     k: int,
     conditioner: Conditioner | None = None,
@@ -240,7 +245,7 @@ def align_rows(
     """Rows for the pivot's response tokens: the chosen source rows mapped to pivot ids, else one-hot.
     With a `conditioner`, positions inside a source token get `within_token` rows."""
     out = one_hot_rows(pivot.ids, pivot.mask, k)
-    chosen, rules, prefix = choose_rows(pivot, source, pivot_special, to_pivot, conditioner is not None)
+    chosen, rules, prefix = choose_rows(pivot, source, to_pivot, conditioner is not None)
     out.rule[:] = rules
     sel = np.flatnonzero(chosen >= 0)
     if len(sel):

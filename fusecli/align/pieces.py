@@ -39,10 +39,13 @@ def canon_bytes(canon: str) -> bytes:
     return bytes(out)
 
 
+_WORD = re.compile(f"{MARKER}*[^{MARKER}]*")
+
+
 def first_word(canon: str) -> str:
-    """The canonical string up to the next word boundary (a `▁` after the first character)."""
-    cut = canon.find(MARKER, 1)
-    return canon if cut < 0 else canon[:cut]
+    """The canonical string up to the next word boundary: leading `▁`s (a run of spaces is one piece),
+    then everything up to the next `▁`."""
+    return _WORD.match(canon).group(0)
 
 
 def _model_input(canon: str, kind: str) -> str | None:

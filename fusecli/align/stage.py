@@ -145,11 +145,10 @@ def _align_dists(item: tuple[Record, Record | None]) -> Record:
         seq_ce = float("inf")
     else:
         rows = align_rows(
-            Side(p["input_ids"], p["offsets"], pivot_mask, p["turns"]),
-            Side(s["input_ids"], s["offsets"], s["label_mask"].astype(bool), s["turns"]),
+            Side(p["input_ids"], p["offsets"], pivot_mask, p["turns"], _STATE["pivot"].special),
+            Side(s["input_ids"], s["offsets"], s["label_mask"].astype(bool), s["turns"], _STATE["source"].special),
             s["topk_ids"],
             s["topk_logprobs"],
-            _STATE["pivot"].special,
             _STATE["to_pivot"],
             _STATE["k"],
             _STATE["conditioner"],

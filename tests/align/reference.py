@@ -105,14 +105,17 @@ def pivot_first_pieces(tokenizer, texts: list[str], context: str) -> list[list[i
     ]
 
 
-def fidelity_reference(rows, to_pivot, consistent, piece_rule, rules, piece_rules, mapped_rules) -> dict:
-    """Fidelity.summary() written out as one loop. `rows`: (source ids, logprobs, row rule name, pivot gold)
-    per used source row; `consistent`/`piece_rule`: per source id."""
+def fidelity_reference(
+    rows, to_pivot, consistent, piece_rule, rules, piece_rules, mapped_rules, within=()
+) -> dict:
+    """Fidelity.summary() written out as one loop. `rows`: (source ids, logprobs, row rule name, pivot gold,
+    source wins) per used source row; `consistent`/`piece_rule`: per source id; `within`: (source logprobs,
+    aligned logprobs) per within-token row."""
     mass: dict[tuple[str, str], float] = {}
     good: dict[tuple[str, str], float] = {}
-    dropped = eot_mass = 0.0
-    eot_rows = eot_top = 0
-    for ids, logprobs, rule, gold in rows:
+    dropped = 0.0
+    eot = {False: [0, 0.0, 0], True: [0, 0.0, 0]}  # every sequence / the source's wins: rows, mass, top
+    for ids, logprobs, rule, gold, wins in rows:
         on_pivot: dict[int, float] = {}
         for i, lp in zip(ids, logprobs, strict=True):
             if not 0 <= i < len(to_pivot):
@@ -125,10 +128,16 @@ def fidelity_reference(rows, to_pivot, consistent, piece_rule, rules, piece_rule
             if to_pivot[i] >= 0:
                 on_pivot[to_pivot[i]] = on_pivot.get(to_pivot[i], 0.0) + m
         if rule == "end_of_turn":
-            eot_rows += 1
-            eot_mass += on_pivot.get(gold, 0.0)
-            eot_top += bool(on_pivot) and max(on_pivot, key=on_pivot.__getitem__) == gold
+            for key in {False, wins}:
+                eot[key][0] += 1
+                eot[key][1] += on_pivot.get(gold, 0.0)
+                eot[key][2] += bool(on_pivot) and max(on_pivot, key=on_pivot.__getitem__) == gold
     total = sum(mass.values())
+    within_total = sum(math.exp(x) for src, _ in within for x in src)
+    within_kept = sum(math.exp(x) for _, kept in within for x in kept)
+
+    def eot_summary(n: int, m: float, top: int) -> dict:
+        return {"rows": n, "mass_on_end_of_turn": m / n if n else None, "top_is_end_of_turn": top / n if n else None}
 
     def share(x: float) -> float | None:
         return x / total if total else None
@@ -154,11 +163,9 @@ def fidelity_reference(rows, to_pivot, consistent, piece_rule, rules, piece_rule
             }
             for r in mapped_rules
         },
-        "end_of_turn": {
-            "rows": eot_rows,
-            "mass_on_end_of_turn": eot_mass / eot_rows if eot_rows else None,
-            "top_is_end_of_turn": eot_top / eot_rows if eot_rows else None,
-        },
+        "end_of_turn": eot_summary(*eot[False]),
+        "end_of_turn_source_wins": eot_summary(*eot[True]),
+        "within_token": {"rows": len(within), "kept": within_kept / within_total if within_total else None},
     }
 
 

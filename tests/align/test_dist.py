@@ -180,12 +180,14 @@ def make_side(pieces: list[tuple[int, str]], span_from: int | list[int], content
         turns.append([a, at, at + len(content) if at >= 0 else -1, b])
         mask |= (offsets[:, 0] >= a) & (offsets[:, 0] < b)
     mask[0] = False
-    return Side(np.array([i for i, _ in pieces]), offsets, mask, np.array(turns, dtype=np.int32).reshape(-1, 4)), text
+    ids = np.array([i for i, _ in pieces])
+    special = frozenset(int(i) for i in ids if int(i) in SPECIAL)
+    return Side(ids, offsets, mask, np.array(turns, dtype=np.int32).reshape(-1, 4), special), text
 
 
 # Pivot ids: 100 `<a>` 101 `<e>` (special), 1.. text. Source ids: 200 `<<model>>` 201 `<end>` (special).
 P_A, P_E, S_M, S_E = 100, 101, 200, 201
-PIVOT_SPECIAL = frozenset({P_A, P_E})
+SPECIAL = frozenset({P_A, P_E, S_M, S_E})  # make_side marks these as each side's special tokens
 PIVOT, _ = make_side([(P_A, "<a>"), (1, "He"), (2, "llo"), (3, " world"), (4, "."), (P_E, "<e>"), (5, "\n")], 1,
                      ["Hello world."])
 SOURCE, _ = make_side([(S_M, "<<model>>"), (11, "Hell"), (12, "o"), (13, " wor"), (14, "ld"), (15, "."),
@@ -207,7 +209,7 @@ def test_choose_rows_pairs_positions_through_the_turn_content():
     - <e>: the pivot's end of turn, after the whole content: the source's row predicting `<end>`, which
       the map sends to `<e>`;
     - \\n after <e>: the pivot's own markup: one-hot."""
-    rows, rules = choose_rows(PIVOT, SOURCE, PIVOT_SPECIAL, TO_PIVOT)
+    rows, rules, _ = choose_rows(PIVOT, SOURCE, TO_PIVOT)
     assert rows.tolist() == [0, -1, 2, 4, 5, -1]
     assert _rules(rules) == ["content", "no_boundary", "content", "content", "end_of_turn", "markup"]
 
@@ -215,15 +217,15 @@ def test_choose_rows_pairs_positions_through_the_turn_content():
 def test_end_of_turn_needs_the_source_end_of_turn_mapped_to_the_pivots():
     unmapped = TO_PIVOT.copy()
     unmapped[S_E] = -1  # the stage learnt no end-of-turn pair: the pivot's <e> is taught by the pivot alone
-    rows, rules = choose_rows(PIVOT, SOURCE, PIVOT_SPECIAL, unmapped)
+    rows, rules, _ = choose_rows(PIVOT, SOURCE, unmapped)
     assert rows.tolist() == [0, -1, 2, 4, -1, -1] and RULES[rules[4]] == "markup"
     # a source whose template goes on with text after the content (`\n\n### Instruction:`): no row either
-    rows, rules = choose_rows(PIVOT, ALPACA, PIVOT_SPECIAL, TO_PIVOT)
+    rows, rules, _ = choose_rows(PIVOT, ALPACA, TO_PIVOT)
     assert rows.tolist() == [0, -1, 2, 4, -1, -1] and RULES[rules[4]] == "markup"
     # the pivot's gold token after the content is text (its template has no end-of-turn token): no row
     pivot_text, _ = make_side([(P_A, "<a>"), (1, "He"), (2, "llo"), (3, " world"), (4, "."), (5, "\n")], 1,
                               ["Hello world."])
-    rows, rules = choose_rows(pivot_text, SOURCE, PIVOT_SPECIAL, TO_PIVOT)
+    rows, rules, _ = choose_rows(pivot_text, SOURCE, TO_PIVOT)
     assert rows.tolist() == [0, -1, 2, 4, -1] and RULES[rules[4]] == "markup"
     # ... even where the source's template also writes a newline there, which the map sends to the pivot's:
     # both are markup after the content, not an end of turn
@@ -231,7 +233,7 @@ def test_end_of_turn_needs_the_source_end_of_turn_mapped_to_the_pivots():
     newline_map[16] = 5
     source_text, _ = make_side([(S_M, "<<model>>"), (11, "Hell"), (12, "o"), (13, " wor"), (14, "ld"), (15, "."),
                                 (16, "\n")], 1, ["Hello world."])
-    rows, rules = choose_rows(pivot_text, source_text, PIVOT_SPECIAL, newline_map)
+    rows, rules, _ = choose_rows(pivot_text, source_text, newline_map)
     assert rows.tolist() == [0, -1, 2, 4, -1] and RULES[rules[4]] == "markup"
 
 
@@ -239,7 +241,6 @@ ALPACA, _ = make_side([(S_M, "<<model>>"), (11, "Hell"), (12, "o"), (13, " wor")
                        (16, "\n\n")], 1, ["Hello world."])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: choose_rows does not check that the source's token is special")
 def test_end_of_turn_row_needs_a_special_source_token():
     """The docstring: `end_of_turn` needs the source's own next token to be a special token that the map sends
     to the pivot's end of turn. choose_rows checks the map only, so a map that sends the text `\n\n` after
@@ -249,7 +250,7 @@ def test_end_of_turn_row_needs_a_special_source_token():
     `<|im_end|>`, and `\n\n` after the content is never in the content co-occurrence counts."""
     text_map = TO_PIVOT.copy()
     text_map[16] = P_E
-    rows, rules = choose_rows(PIVOT, ALPACA, PIVOT_SPECIAL, text_map)
+    rows, rules, _ = choose_rows(PIVOT, ALPACA, text_map)
     assert rows[4] == -1 and RULES[rules[4]] == "markup"
 
 
@@ -265,7 +266,7 @@ def test_source_markup_inside_its_span_is_never_a_row():
     # row r predicts response token r: the rows read inside the markup predict `###` ... `Hell`'s `\n`, `\n\n`
     markup_rows = {r for r, j in enumerate(np.flatnonzero(source.mask)) if not a <= source.offsets[j, 0] < b}
     assert markup_rows == {0, 1, 2, 3, 9}
-    rows, rules = choose_rows(PIVOT, source, PIVOT_SPECIAL, TO_PIVOT)
+    rows, rules, _ = choose_rows(PIVOT, source, TO_PIVOT)
     assert set(rows[rows >= 0].tolist()).isdisjoint(markup_rows)
     assert rows.tolist() == [4, -1, 6, 8, -1, -1]  # the rows predicting `Hell`, `▁wor`, `.`
 
@@ -277,7 +278,7 @@ def test_pivot_tokens_outside_the_stripped_content_are_markup():
     pivot, _ = make_side([(P_A, "<a>"), (1, " Hé"), (2, ""), (3, "llo"), (P_E, "<e>")], 1, ["Héllo"])
     pivot.offsets[1:3] = [[3, 6], [5, 6]]  # ` H` + the first byte of `é`, then its second byte: `é`'s span
     source, _ = make_side([(S_M, "<<model>> "), (11, "H"), (12, "é"), (13, "llo"), (S_E, "<end>")], 1, ["Héllo"])
-    rows, rules = choose_rows(pivot, source, PIVOT_SPECIAL, TO_PIVOT)
+    rows, rules, _ = choose_rows(pivot, source, TO_PIVOT)
     # ` Hé` starts at the template's space (x = -1); the second byte of `é` has no boundary; `llo` at x = 2
     assert _rules(rules) == ["markup", "no_boundary", "content", "end_of_turn"]
     assert rows.tolist() == [-1, -1, 2, 3]
@@ -285,19 +286,18 @@ def test_pivot_tokens_outside_the_stripped_content_are_markup():
 
 def test_truncated_source_rows_are_no_row():
     """The source's extraction stopped after `▁wor`: pivot rows read further have no source row."""
-    cut = Side(SOURCE.ids[:4], SOURCE.offsets[:4], SOURCE.mask[:4], SOURCE.turns)
-    rows, rules = choose_rows(PIVOT, cut, PIVOT_SPECIAL, TO_PIVOT)
+    cut = Side(SOURCE.ids[:4], SOURCE.offsets[:4], SOURCE.mask[:4], SOURCE.turns, SOURCE.special)
+    rows, rules, _ = choose_rows(PIVOT, cut, TO_PIVOT)
     assert rows.tolist() == [0, -1, 2, -1, -1, -1]
     assert _rules(rules) == ["content", "no_boundary", "content", "no_row", "no_row", "markup"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a source cut exactly at a boundary is counted no_boundary, not no_row")
 def test_source_cut_exactly_where_the_pivot_context_ends_is_no_row():
     """Cut after `ld`: the source has read `Hello world` but holds no row predicting the token after it
     (rows are keyed by the token they predict): that is truncation (`no_row`), as the docstring says, but
     choose_rows tests `sa + x > s_end` and then finds no boundary: `no_boundary`."""
-    cut = Side(SOURCE.ids[:5], SOURCE.offsets[:5], SOURCE.mask[:5], SOURCE.turns)
-    rows, rules = choose_rows(PIVOT, cut, PIVOT_SPECIAL, TO_PIVOT)
+    cut = Side(SOURCE.ids[:5], SOURCE.offsets[:5], SOURCE.mask[:5], SOURCE.turns, SOURCE.special)
+    rows, rules, _ = choose_rows(PIVOT, cut, TO_PIVOT)
     assert rows[3] == -1 and RULES[rules[3]] == "no_row"
 
 
@@ -310,10 +310,10 @@ def test_turns_are_paired_in_order_and_only_when_the_contents_agree():
                 (12, "YES"), (S_E, "<end>")]
     source, _ = make_side(s_pieces, [1, 6], ["Hi.", "Yes"])
     assert source.turns[1, 1] == -1  # `Yes` is not in the source's second turn
-    rows, rules = choose_rows(pivot, source, PIVOT_SPECIAL, TO_PIVOT)
+    rows, rules, _ = choose_rows(pivot, source, TO_PIVOT)
     assert rows.tolist() == [0, 1, 2, -1, -1] and _rules(rules)[:3] == ["content", "content", "end_of_turn"]
-    source = Side(source.ids, source.offsets, source.mask, np.array([source.turns[0]]))  # one turn only
-    rows, _ = choose_rows(pivot, source, PIVOT_SPECIAL, TO_PIVOT)
+    source = Side(source.ids, source.offsets, source.mask, np.array([source.turns[0]]), source.special)  # one turn only
+    rows, _, _ = choose_rows(pivot, source, TO_PIVOT)
     assert rows.tolist() == [0, 1, 2, -1, -1]
 
 
@@ -322,7 +322,7 @@ S_LP = np.log(np.array([[0.6, 0.3, 0.1]] * 6, dtype=np.float32))
 
 
 def test_align_rows_maps_the_chosen_rows_and_one_hots_the_rest():
-    rows = align_rows(PIVOT, SOURCE, S_TOPK, S_LP, PIVOT_SPECIAL, TO_PIVOT, k=4)
+    rows = align_rows(PIVOT, SOURCE, S_TOPK, S_LP, TO_PIVOT, k=4)
     chosen = [0, -1, 2, 4, 5, -1]
     assert rows.source_row.tolist() == chosen and rows.mapped.tolist() == [1, 0, 1, 1, 1, 0]
     gold = PIVOT.ids[PIVOT.mask]
@@ -343,7 +343,7 @@ def test_align_rows_maps_the_chosen_rows_and_one_hots_the_rest():
 def test_a_chosen_row_whose_tokens_all_map_nowhere_is_no_match():
     nowhere = TO_PIVOT.copy()
     nowhere[[11, 12, 14]] = -1  # source row 0 holds only 11, 12, 14
-    rows = align_rows(PIVOT, SOURCE, S_TOPK, S_LP, PIVOT_SPECIAL, nowhere, k=4)
+    rows = align_rows(PIVOT, SOURCE, S_TOPK, S_LP, nowhere, k=4)
     assert RULES[rows.rule[0]] == "no_match" and rows.mapped[0] == 0 and rows.source_row[0] == -1
     assert rows.topk_ids[0].tolist() == [1, -1, -1, -1]
 

@@ -17,14 +17,16 @@ def _state(to_pivot, consistent, piece_rule):
     }
 
 
-def _reference(batches, state):
+def _reference(batches, state, within=()):
+    """`batches`: (ids, logprobs, rules, gold[, source wins]) as Fidelity.add takes them."""
     rows = [
-        (ids[r].tolist(), lp[r].tolist(), RULES[rule[r]], int(gold[r]))
-        for ids, lp, rule, gold in batches
+        (ids[r].tolist(), lp[r].tolist(), RULES[rule[r]], int(gold[r]), bool(rest and rest[0]))
+        for ids, lp, rule, gold, *rest in batches
         for r in range(len(ids))
     ]
+    pairs = [(src[r].tolist(), kept[r].tolist()) for src, kept in within for r in range(len(src))]
     return fidelity_reference(rows, state["to_pivot"].tolist(), state["consistent"].tolist(),
-                              state["piece_rule"].tolist(), RULES, PIECE_RULES, MAPPED_RULES)
+                              state["piece_rule"].tolist(), RULES, PIECE_RULES, MAPPED_RULES, pairs)
 
 
 def test_hand_made_rows():
@@ -73,20 +75,23 @@ def test_random_rows_match_the_loop_and_merge_adds(seed):
         eot = rule == RULES.index("end_of_turn")  # their gold: often the top token's image (a pivot id, never -1)
         image = state["to_pivot"][np.minimum(ids[:, 0], vs - 1)]
         gold[eot] = np.where(image[eot] >= 0, image[eot], gold[eot])
-        batches.append((ids, lp, rule, gold))
+        batches.append((ids, lp, rule, gold, len(batches) % 2 == 1))  # odd batches: sequences the source wins
+    within = [(np.log(rng.dirichlet(np.ones(k), 3)), np.log(rng.dirichlet(np.ones(k), 3)) - 1.0) for _ in range(2)]
     whole, parts = Fidelity(), []
-    for b in batches:
-        whole.add(*b, state)
-        part = Fidelity()
-        part.add(*b, state)
+    for b, w in zip(batches, within + [None] * len(batches), strict=False):
+        for fid in (whole, part := Fidelity()):
+            fid.add(*b[:4], state, source_wins=b[4])
+            if w is not None:
+                fid.add_within(*w)
         parts.append(part)
     merged = Fidelity()
     for p in parts:
         merged.merge(p)
-    expected = _reference(batches, state)
+    expected = _reference(batches, state, within)
     assert_close_tree(whole.summary(), expected, rel=1e-6)
     assert_close_tree(merged.summary(), expected, rel=1e-6)
-    assert expected["end_of_turn"]["rows"] > 0 and 0 < expected["consistent"] < 1
+    assert expected["end_of_turn"]["rows"] > expected["end_of_turn_source_wins"]["rows"] > 0
+    assert 0 < expected["consistent"] < 1 and 0 < expected["within_token"]["kept"] < 1
 
 
 def test_empty():
