@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from fusecli.align.dist import MAPPED_RULES, RULES
+from fusecli.align.dist import RULES
 from fusecli.align.pieces import PIECE_RULES, is_prefix_consistent
 from fusecli.align.tokens import TokenTable
+
+WHOLE_TOKEN_RULES = ("content", "end_of_turn")  # rows mapped token by token (within-token rows: `within_token`)
 
 
 def consistent_targets(to_pivot: np.ndarray, source: TokenTable, pivot: TokenTable) -> np.ndarray:
@@ -105,7 +107,7 @@ class Fidelity:
                 "mass": share(float(self.mass[RULES.index(name)].sum())),
                 "consistent": share(float(self.consistent[RULES.index(name)].sum())),
             }
-            for name in MAPPED_RULES
+            for name in WHOLE_TOKEN_RULES
         }
         return {
             "teacher_mass": total,

@@ -25,10 +25,10 @@ SPLIT = (
     "(exact match in the pivot's vocabulary, the pivot's first piece of it, a longest prefix, special, none)."
 )
 # fusecli/align/dist.py RULES and fusecli/align/pieces.py PIECE_RULES, without importing the align stage
-ORDER = ("content", "end_of_turn", "no_boundary", "markup", "no_match", "no_row", "no_source",
+ORDER = ("content", "within_token", "end_of_turn", "no_boundary", "markup", "no_match", "no_row", "no_source",
          "exact", "first_piece", "longest_prefix", "special", "none")
-RULES = "Why positions are one-hot: the share of the pivot's response positions per row rule (`content` and " \
-    "`end_of_turn` are mapped)."
+RULES = "Why positions are one-hot: the share of the pivot's response positions per row rule (`content`, " \
+    "`within_token` and `end_of_turn` are mapped)."
 
 
 def _fidelity(coverage: dict[str, Any] | None) -> dict[str, Any]:

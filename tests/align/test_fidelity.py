@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fusecli.align.dist import MAPPED_RULES, RULES
-from fusecli.align.fidelity import Fidelity, consistent_targets
+from fusecli.align.fidelity import WHOLE_TOKEN_RULES, Fidelity, consistent_targets
 from fusecli.align.pieces import PIECE_RULES, canon_bytes, prefix_map
 
 from .reference import assert_close_tree, fidelity_reference, make_table
@@ -26,7 +26,7 @@ def _reference(batches, state, within=()):
     ]
     pairs = [(src[r].tolist(), kept[r].tolist()) for src, kept in within for r in range(len(src))]
     return fidelity_reference(rows, state["to_pivot"].tolist(), state["consistent"].tolist(),
-                              state["piece_rule"].tolist(), RULES, PIECE_RULES, MAPPED_RULES, pairs)
+                              state["piece_rule"].tolist(), RULES, PIECE_RULES, WHOLE_TOKEN_RULES, pairs)
 
 
 def test_hand_made_rows():

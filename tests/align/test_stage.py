@@ -8,7 +8,8 @@ import pytest
 import yaml
 from safetensors.numpy import load_file, safe_open
 
-from fusecli.align.dist import MAPPED_RULES, RULES
+from fusecli.align.dist import RULES
+from fusecli.align.fidelity import WHOLE_TOKEN_RULES
 from fusecli.align.params import AlignParams
 from fusecli.align.pieces import PIECE_RULES, canon_bytes, prefix_map
 from fusecli.align.stage import run
@@ -296,7 +297,7 @@ def test_fidelity_is_the_loop_over_the_used_rows(cross, tables):
         for _, p, r, s, row, rule in used_rows(cross["out"], cross["pivot"], cross["source"])
     ]
     flags = [consistent(s, q) for s, q in enumerate(to_pivot)]
-    expected = fidelity_reference(rows, to_pivot, flags, piece_rule, RULES, PIECE_RULES, MAPPED_RULES)
+    expected = fidelity_reference(rows, to_pivot, flags, piece_rule, RULES, PIECE_RULES, WHOLE_TOKEN_RULES)
     assert_close_tree(cross["cov"]["fidelity"], expected, rel=1e-6)
     assert expected["end_of_turn"]["rows"] == 3 and expected["dropped"] < expected["consistent"]
 
