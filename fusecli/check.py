@@ -29,11 +29,12 @@ def _sections() -> dict[str, type]:
     from fusecli.demo.world import DemoParams
     from fusecli.evaluate.params import EvalParams
     from fusecli.extract.run import ExtractParams
+    from fusecli.fuse.fisher import FisherParams
     from fusecli.fuse.train import FuseParams
     from fusecli.runtime import RuntimeParams
 
     return {"runtime": RuntimeParams, "demo": DemoParams, "dataset": DatasetParams, "extract": ExtractParams,
-            "align": AlignParams, "fuse": FuseParams, "evaluate": EvalParams}
+            "align": AlignParams, "fuse": FuseParams, "fisher": FisherParams, "evaluate": EvalParams}
 
 
 def _check_launch(value: Any) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
 
-SOURCE_STAGES = ("extract", "align", "fuse")  # foreach-over-sources stages in dvc.yaml: `<stage>@<slug>`
-SOURCE_OUTPUTS = ("extract/sources/{slug}", "align/{slug}", "fused/{slug}", "logs/fuse/{slug}")
+SOURCE_STAGES = ("extract", "align", "fuse", "fisher")  # foreach-over-sources stages in dvc.yaml: `<stage>@<slug>`
+SOURCE_OUTPUTS = ("extract/sources/{slug}", "align/{slug}", "fused/{slug}", "logs/fuse/{slug}", "fisher/{slug}")
 
 
 def source_outputs(slug: str) -> list[str]:
