@@ -45,9 +45,11 @@ def load_metrics(path: str | Path) -> dict[str, dict]:
     if not isinstance(models, dict):
         raise FusecliError(f"{path} has no 'models' mapping: rerun `dvc repro evaluate`")
     blocks = {key: metrics.get(key) for key in OPTIONAL_BLOCKS}
+    notes = metrics.get("notes")  # why a score is missing or partial (fusecli/evaluate/notes.py)
     return {
         "models": {name: s for name, s in models.items() if isinstance(s, dict)},
         **{key: value if isinstance(value, dict) else {} for key, value in blocks.items()},
+        "notes": [str(n) for n in notes] if isinstance(notes, list) else [],
     }
 
 

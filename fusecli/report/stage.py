@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
-from fusecli.evaluate.tables import harness_table, judge_tables
+from fusecli.evaluate.tables import harness_table, judge_tables, notes_lines, rows_table
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
 from fusecli.markdown import table
@@ -145,6 +145,7 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
         lines += [f"> - not in the current models.lock / merge.methods: `{m}`" for m in extra]
         lines.append("")
     lines += warning_lines(teachers.data["warnings"])
+    lines += notes_lines(metrics["notes"])
     merges = [merged_name(m) for m in merge.methods if merged_name(m) in scores]
     if merges:
         lines += ["## Summary", "", "Each merge's mean over domains minus the baseline's (for the default method, "
@@ -159,10 +160,13 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
             plots.score_bars(ordered, "em", "Greedy exact match (higher is better)", tmp / "scores_em.png")
             plots.score_bars(ordered, "ce", "Response-token CE (lower is better)", tmp / "scores_ce.png")
             lines += ["![exact match](plots/scores_em.png)", "", "![response CE](plots/scores_ce.png)", ""]
-        lines += ["### Greedy exact match (higher is better; `-`: no checkable answers)", ""]
+        lines += ["### Greedy exact match (higher is better; `-`: not computed, the notes at the top say why)", ""]
         lines += score_table(ordered, "em", domains) + [""]
         lines += ["### Response-token CE (lower is better)", ""]
         lines += score_table(ordered, "ce", domains) + [""]
+        lines += ["### Rows scored", "", "EM rows (of them, referenced by the last assistant reply, the row having "
+                  "no `answer`) and CE rows, of the domain's held-out rows:", ""]
+        lines += rows_table(ordered, domains) + [""]
         lines += harness_table(metrics["lm_eval"], "###")
         lines += judge_tables(metrics["judge"], metrics["judge_pairwise"], "###")
         lines += ["## Who taught what", "",
