@@ -129,3 +129,16 @@ def test_judged_scores_reach_the_report(ws):
     text = run(inputs(ws), ws / "reports").read_text()
     assert "| pivot | 6.500 | 6.500 | 1 of 3 |" in text
     assert "| pivot | 0.250 | 0.250 | 0 of 2 |" in text
+
+
+def test_evaluate_notes_and_row_counts_reach_the_report(ws):
+    """Why a score is `-` (eval/metrics.json `notes`) is at the top of the report; the rows behind each score
+    are in a table of their own."""
+    metrics = json.loads((ws / "eval/metrics.json").read_text())
+    note = "EM not computed for region: its 4 rows have no `answer` and a last reply longer than ... (every model)"
+    metrics["notes"] = [note]
+    metrics["models"]["pivot"]["capital"] |= {"rows": 4, "em_rows": 4, "em_reply": 1, "ce_rows": 3}
+    write_json(ws / "eval/metrics.json", metrics)
+    text = run(inputs(ws), ws / "reports").read_text()
+    assert f"> - {note}" in text and text.index(note) < text.index("## Scores per domain")
+    assert "| pivot | EM 4 (1 from replies), CE 3 of 4 | - | - |" in text
