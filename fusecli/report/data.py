@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fusecli.errors import FusecliError
+from fusecli.extract import truncation
 from fusecli.fuse.selection import warnings
 
 CURVES = ("loss", "sft_loss", "fusion_loss")  # dvclive series of the fuse stage, one subplot each
@@ -112,6 +113,21 @@ def load_teachers(logs: str | Path, align: str | Path, slugs: list[str]) -> Foun
         lines += warnings(run, selection, sources) if selection is not None else []
     coverage = {slug: (found or {}).get("coverage") for slug, found in alignment.items()}
     return Found({"coverage": coverage, "alignment": alignment, "runs": runs, "warnings": lines}, missing)
+
+
+def load_truncation(extract: str | Path, slugs: list[str]) -> Found:
+    """Per extracted model (`pivot`, `source:<slug>`), the replies cut at extract.max_length: the counts of
+    extract/pivot/ and extract/sources/<slug>/ (fusecli/extract/truncation.py)."""
+    folders = {"pivot": Path(extract) / "pivot"} | {f"source:{s}": Path(extract) / "sources" / s for s in slugs}
+    found, missing = {}, []
+    for model, folder in folders.items():
+        counts = truncation.read(folder)
+        if counts is None:
+            stage = "extract_pivot" if model == "pivot" else f"extract@{model.removeprefix('source:')}"
+            missing.append(f"the truncation counts in {folder} (run `dvc repro {stage}`)")
+        else:
+            found[model] = counts
+    return Found(found, missing)
 
 
 def _tsv(path: Path) -> tuple[list[float], list[float]]:
