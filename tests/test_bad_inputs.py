@@ -720,6 +720,22 @@ def test_fusecli_check_passes_a_sound_workspace(site: Path) -> None:
     assert "2 model(s) are causal LMs" in result.out and "ready" in result.out
 
 
+def test_fusecli_check_warns_when_dataset_max_chars_cannot_fit_extract_max_length(site: Path) -> None:
+    _complete(site)
+    edit_yaml("params.yaml", lambda d: d["dataset"].update(max_chars=512))  # 4 x extract.max_length = 128: fits
+    result = run_cli(["check"])
+    assert result.code == 0 and "warning" not in result.out, result.out
+    edit_yaml("params.yaml", lambda d: d["dataset"].update(max_chars=8000))
+    result = run_cli(["check"])
+    assert result.code == 0 and "ready" in result.out, result.err
+    out = " ".join(result.out.split())  # the console wraps long lines
+    assert out.count("warning: ") == 1
+    assert ("warning: dataset.max_chars = 8000 cannot fit extract.max_length = 128: a row that long is about 2,000 "
+            "tokens at ~4 characters per token (English; code and other scripts take more), so its replies would be "
+            "cut without their end (extract counts them): lower dataset.max_chars to 512 or raise "
+            "extract.max_length") in out
+
+
 # --- dataset files: encodings, dependencies -----------------------------------------------------------------
 
 def test_latin1_jsonl_is_one_line_not_a_traceback(site: Path, stage: Callable) -> None:
