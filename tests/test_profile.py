@@ -30,7 +30,7 @@ def test_gpu_profile_applies_to_the_shipped_params(tmp_path: Path) -> None:
             assert merged[section][key] == value, f"{section}.{key}"
     untouched = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert merged["merge"]["methods"] == untouched["merge"]["methods"]
-    assert merged["dataset"] == untouched["dataset"]
+    assert merged["dataset"] == untouched["dataset"] | gpu["dataset"]  # max_chars only: the sources stay
     assert "# One section per stage" in text  # comments survive
     fuse = load_section(FuseParams, "fuse", tmp_path / "params.yaml")
     assert (fuse.zero_stage, fuse.learning_rate, fuse.global_batch_size) == (2, 5e-6, 128)
