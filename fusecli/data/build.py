@@ -80,7 +80,7 @@ class DatasetParams:
     def validate(self) -> None:
         if not self.sources:
             raise FusecliError("dataset.sources is empty: list at least one source (or `path: demo`)")
-        names = [source_name(s) for s in self.sources] + ([eval_source(self).name] if eval_file(self) else [])
+        names = [source_name(s) for s in [*self.sources, *([eval_source(self)] if eval_file(self) else [])]]
         if len(set(names)) != len(names):
             raise FusecliError(f"dataset.sources (and the dataset.eval file) have duplicate names {names}: "
                                "set `name` on each source")

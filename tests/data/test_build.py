@@ -269,3 +269,9 @@ def test_eval_is_read_from_params_yaml_only(tmp_path):
     fields = {f.name: f for f in dataclasses.fields(DatasetParams)}
     assert fields["eval"].default is dataclasses.MISSING  # the default lives in params.yaml, once
     assert isinstance(yaml.safe_load((STAGE.parents[1] / "params.yaml").read_text())["dataset"]["eval"], float)
+
+
+def test_an_eval_file_named_like_a_source_is_refused():
+    with pytest.raises(FusecliError, match=r"duplicate names \['chat', 'chat'\]: set `name` on each source"):
+        params(sources=[{"path": "a/chat.jsonl"}], eval="b/chat.jsonl")
+    assert params(sources=[{"path": "a/chat.jsonl", "name": "train"}], eval="b/chat.jsonl").eval == "b/chat.jsonl"
