@@ -330,6 +330,8 @@ def check(
     if (ws.root / "dvc.yaml").is_file():
         check_declared(load_section(DatasetParams, "dataset", path), ws.root / "dvc.yaml")
     console.print(f"dataset: {len(files)} file(s) readable and tracked by DVC")
+    if warning := preflight.length_warning(path):
+        console.print(f"[yellow]warning[/]: {warning}")
     console.print("[green]ready[/]: run `dvc repro`")
 
 

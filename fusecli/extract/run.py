@@ -33,6 +33,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from fusecli.data.render import Tokenized, render, tokenize
 from fusecli.errors import FusecliError
+from fusecli.extract import truncation
 from fusecli.extract.codec import TopKCodec
 from fusecli.extract.topk import final_hidden, softcap_of, topk_logprobs
 from fusecli.models import (
@@ -354,6 +355,9 @@ def extract_items(
     lengths = [len(it.input_ids) for it in items]
     flops_tok = model_flops_per_token(model, n_params(model), int(np.mean(lengths)), training=False)
     stats = {"tokens": 0, "padded_tokens": 0, "busy_s": 0.0, "dropped_rows": [], "nonfinite_rows": []}
+    owned = [i for g in range(n_groups) if writer.owns(g) for i in range(g * params.shard_size,
+                                                                        min((g + 1) * params.shard_size, len(items)))]
+    stats |= truncation.count(items, owned)  # every owned row, resumed or not: the same counts either way
     columns = (
         TextColumn("[bold]extract"),
         BarColumn(),
@@ -430,6 +434,7 @@ def _summary(
             "dropped_rows": sorted(i for p in parts for i in p["dropped_rows"]),
             "nonfinite_rows": sorted(i for p in parts for i in p.get("nonfinite_rows", [])),
             "peak_gpu_gib": max((p.get("peak_gpu_gib", 0.0) for p in parts), default=0.0),  # per GPU
+            **truncation.combine(parts),  # replies cut at extract.max_length (fusecli/extract/truncation.py)
             "device": str(device.type),
             "dtype": dtype,
             "world_size": world,
