@@ -66,6 +66,66 @@ def test_summary_is_mean_and_half_range_and_the_readme_table_goes_between_the_ma
         quality.write_readme(readme, "table")
 
 
+def test_controls_are_chosen_and_each_has_its_rows():
+    assert quality.parse_controls("reference,pivot") == ["reference", "pivot"]
+    assert quality.parse_controls(" pivot ,pivot") == ["pivot"] and quality.parse_controls("") == []
+    with pytest.raises(FusecliError, match="--controls 'oracle' is unknown: use some of reference,pivot"):
+        quality.parse_controls("reference,oracle")
+    names = ["self:fused:a", "control:fused:a", "self:pivot", "fused:a", "self:merged", "self:merged:sce",
+             "merged:sce", "self:sft_baseline", "pivot", "self:source:a"]
+    assert quality.model_order(names) == ["pivot", "fused:a", "merged:sce", "control:fused:a", "self:sft_baseline",
+                                          "self:fused:a", "self:merged:sce"]
+    stats = {"mean": 0.5, "spread": 0.0, "min": 0.5, "max": 0.5, "n": 1}
+    summary = {m: {"a": {"em": stats}, "mean": {"em": stats}} for m in ("pivot", "self:fused:a")}
+    header = quality.markdown(summary, [0], []).split("\n")[0]
+    assert "`self:` rows: `fuse.teacher: pivot`" in header and "control:" not in header
+    assert "| self:fused:a | 0.500 ± 0.000 | 0.500 ± 0.000 |" in quality.markdown(summary, [0], [])
+
+
+def demo_workspace(path: Path) -> Path:
+    """The repository's models.lock and params.yaml: two demo sources locked, the demo's third specialist not."""
+    path.mkdir(exist_ok=True)
+    for name in ("models.lock", "params.yaml"):
+        (path / name).write_text((ROOT / name).read_text())
+    return path
+
+
+def test_sources_is_a_count_or_demo_names(tmp_path):
+    ws = demo_workspace(tmp_path)
+    locked = yaml.safe_load((ws / "models.lock").read_text())["sources"]
+    assert len(locked) == 2 and "llama-instruments" not in locked
+    assert quality.extra_sources(ws, None) == [] and quality.extra_sources(ws, "2") == []
+    assert quality.extra_sources(ws, "3") == ["llama-instruments"]
+    assert quality.extra_sources(ws, "llama-instruments") == ["llama-instruments"]
+    with pytest.raises(FusecliError, match=r"--sources 4: models.lock has 2 sources and the demo 1 more specialists "
+                                           r"\(llama-instruments\): pass N within \[2, 3\]"):
+        quality.extra_sources(ws, "4")
+    for bad in ("qwen2-languages", "llama-crops", "llama-guitars"):  # the pivot, a locked source, no such model
+        with pytest.raises(FusecliError, match=f"--sources '{bad}' is not a demo specialist left to add"):
+            quality.extra_sources(ws, bad)
+    with pytest.raises(FusecliError, match="names a model twice"):
+        quality.extra_sources(ws, "llama-instruments,llama-instruments")
+
+
+def test_extra_sources_are_pinned_through_the_cli(tmp_path):
+    """What run_seed does once build_demo has built the folders: `fusecli add-source demo/models/<name>`, so
+    models.lock gets the entry the CLI writes (origin demo, pinned by dvc.lock) and dvc.yaml's foreach its
+    stages."""
+    from tests.tiny import write_model
+
+    ws = demo_workspace(tmp_path / "ws")
+    write_model(ws / "demo" / "models" / "llama-instruments", arch="llama")
+    log = tmp_path / "add.log"
+    quality.add_demo_sources(ws, quality.extra_sources(ws, "3"), log)
+    entry = yaml.safe_load((ws / "models.lock").read_text())["sources"]["llama-instruments"]
+    assert entry["origin"] == "demo" and entry["path"] == "demo/models/llama-instruments"
+    assert entry["content_hash"] == "dvc" and entry["architecture"] == "LlamaForCausalLM"
+    assert quality.extra_sources(ws, "3") == []  # now locked: nothing left to add
+    with pytest.raises(FusecliError, match=f"fusecli add-source llama-instruments failed in {ws} .*see {log}"):
+        quality.add_demo_sources(ws, ["llama-instruments"], log)  # already a source: the CLI refuses
+    assert "already" in log.read_text()
+
+
 @pytest.mark.slow
 def test_two_seeds_with_the_control_on_the_demo_world(tmp_path):
     readme = tmp_path / "README.md"
