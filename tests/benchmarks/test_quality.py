@@ -1,5 +1,6 @@
-"""benchmarks/quality.py: seeds found by walking params.yaml, overrides, the summary, the README tables, and a
-real two-seed run (with its control) on the demo world scaled down as tests/test_pipeline.py scales it."""
+"""benchmarks/quality.py: seeds found by walking params.yaml, overrides, the controls and the extra sources, the
+summary, the README tables, and a real two-seed run (three sources, both controls) on the demo world scaled down
+as tests/test_pipeline.py scales it."""
 
 from __future__ import annotations
 
@@ -127,11 +128,12 @@ def test_extra_sources_are_pinned_through_the_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_seeds_with_the_control_on_the_demo_world(tmp_path):
+def test_two_seeds_three_sources_and_both_controls_on_the_demo_world(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"{quality.BEGIN}\n{quality.END}\n")
     cmd = [sys.executable, "benchmarks/quality.py", "--seeds", "0,1", "--out", str(tmp_path / "q.json"),
-           "--readme", str(readme), "--workdir", str(tmp_path / "work"), *(f"--set={s}" for s in FAST)]
+           "--readme", str(readme), "--workdir", str(tmp_path / "work"), "--sources", "3",
+           *(f"--set={s}" for s in FAST)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -139,11 +141,12 @@ def test_two_seeds_with_the_control_on_the_demo_world(tmp_path):
     assert result["seeds"] == [0, 1] and set(result["runs"]) == {"0", "1"}
     keys = set(result["seed_keys"])  # found by walking params.yaml, nested sections included
     assert {"demo.seed", "dataset.seed", "fuse.seed"} <= keys and any(k.startswith("merge.") for k in keys)
-    slugs = sorted(yaml.safe_load((ROOT / "models.lock").read_text())["sources"])
+    slugs = sorted([*yaml.safe_load((ROOT / "models.lock").read_text())["sources"], "llama-instruments"])
+    assert result["sources"] == slugs and result["controls"] == ["reference", "pivot"]
     models = {"pivot", "sft_baseline", "fuselm", "merged", "merged:sce", "merged:linear"}
     models |= {f"source:{s}" for s in slugs} | {f"fused:{s}" for s in slugs}
     summary = result["summary"]
-    assert set(summary) == models | {f"control:{m}" for m in models}
+    assert set(summary) == models | {f"control:{m}" for m in models} | {f"self:{m}" for m in models}
     domains = set(summary["pivot"])
     assert "mean" in domains and len(domains) >= 3
     for model, per in summary.items():
@@ -160,4 +163,6 @@ def test_two_seeds_with_the_control_on_the_demo_world(tmp_path):
             for d in domains - {"mean"}:
                 assert run[f"control:fused:{s}"][d]["ce"] == pytest.approx(run["control:sft_baseline"][d]["ce"],
                                                                           abs=2e-3)
-    assert "| control:fuselm |" in readme.read_text()
+                # self-distillation: every pair model and fuselm learn the pivot's own targets, sources dropped
+                assert run[f"self:fused:{s}"][d]["ce"] == pytest.approx(run["self:fuselm"][d]["ce"], abs=2e-3)
+    assert "| control:fuselm |" in readme.read_text() and "| self:fused:llama-instruments |" in readme.read_text()
