@@ -5,8 +5,8 @@ plus untracked files git does not ignore) into a fresh folder, sets every `seed`
 walking the file) to the seed, applies the --set overrides, pins the extra demo specialists of --sources
 (`dvc repro build_demo`, then `fusecli add-source demo/models/<name>` as a user would), runs the whole
 `dvc repro` and reads eval/metrics.json. Then, per control of --controls, it sets `fuse.teacher` to it and
-runs `dvc repro` again: DVC reruns the training stages that read the `fuse` section (the pair models,
-fuse_all, and sft_baseline, which trains the same model again), the merges, evaluate and report. The controls:
+runs `dvc repro` again: DVC reruns the training stages that read `fuse.teacher` (the pair models and
+fuse_all; the `sft_baseline` it reports again is the same model), the merges, evaluate and report. The controls:
 `reference` (rows prefixed `control:`), every fused target the reference one-hot, what the teachers add
 beyond the references; `pivot` (rows prefixed `self:`), the sources dropped and the pivot's own distribution
 the only teacher, what the sources add beyond the pivot teaching itself. Per model (pivot, sources,
