@@ -119,9 +119,11 @@ def check_finished(workspace: Path, log: Path) -> None:
 
 
 def report_lines(result: dict[str, dict], score: str, limit: float) -> list[str]:
+    """Per merged model: its domains' scores before and after (the change as after - before), the verdict."""
     lines = []
     for model, r in result.items():
-        rows = [[d, f"{v['before']:.3f}", f"{v['after']:.3f}", f"{-v['drop']:+.3f}"] for d, v in r["domains"].items()]
+        rows = [[d, f"{v['before']:.3f}", f"{v['after']:.3f}", f"{v['after'] - v['before']:+.3f}"]
+                for d, v in r["domains"].items()]
         lines += [f"{model} ({score}):", markdown_table(["domain", "before", "after", "change"], rows),
                   f"{model}: largest drop {r['max_drop']:+.3f} ({r['worst']}); issue 24's bar (<= {limit:g}): "
                   + ("met" if r["max_drop"] <= limit else "NOT met"), ""]
