@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
-from fusecli.fuse.selection import warnings
+from fusecli.fuse.selection import control_line, warnings
 from fusecli.fuse.train import FuseParams, train
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
@@ -64,8 +64,11 @@ def main() -> None:
 
 
 def warn_silent_sources(summary: dict, sources: list[str], every_source: bool) -> None:
-    """A source that taught under 1% of the sequences makes its fused model the SFT baseline: say so."""
+    """A source that taught under 1% of the sequences makes its fused model the SFT baseline: say so; and say
+    when the run is a control."""
     run = "fuse_all" if every_source else "fuse@" + "+".join(sources)
+    if (line := control_line(run, summary)) is not None:
+        print(f"note: {line}", file=sys.stderr)
     for line in warnings(run, summary, sources):
         print(f"warning: {line}", file=sys.stderr)
 

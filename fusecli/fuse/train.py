@@ -49,7 +49,7 @@ class FuseParams:
     lam: float = 0.9  # weight of the SFT term; 1.0 is plain SFT
     temperature: float = 1.0
     fusion_fn: str = "mince"
-    teacher: str = "model"  # model | reference: the control, every fused target is the reference one-hot
+    teacher: str = "model"  # model | reference | pivot: the controls (fusecli/fuse/data.py TEACHERS)
     gate: float | None = None  # nats: drop teachers whose sequence CE exceeds it; None = every teacher (the paper)
     learning_rate: float = 5e-6
     epochs: float = 3.0

@@ -20,6 +20,7 @@ from pathlib import Path
 from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
 from fusecli.evaluate.tables import harness_table, judge_tables, notes_lines, rows_table
 from fusecli.extract import truncation
+from fusecli.fuse.selection import CONTROLS
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
 from fusecli.markdown import table
@@ -59,11 +60,11 @@ def teachers_table(teachers: dict[str, dict]) -> list[str]:
 
 def gate_lines(teachers: dict[str, dict]) -> list[str]:
     """The competence gate's effect: per fusion run and domain, the share of sequences left without a teacher;
-    and a warning when the targets were the control's reference one-hots."""
+    and a warning when the targets were a control's (fuse.teacher: reference or pivot)."""
     runs = {run: sel for run, sel in teachers["runs"].items() if sel is not None}
     lines = []
-    if any(sel["teacher"] == "reference" for sel in runs.values()):
-        lines += ["> **Control run** (`fuse.teacher: reference`): every fused target was the reference one-hot; "
+    for teacher in sorted({sel["teacher"] for sel in runs.values()} & set(CONTROLS)):
+        lines += [f"> **Control run** (`fuse.teacher: {teacher}`): {CONTROLS[teacher]}; "
                   "the shares above are the selection those targets replaced.", ""]
     gated = {run: sel for run, sel in runs.items() if sel["gate"] is not None}
     if not gated:

@@ -105,13 +105,15 @@ def test_cli_report(ws):
     assert result.exit_code == 1 and "error:" in result.output
 
 
-def test_the_control_is_flagged_and_an_ungated_run_says_so(ws):
+@pytest.mark.parametrize("teacher", ["reference", "pivot"])
+def test_the_control_is_flagged_and_an_ungated_run_says_so(ws, teacher):
     for name in ("fuse/a", "fuse/b", "fuse_all"):
         path = ws / "logs" / name / "selection.json"
         selection = json.loads(path.read_text())
-        write_json(path, {**selection, "teacher": "reference", "gate": None})
+        write_json(path, {**selection, "teacher": teacher, "gate": None})
     text = run(inputs(ws), ws / "reports").read_text()
-    assert "**Control run** (`fuse.teacher: reference`)" in text
+    assert f"**Control run** (`fuse.teacher: {teacher}`)" in text
+    assert ("self-distillation" in text) == (teacher == "pivot")
     assert "Competence gate off (`fuse.gate: null`)" in text and "| gate (nats) |" not in text
 
 
