@@ -137,17 +137,23 @@ def test_kernel_at_a_real_vocabulary_matches_the_compiled_path():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_extraction_on_cuda_stores_the_same_rows_with_the_onepass_head(tmp_path):
     """The stage's wiring: extract.onepass on and off write the same rows (exact store, eager layers)."""
-    from fusecli.extract.run import ExtractParams, ModelRef, extract
+    from fusecli.data.render import Tokenized
+    from fusecli.extract.run import ExtractParams, extract_items
+    from fusecli.perf import QWEN2, random_qwen2
     from fusecli.store import iter_records
-    from tests.tiny import write_dataset, write_model
 
-    write_dataset(tmp_path / "train.parquet", 12)
-    write_model(tmp_path / "model", "qwen2", 300)
+    model = random_qwen2({**QWEN2["smoke"], "vocab_size": 5000}, torch.bfloat16, torch.device("cuda")).eval()
+    rng = np.random.default_rng(0)
+    items = []
+    for length in rng.integers(20, 120, 12):
+        mask = np.arange(length) >= length // 3
+        turns = np.array([[0, 0, length, length]], np.int32)
+        items.append(Tokenized(rng.integers(0, 5000, length), np.zeros((length, 2), np.int32), mask, turns))
     stores = {}
     for onepass in (False, True):
-        params = ExtractParams(k=8, max_length=64, batch_tokens=256, shard_size=6, device="cuda", compact=False,
-                               compile=False, onepass=onepass)
-        extract(tmp_path / "train.parquet", ModelRef(str(tmp_path / "model")), tmp_path / str(onepass), params)
+        params = ExtractParams(k=8, max_length=128, batch_tokens=256, shard_size=6, compact=False, compile=False,
+                               onepass=onepass)
+        extract_items(items, model, tmp_path / str(onepass), params, torch.device("cuda"))
         stores[onepass] = list(iter_records(tmp_path / str(onepass)))
     assert [r["seq_index"] for r in stores[True]] == [r["seq_index"] for r in stores[False]] == list(range(12))
     for old, new in zip(stores[False], stores[True], strict=True):
