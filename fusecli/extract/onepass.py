@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from fusecli.errors import FusecliError
+
 BLOCK = 4096  # columns per tile: 38 tiles at a 152K vocabulary (see docs/benchmarks.md for the sweep)
 
 
@@ -30,8 +32,12 @@ def onepass_row_stats(
     Same outputs as `row_stats` (to fp32 rounding of the log-normaliser); ties in value go to the lowest id.
     """
     if logits.is_cuda:
-        from fusecli.extract.onepass_kernel import triton_row_stats  # Triton ships with torch's CUDA wheels
-
+        try:
+            from fusecli.extract.onepass_kernel import triton_row_stats
+        except ImportError:
+            raise FusecliError(
+                "extract.onepass needs triton (torch's CUDA wheels bring it): install it or set extract.onepass: false"
+            ) from None
         return triton_row_stats(logits, gold, k, block)
     return tiled_row_stats(logits, gold, k, block)
 
