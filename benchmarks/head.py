@@ -35,7 +35,7 @@ def check(fn, logits: torch.Tensor, gold: torch.Tensor, k: int) -> dict:
 def main() -> None:
     import triton.testing
 
-    from fusecli.extract.onepass_kernel import triton_row_stats
+    from fusecli.extract.onepass_kernel import rowloop_row_stats, triton_row_stats
     from fusecli.extract.topk import compiled_row_stats
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=152_064)
     ap.add_argument("--hidden", type=int, default=3584)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--shapes", default="2048x4,2048x8,4096x4,4096x8,4096x16,8192x8,8192x16", help="BLOCKxWARPS")
+    ap.add_argument("--shapes", default="2048x4,4096x8,4096x16,8192x16", help="BLOCKxWARPS of the tile kernel")
+    ap.add_argument("--row-shapes", default="1024x4,2048x4,2048x8,4096x8", help="BLOCKxWARPS of the row kernel")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -55,15 +56,24 @@ def main() -> None:
     variants = {"compiled row_stats (today)": compiled}
     for shape in args.shapes.split(","):
         block, warps = (int(v) for v in shape.split("x"))
-        variants[f"onepass {block}x{warps}"] = (
+        variants[f"onepass tiles {block}x{warps}"] = (
             lambda x, g, k, block=block, warps=warps: triton_row_stats(x, g, k, block, warps)
+        )
+    for shape in args.row_shapes.split(","):
+        block, warps = (int(v) for v in shape.split("x"))
+        variants[f"onepass rows {block}x{warps}"] = (
+            lambda x, g, k, block=block, warps=warps: rowloop_row_stats(x, g, k, block, warps)
         )
     variants["compiled row_stats (again)"] = compiled
     matmul_ms = triton.testing.do_bench(lambda: hidden @ weight.T, return_mode="median")
     rows = [{"variant": "LM head matmul", "ms": matmul_ms}]
     for name, fn in variants.items():
-        res = {"variant": name, **check(fn, logits, gold, args.k)}
-        res["ms"] = triton.testing.do_bench(lambda fn=fn: fn(logits, gold, args.k), return_mode="median")
+        try:
+            res = {"variant": name, **check(fn, logits, gold, args.k)}
+            res["ms"] = triton.testing.do_bench(lambda fn=fn: fn(logits, gold, args.k), return_mode="median")
+        except Exception as exc:  # report and go on with the next variant
+            print(json.dumps({"variant": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}), flush=True)
+            continue
         res["GB_s"] = logits.numel() * logits.element_size() / res["ms"] / 1e6
         rows.append(res)
         print(json.dumps(res), flush=True)

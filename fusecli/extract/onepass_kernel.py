@@ -131,3 +131,73 @@ def triton_row_stats(
         K=k, KP=kp, CP=triton.next_power_of_2(tiles * k), TP=triton.next_power_of_2(tiles), num_warps=4,
     )
     return top_id, top_lp, ce
+
+
+@triton.jit
+def _rows(
+    logits_ptr, stride, gold_ptr, vocab, out_id_ptr, out_lp_ptr, out_ce_ptr,
+    K: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One program per row, tile after tile: a running top-K whose K-th key is the bar a tile must pass,
+    so after the first tiles most tiles cost one max and one sum (no per-tile candidates)."""
+    row = tl.program_id(0)
+    base = logits_ptr + row.to(tl.int64) * stride
+    offs = tl.arange(0, BLOCK)
+    kk = tl.arange(0, KP)
+    lowest = tl.full([BLOCK], -9223372036854775807 - 1, tl.int64)
+    top = tl.where(kk < K, -9223372036854775807 - 1, 9223372036854775807).to(tl.int64)  # lanes >= K never leave
+    bar = tl.min(top, 0)
+    run_max = float("-inf")
+    run_sum = 0.0
+    for start in range(0, vocab, BLOCK):
+        col = start + offs
+        xf = tl.load(base + col, mask=col < vocab, other=float("-inf")).to(tl.float32)
+        bits = xf.to(tl.int32, bitcast=True)
+        key = ((bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) << 32) | (0x7FFFFFFF - col).to(tl.int64)
+        key = tl.where(col < vocab, key, lowest)
+        best = tl.max(key, 0)
+        srt = (best >> 32).to(tl.int32)
+        new = tl.maximum(run_max, (srt ^ ((srt >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True))
+        scale = tl.where(run_max == float("-inf"), 0.0, tl.exp(run_max - new))
+        part = tl.where(new == float("-inf"), 0.0, tl.sum(tl.exp(xf - new), 0))
+        run_sum = run_sum * scale + part
+        run_max = new
+        while best > bar:
+            slot = tl.min(tl.where(top == bar, kk, KP), 0)
+            top = tl.where(kk == slot, best, top)
+            bar = tl.min(top, 0)
+            key = tl.where(key == best, lowest, key)
+            best = tl.max(key, 0)
+    lse = run_max + tl.log(run_sum)
+    tl.store(out_ce_ptr + row, lse - tl.load(base + tl.load(gold_ptr + row)).to(tl.float32))
+    top = tl.where(kk < K, top, -9223372036854775807 - 1)
+    lps = tl.full([KP], float("-inf"), tl.float32)
+    ids = tl.zeros([KP], tl.int64)
+    for j in tl.static_range(K):
+        best = tl.max(top, 0)
+        top = tl.where(top == best, -9223372036854775807 - 1, top)
+        srt = (best >> 32).to(tl.int32)
+        lps = tl.where(kk == j, (srt ^ ((srt >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True) - lse, lps)
+        ids = tl.where(kk == j, 0x7FFFFFFF - (best & 0xFFFFFFFF), ids)
+    tl.store(out_lp_ptr + row.to(tl.int64) * K + kk, lps, mask=kk < K)
+    tl.store(out_id_ptr + row.to(tl.int64) * K + kk, ids, mask=kk < K)
+
+
+def rowloop_row_stats(
+    logits: torch.Tensor, gold: torch.Tensor, k: int, block: int, num_warps: int = 8
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same outputs from one program per row (`_rows`): one launch, no candidate buffers."""
+    n, vocab = logits.shape
+    if not 0 < k <= vocab:
+        raise ValueError(f"top-K of {k} over a vocabulary of {vocab}")
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    dev = logits.device
+    top_id = torch.empty((n, k), dtype=torch.int64, device=dev)
+    top_lp = torch.empty((n, k), dtype=torch.float32, device=dev)
+    ce = torch.empty(n, dtype=torch.float32, device=dev)
+    if n:
+        block = max(min(block, triton.next_power_of_2(vocab)), 16)
+        _rows[(n,)](logits, logits.stride(0), gold.to(dev), vocab, top_id, top_lp, ce,
+                    K=k, KP=triton.next_power_of_2(k), BLOCK=block, num_warps=num_warps)
+    return top_id, top_lp, ce

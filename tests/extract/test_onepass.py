@@ -26,6 +26,13 @@ def kernel_device() -> str | None:
 
 
 needs_kernel = pytest.mark.skipif(kernel_device() is None, reason="needs CUDA (or TRITON_INTERPRET=1 with triton)")
+KERNELS = ["triton_row_stats", "rowloop_row_stats"]  # per-tile candidates then a merge; one program per row
+
+
+def kernel(name: str):
+    from fusecli.extract import onepass_kernel
+
+    return getattr(onepass_kernel, name)
 
 
 def reference(logits: torch.Tensor, gold: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,47 +90,43 @@ def test_rows_with_nan_or_inf_come_out_non_finite():
 
 
 @needs_kernel
+@pytest.mark.parametrize("name", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_kernel_matches_the_torch_path_and_the_reference(dtype, seed):
-    from fusecli.extract.onepass_kernel import triton_row_stats
-
+def test_kernel_matches_the_torch_path_and_the_reference(name, dtype, seed):
     device = kernel_device()
     logits, gold = make(19, 1000, dtype, seed, device)
-    got = triton_row_stats(logits, gold, 10, 128)
+    got = kernel(name)(logits, gold, 10, 128)
     assert_matches(got, reference(logits, gold, 10), atol=2e-5)
     assert_matches(got, tuple(t.double() if t.is_floating_point() else t for t in tiled_row_stats(
         logits, gold, 10, 128)), atol=2e-5)
 
 
 @needs_kernel
+@pytest.mark.parametrize("name", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_kernel_breaks_ties_like_the_torch_path(dtype):
-    from fusecli.extract.onepass_kernel import triton_row_stats
-
+def test_kernel_breaks_ties_like_the_torch_path(name, dtype):
     logits, gold = make(11, 700, dtype, seed=9, device=kernel_device(), levels=6)
-    assert_matches(triton_row_stats(logits, gold, 10, 64), reference(logits, gold, 10), atol=2e-5)
+    assert_matches(kernel(name)(logits, gold, 10, 64), reference(logits, gold, 10), atol=2e-5)
 
 
 @needs_kernel
-def test_kernel_rows_with_nan_or_inf_come_out_non_finite():
-    from fusecli.extract.onepass_kernel import triton_row_stats
-
+@pytest.mark.parametrize("name", KERNELS)
+def test_kernel_rows_with_nan_or_inf_come_out_non_finite(name):
     logits, gold = make(4, 300, torch.bfloat16, seed=3, device=kernel_device())
     logits[0, 17], logits[1, 250], logits[2, 5] = torch.nan, torch.inf, -torch.inf
-    ids, lp, ce = triton_row_stats(logits, gold, 10, 64)
+    ids, lp, ce = kernel(name)(logits, gold, 10, 64)
     finite = (torch.isfinite(lp).all(1) & torch.isfinite(ce)).tolist()
     assert finite == [False, False, gold[2].item() != 5, True]
     assert (ids >= 0).all() and (ids < 300).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_kernel_at_a_real_vocabulary_matches_the_compiled_path():
+@pytest.mark.parametrize("name", KERNELS)
+def test_kernel_at_a_real_vocabulary_matches_the_compiled_path(name):
     """152,064 columns in tiles of 4,096 (a partial last tile), bf16 as the LM head makes them."""
-    from fusecli.extract.onepass import onepass_row_stats
-
     logits, gold = make(1024, 152_064, torch.bfloat16, seed=4, device="cuda")
-    ids, lp, ce = onepass_row_stats(logits, gold, 10)
+    ids, lp, ce = kernel(name)(logits, gold, 10, 4096)
     ref_ids, ref_lp, ref_ce = reference(logits, gold, 10)
     torch.testing.assert_close(lp.double(), ref_lp, rtol=0, atol=2e-5)
     torch.testing.assert_close(ce.double(), ref_ce, rtol=0, atol=2e-5)
