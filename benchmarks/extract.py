@@ -13,7 +13,7 @@ rest response tokens (which the stage extracts; the naive pass computes every po
   mask, chunked head, rows packed to 32 B, shards written), eager or compiled (decoder layers and the
   head's log-normaliser/CE pass), with the head's top-K in torch (`extract.onepass: false`).
 - NAME+onepass: that variant with the head's top-K, log-normaliser and CE in one Triton read of each
-  logits chunk (`extract.onepass`, the stage's default on GPU: ours+compile+onepass). Its store is
+  logits chunk (`extract.onepass: true`; the stage's GPU default is ours+compile). Its store is
   compared with the same variant's without +onepass when both ran (`store_vs` in the JSON). Time a
   baseline both first and last (`--variants ours+compile,ours+compile+onepass,ours+compile`): the
   first timed variant is always the slowest.

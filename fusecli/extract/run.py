@@ -59,7 +59,7 @@ class ExtractParams:
     vocab_chunk_rows: int = 4096
     compact: bool = True  # 32 B/row packed top-K (fusecli/extract/codec.py); false: int32 ids + fp32 values
     compile: bool = True  # on CUDA: torch.compile the decoder layers and the log-normaliser/CE pass
-    onepass: bool = True  # on CUDA: top-K, log-normaliser and CE in one Triton read of each logits chunk
+    onepass: bool = False  # on CUDA: top-K, log-normaliser and CE in one Triton read of each logits chunk
     model_parallel: bool = False  # spread one model over all visible GPUs (device_map="auto")
     overlap: bool = True  # read back and write batch n-1 while the device runs batch n (same bytes either way)
 
