@@ -60,6 +60,7 @@ class ExtractParams:
     vocab_chunk_rows: int = 4096
     compact: bool = True  # 32 B/row packed top-K (fusecli/extract/codec.py); false: int32 ids + fp32 values
     compile: bool = True  # on CUDA: torch.compile the decoder layers and the log-normaliser/CE pass
+    onepass: bool = False  # on CUDA: top-K, log-normaliser and CE in one Triton read of each logits chunk
     model_parallel: bool = False  # spread one model over all visible GPUs (device_map="auto")
     overlap: bool = True  # read back and write batch n-1 while the device runs batch n (same bytes either way)
 
@@ -173,7 +174,7 @@ def _batches(order: list[int], lengths: list[int], batch_tokens: int) -> list[li
 
 @torch.no_grad()
 def forward_rows(
-    model: torch.nn.Module, items: list[Tokenized], k: int, device: torch.device, chunk: int, compiled: bool = False
+    model: torch.nn.Module, items: list[Tokenized], k: int, device: torch.device, chunk: int, head: str = "eager"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """One right-padded forward; top-K and CE at t-1 for every response token t, on the device.
 
@@ -198,7 +199,7 @@ def forward_rows(
         k,
         chunk,
         softcap_of(model),
-        compiled,
+        head,
     )
     return top_id, top_lp, ce, [len(t) for t in rows_t]
 
@@ -239,8 +240,8 @@ def launch_batch(
     codec: TopKCodec | None,
 ) -> Pending:
     """Queue one batch's forward, packing (on the device when `codec`) and copy back; returns at once on CUDA."""
-    compiled = params.compile and device.type == "cuda"
-    top_id, top_lp, ce, counts = forward_rows(model, items, params.k, device, params.vocab_chunk_rows, compiled)
+    head = head_of(params, device)
+    top_id, top_lp, ce, counts = forward_rows(model, items, params.k, device, params.vocab_chunk_rows, head)
     out = {"finite": torch.isfinite(top_lp).all(1) & torch.isfinite(ce), "ce": ce}
     if codec is not None:
         out["topk_code"] = codec.encode(top_id, top_lp, ce)
@@ -252,6 +253,13 @@ def launch_batch(
         done = torch.cuda.Event()
         done.record(torch.cuda.current_stream(ce.device))
     return Pending(items, index, counts, out, done)
+
+
+def head_of(params: ExtractParams, device: torch.device) -> str:
+    """The head's row statistics (fusecli/extract/topk.py HEADS): the CPU keeps the eager torch path."""
+    if device.type != "cuda":
+        return "eager"
+    return "onepass" if params.onepass else "compiled" if params.compile else "eager"
 
 
 def _finish_batch(p: Pending) -> tuple[list[Record], list[int]]:
