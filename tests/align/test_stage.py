@@ -388,7 +388,7 @@ def test_mined_method_with_workers_matches_one_process(cross, tokenizer_dirs):
 
 
 def test_workers_change_no_byte_of_the_default_output(cross, tokenizer_dirs):
-    """align.workers is unhashed in dvc.yaml (AlignParams.UNHASHED): the pool must not change one byte."""
+    """align.workers is unhashed (fusecli/pipeline.py): the pool must not change one byte."""
     root = cross["root"]
     two = run(dataclasses.replace(cross["params"], workers=2), cross["pivot"], cross["source"],
                     tokenizer_dirs["byte"], tokenizer_dirs["meta"], root / "default2")
