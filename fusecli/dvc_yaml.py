@@ -96,7 +96,7 @@ def synced(dvc_yaml: Path, params_path: Path) -> tuple[str, str]:
 
 
 def differing_stages(current: str, wanted: str) -> list[str]:
-    """The stages whose parsed definitions differ (what --check names)."""
+    """The stages whose parsed definitions differ (what --check names; layout aside)."""
     a = (yaml.safe_load(current) or {}).get("stages") or {}
     b = (yaml.safe_load(wanted) or {}).get("stages") or {}
     return sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
@@ -106,17 +106,18 @@ def sync(dvc_yaml: Path, params_path: Path, check: bool) -> list[str] | None:
     """Write dvc.yaml's stages from the table (`check`: only compare); return the stages that differed
     (empty: the layout only), None when dvc.yaml was already in step.
 
-    With `check`, raise when dvc.yaml differs at all, naming the stages (or the layout, when only
-    the text differs)."""
+    With `check`, raise when a stage's definition differs, naming the stages (layout, such as a comment or
+    a quoted path, is not compared: `fusecli dataset-deps` writes its paths as JSON strings)."""
     current, wanted = synced(dvc_yaml, params_path)
     if current == wanted:
         return None
     changed = differing_stages(current, wanted)
     if check:
-        what = f"stages {', '.join(changed)}" if changed else "its layout"
-        raise FusecliError(
-            f"{dvc_yaml.name} disagrees with the stage table (fusecli/pipeline.py) in {what}: "
-            "run `fusecli sync-dvc` (edit a stage in fusecli/pipeline.py, never in dvc.yaml)"
-        )
+        if changed:
+            raise FusecliError(
+                f"{dvc_yaml.name} disagrees with the stage table (fusecli/pipeline.py) in {', '.join(changed)}: "
+                "run `fusecli sync-dvc` (edit a stage in fusecli/pipeline.py, never in dvc.yaml)"
+            )
+        return changed
     atomic_write_text(dvc_yaml, wanted)
     return changed
