@@ -102,6 +102,7 @@ def committed(tmp_path: Path) -> Path:
     return committed_workspace(tmp_path)
 
 
+@pytest.mark.slow
 def test_fusion_only_and_speed_only_keys_rerun_nothing_they_cannot_change(committed):
     after_temperature = stale_after(committed, lambda p: p["fuse"].update(temperature=2.0))
     assert "sft_baseline" not in after_temperature and {"fuse_all", "evaluate", "report"} <= after_temperature
@@ -112,6 +113,7 @@ def test_fusion_only_and_speed_only_keys_rerun_nothing_they_cannot_change(commit
     assert "sft_baseline" in after_rate and not any(s.startswith(("align@", "extract")) for s in after_rate)
 
 
+@pytest.mark.slow
 def test_a_version_bump_reruns_only_the_merges_that_record_it(committed):
     version = committed / "fusecli/version.py"
     version.write_text(version.read_text().replace('"0.1.0"', '"0.1.1"'))

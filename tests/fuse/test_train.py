@@ -12,6 +12,8 @@ from fusecli.store import StoreWriter, iter_records
 from tests.killing import TIMING_KEYS
 from tests.tiny import write_dataset, write_model
 
+pytestmark = pytest.mark.slow  # trains tiny models: make test, not make test-fast
+
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):

@@ -13,6 +13,8 @@ import yaml
 
 from tests.dvcws import committed_workspace, stale_after
 
+pytestmark = pytest.mark.slow  # real dvc status: make test, not make test-fast
+
 
 @pytest.fixture
 def committed(tmp_path: Path) -> Path:
