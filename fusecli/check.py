@@ -29,17 +29,11 @@ CHARS_PER_TOKEN = 4
 
 
 def _sections() -> dict[str, type]:
-    """params.yaml section -> the dataclass its stage loads it into (imported here: they pull in torch)."""
-    from fusecli.align.params import AlignParams
-    from fusecli.data.build import DatasetParams
-    from fusecli.demo.world import DemoParams
-    from fusecli.evaluate.params import EvalParams
-    from fusecli.extract.run import ExtractParams
-    from fusecli.fuse.train import FuseParams
+    """params.yaml section -> the dataclass its stage loads it into (the stage table's, and runtime's)."""
+    from fusecli.pipeline import sections
     from fusecli.runtime import RuntimeParams
 
-    return {"runtime": RuntimeParams, "demo": DemoParams, "dataset": DatasetParams, "extract": ExtractParams,
-            "align": AlignParams, "fuse": FuseParams, "evaluate": EvalParams}
+    return {"runtime": RuntimeParams, **sections()}
 
 
 def _check_launch(value: Any) -> None:
