@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint reproduce metrics-diff soak clean lock drift
+.PHONY: install demo test test-fast lint reproduce metrics-diff soak clean lock drift
 
 # Every package at its version in $(LOCK) (constraints: pip installs what is asked for, at the locked version).
 $(STAMP): pyproject.toml constraints-cpu.txt $(LOCK)
@@ -58,7 +58,15 @@ metrics-diff: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/fusecli sync-dvc --check
 	$(VENV)/bin/pytest -q -ra
+
+# The loop while editing: the unit tests, without the end-to-end tests marked slow (real `dvc repro` runs,
+# the kill soak, the quality sweep); `make test` (what CI runs) is the whole suite.
+test-fast: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/fusecli sync-dvc --check
+	$(VENV)/bin/pytest -q -ra -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -10,8 +10,13 @@ rest response tokens (which the stage extracts; the naive pass computes every po
 - naive: batches of `batch_tokens // 2048` sequences in dataset order, right-padded with an
   attention mask, full logits, fp32 log_softmax, topk, rows gathered to the CPU.
 - ours / ours+compile: `fusecli.extract.run.extract_items` (length-sorted token-budget batches, no
-  mask, chunked head, rows packed to 32 B, shards written), eager or compiled (the stage's default on
-  GPU: decoder layers and the head's log-normaliser/CE pass).
+  mask, chunked head, rows packed to 32 B, shards written), eager or compiled (decoder layers and the
+  head's log-normaliser/CE pass), with the head's top-K in torch (`extract.onepass: false`).
+- NAME+onepass: that variant with the head's top-K, log-normaliser and CE in one Triton read of each
+  logits chunk (`extract.onepass: true`; the stage's GPU default is ours+compile). Its store is
+  compared with the same variant's without +onepass when both ran (`store_vs` in the JSON). Time a
+  baseline both first and last (`--variants ours+compile,ours+compile+onepass,ours+compile`): the
+  first timed variant is always the slowest.
 - ours+compile-all: the whole decoder compiled as one module instead (minutes per new batch shape).
 - NAME+sync: without `extract.overlap` (the host reads back each batch before the next is launched).
 - NAME@TOKENS: that variant with another token budget per forward (`extract.batch_tokens`).
@@ -65,7 +70,8 @@ def make_items(n: int, vocab: int, seed: int, lo: int = 50, hi: int = 2048) -> l
         mask = np.zeros(length, dtype=bool)
         mask[max(1, length // 3) :] = True
         ids = rng.integers(0, vocab, length)
-        items.append(Tokenized(ids, np.zeros((length, 2), np.int32), mask))
+        turns = np.array([[0, 0, length, length]], np.int32)  # stores keep the turns; one per sequence here
+        items.append(Tokenized(ids, np.zeros((length, 2), np.int32), mask, turns))
     return items
 
 
@@ -148,6 +154,34 @@ def check(model: torch.nn.Module, device: torch.device, scratch: str) -> dict:
     }
 
 
+def compare_stores(new: Path, old: Path) -> dict:
+    """How a variant's packed store differs from its baseline's: rows byte for byte, then decoded."""
+    from safetensors.numpy import load_file
+
+    from fusecli.store import iter_records, read_manifest
+
+    same_rows = rows = 0
+    for shard in read_manifest(old)["shards"]:
+        if shard["file"] is not None:
+            a, b = load_file(old / shard["file"])["topk_code"], load_file(new / shard["file"])["topk_code"]
+            same_rows += int((a == b).all(1).sum()) if a.shape == b.shape else 0
+            rows += len(a)
+    same_set, lp_err, ce_err = [], 0.0, 0.0
+    for a, b in zip(iter_records(old), iter_records(new), strict=True):
+        same_set.extend(set(x) == set(y) for x, y in zip(a["topk_ids"], b["topk_ids"], strict=True))
+        ok = np.array(same_set[-len(a["topk_ids"]) :])
+        lp_err = max(lp_err, float(np.abs(a["topk_logprobs"][ok] - b["topk_logprobs"][ok]).max(initial=0)))
+        ce_err = max(ce_err, float(np.abs(a["token_ce"] - b["token_ce"]).max(initial=0)))
+    return {
+        "store_vs": str(old.name),
+        "rows": rows,
+        "rows_byte_identical": same_rows / max(rows, 1),
+        "same_topk_set": float(np.mean(same_set)),
+        "max_logp_abs_diff_same_set": lp_err,
+        "max_ce_abs_diff": ce_err,
+    }
+
+
 def run_variant(
     name: str,
     model: torch.nn.Module,
@@ -167,6 +201,7 @@ def run_variant(
         shard_size=shard_size,
         compile=base.startswith("ours+compile"),
         overlap="+sync" not in base,
+        onepass="+onepass" in base,
     )
     graphs0 = counters["stats"]["unique_graphs"]
     if rank.rank == 0:
@@ -235,6 +270,7 @@ def main() -> None:
             if name.startswith("ours+compile-all"):
                 model.model = torch.compile(model.model, dynamic=True)
             out = Path(args.scratch) / f"bench-{size}-{name}-w{rank.world}"
+            baseline = Path(args.scratch) / f"bench-{size}-{name.replace('+onepass', '')}-w{rank.world}"
             try:
                 # Compile and allocator warm-up, on every rank: with the timed run's shard size the 24
                 # warm-up rows made one group, so only rank 0 warmed up (the 0.82x of docs/benchmarks.md).
@@ -250,6 +286,8 @@ def main() -> None:
             if "wall_s" in res:
                 rate = res["tokens"] / res["wall_s"]
                 res.update(tokens_per_s=rate, mfu=rate * flops / (PEAK * rank.world))
+                if "+onepass" in name and rank.rank == 0 and (baseline / "manifest.json").exists():
+                    res.update(compare_stores(out, baseline))
             gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
             res.update(size=size, world=rank.world, gpu=gpu, flops_per_token=flops)
             results.append(res)

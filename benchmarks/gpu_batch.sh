@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_batch.sh three # fusion at micro-batch 8, 7B extraction over 1,024 rows, 2-GPU extraction at 512
 #   bash benchmarks/gpu_batch.sh four  # fusion at micro-batch 16, a profile of 7B extraction, 7B fusion under ZeRO-3
 #   bash benchmarks/gpu_batch.sh five  # extract.overlap against the synchronous loop, 7B
+#   bash benchmarks/gpu_batch.sh six   # extract.onepass (issue 28): GPU tests, head kernels alone, 7B extraction; one GPU, no wheels
 set -u
 source benchmarks/gpu_env.sh || exit 1
 OUT=${OUT:-/tmp/out}
@@ -99,5 +100,14 @@ five)  # extract.overlap against the synchronous loop, 7B: 384 rows (GPU 0) and 
         echo "$1 vs $2: shards $n, differing $bad" | tee -a "$OUT/overlap_cmp.txt"
     done
     tail -n 4 "$OUT/extract7e.log" "$OUT/extract7f.log"
+    ;;
+six)  # extract.onepass: its tests on the GPU, the head's row statistics alone, then 7B extraction with the
+      # compiled torch pass first and last (the first timed variant is the slowest) and the one-pass kernel between
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/extract/test_onepass.py >"$OUT/onepass_tests.log" 2>&1
+    timeout 90 python3 benchmarks/head.py >"$OUT/head.log" 2>&1
+    timeout 270 python3 benchmarks/extract.py --sizes 7b --seqs 384 \
+        --variants ours+compile,ours+compile+onepass,ours+compile --json "$OUT/extract7g.jsonl" >"$OUT/extract7g.log" 2>&1
+    tail -n 3 "$OUT/onepass_tests.log"; tail -n 14 "$OUT/head.log" | cut -c1-300; tail -n 5 "$OUT/extract7g.log" | cut -c1-300
+    grep -h store_vs "$OUT/extract7g.jsonl" | cut -c1-700
     ;;
 esac

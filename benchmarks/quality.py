@@ -1,18 +1,23 @@
-"""The quality benchmark (issue 13): every model of the pipeline over several seeds, and the control.
+"""The quality benchmark (issues 13, 24): every model of the pipeline over several seeds, and the controls.
 
 For each seed it copies the repository's working tree (git's tracked files with their uncommitted changes,
 plus untracked files git does not ignore) into a fresh folder, sets every `seed` key of params.yaml (found by
-walking the file) to the seed, applies the --set overrides, runs the whole `dvc repro` and reads
-eval/metrics.json. Then it sets `fuse.teacher: reference`, the control (every fused target is the reference
-one-hot), and runs `dvc repro` again: DVC reruns the training stages that read the `fuse` section (the pair
-models, fuse_all, and sft_baseline, which trains the same model again), the merges, evaluate and report. Per
-model (pivot, sources, sft_baseline, the pair models, fuselm, every merge method, then the retrained ones
-again prefixed `control:`) and per domain it prints mean ± spread over the seeds, the spread being half the
-max-min range, writes every seed's numbers and the summary to --out, and with --readme writes the Markdown
-tables between the marker comments of that file.
+walking the file) to the seed, applies the --set overrides, pins the extra demo specialists of --sources
+(`dvc repro build_demo`, then `fusecli add-source demo/models/<name>` as a user would), runs the whole
+`dvc repro` and reads eval/metrics.json. Then, per control of --controls, it sets `fuse.teacher` to it and
+runs `dvc repro` again: DVC reruns the training stages that read `fuse.teacher` (the pair models and
+fuse_all; the `sft_baseline` it reports again is the same model), the merges, evaluate and report. The controls:
+`reference` (rows prefixed `control:`), every fused target the reference one-hot, what the teachers add
+beyond the references; `pivot` (rows prefixed `self:`), the sources dropped and the pivot's own distribution
+the only teacher, what the sources add beyond the pivot teaching itself. Per model (pivot, sources,
+sft_baseline, the pair models, fuselm, every merge method, then each control's retrained ones) and per domain
+it prints mean ± spread over the seeds, the spread being half the max-min range, writes every seed's numbers
+and the summary to --out, and with --readme writes the Markdown tables between the marker comments of that
+file.
 
     python benchmarks/quality.py --seeds 0,1,2 --out quality.json --readme README.md
-    python benchmarks/quality.py --set fuse.gate=1.0 --out quality-gate1.json      # one ablation
+    python benchmarks/quality.py --sources 3 --out quality-3src.json               # merge three pair models
+    python benchmarks/quality.py --set fuse.gate=1.0 --controls reference --out quality-gate1.json
 """
 
 from __future__ import annotations
@@ -37,11 +42,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fusecli.config import load_section
+from fusecli.demo.world import DemoParams
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.io import atomic_write_json, atomic_write_text
+from fusecli.lock import read_lock
+from fusecli.sources import DEMO_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTROL = "control:"
+CONTROLS = {"reference": "control:", "pivot": "self:"}  # fuse.teacher of each control -> its rows' prefix
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 SPREAD = "half the max-min range over seeds"
 
@@ -112,17 +121,54 @@ def configure(workspace: Path, seed: int, overrides: list[tuple[tuple, Any]]) ->
     return [".".join(map(str, p)) for p in seeds]
 
 
-def repro(workspace: Path, log: Path) -> None:
-    """`dvc repro` with this interpreter's environment first on PATH (the stages run `python`) and the copy's
-    own fusecli first on PYTHONPATH (not the one this environment has installed)."""
+def run_logged(cmd: list[str], workspace: Path, log: Path, what: str) -> None:
+    """Run `cmd` in `workspace`, its output appended to `log`, with this interpreter's environment first on
+    PATH (the stages run `python`, the CLI is `fusecli`) and the copy's own fusecli first on PYTHONPATH (not
+    the one this environment has installed)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": os.pathsep.join([str(workspace), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as out:
-        code = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=env, stdout=out,
-                              stderr=subprocess.STDOUT).returncode
+    with log.open("a") as out:
+        code = subprocess.run(cmd, cwd=workspace, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        raise FusecliError(f"dvc repro failed in {workspace} (exit {code}): see {log}")
+        raise FusecliError(f"{what} failed in {workspace} (exit {code}): see {log}")
+
+
+def repro(workspace: Path, log: Path, *targets: str) -> None:
+    """`dvc repro` of the workspace (or of `targets` only)."""
+    run_logged([sys.executable, "-m", "dvc", "repro", *targets], workspace, log, "dvc repro")
+
+
+def extra_sources(workspace: Path, spec: str | None) -> list[str]:
+    """The demo specialists --sources adds to the workspace's models.lock: `spec` is either the total number
+    of sources wanted (the locked ones, then the demo's other specialists in demo.models order) or
+    comma-separated demo model names. The pivot (the first demo model) is never a source."""
+    if not spec:
+        return []
+    lock = read_lock(workspace / "models.lock")
+    locked = {Path(e.path).name for e in lock.sources.values() if e.origin == "demo"}
+    specialists = [m.name for m in load_section(DemoParams, "demo", workspace / "params.yaml").models[1:]]
+    free = [m for m in specialists if m not in locked]
+    if spec.strip().isdigit():
+        n, have = int(spec), len(lock.sources)
+        if not have <= n <= have + len(free):
+            raise FusecliError(f"--sources {n}: models.lock has {have} sources and the demo {len(free)} more "
+                               f"specialists ({', '.join(free) or 'none'}): pass N within [{have}, {have + len(free)}]")
+        return free[: n - have]
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for name in names:
+        if name not in free:
+            raise FusecliError(f"--sources {name!r} is not a demo specialist left to add: use N or some of "
+                               f"{', '.join(free) or '(none left)'}")
+    if len(set(names)) != len(names):
+        raise FusecliError(f"--sources {spec!r} names a model twice: name each once")
+    return names
+
+
+def add_demo_sources(workspace: Path, names: list[str], log: Path) -> None:
+    """Pin demo models as sources with `fusecli add-source`, as a user would (the folders must be built)."""
+    for name in names:
+        run_logged(["fusecli", "add-source", f"{DEMO_DIR}/{name}"], workspace, log, f"fusecli add-source {name}")
 
 
 def read_scores(workspace: Path) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -164,21 +210,28 @@ def summarize(runs: dict[int, dict[str, dict]]) -> dict[str, dict[str, dict[str,
 ORDER = ("pivot", "source:", "sft_baseline", "fused:", "fuselm", "merged:")  # evaluate's order of models
 
 
+def split_control(name: str) -> tuple[int, str]:
+    """(0, name) for a model of the main run; (i, the name without the prefix) for the i-th control's."""
+    for i, prefix in enumerate(CONTROLS.values(), 1):
+        if name.startswith(prefix):
+            return i, name.removeprefix(prefix)
+    return 0, name
+
+
 def model_order(models: list[str]) -> list[str]:
-    """evaluate's order (pivot, sources, sft_baseline, pair models, fuselm, merges), the control's after. Left
+    """evaluate's order (pivot, sources, sft_baseline, pair models, fuselm, merges), each control's after. Left
     out: the `merged` alias (the default method's scores again) where the methods' own rows are present, and
-    the control's pivot and sources (the same models: the control retrains only what reads `fuse`)."""
+    a control's pivot and sources (the same models: a control retrains only what reads `fuse`)."""
 
     def rank(name: str) -> tuple:
-        control = name.startswith(CONTROL)
-        base = name.removeprefix(CONTROL)
+        control, base = split_control(name)
         group = next((i for i, p in enumerate(ORDER) if base == p or (p.endswith(":") and base.startswith(p))),
                      len(ORDER))
         return control, group, base
 
-    has_methods = any(m.removeprefix(CONTROL).startswith("merged:") for m in models)
-    shown = [m for m in models if not (has_methods and m.removeprefix(CONTROL) == "merged")]
-    shown = [m for m in shown if not (m.startswith(CONTROL) and rank(m)[1] < ORDER.index("sft_baseline"))]
+    has_methods = any(split_control(m)[1].startswith("merged:") for m in models)
+    shown = [m for m in models if not (has_methods and split_control(m)[1] == "merged")]
+    shown = [m for m in shown if not (rank(m)[0] and rank(m)[1] < ORDER.index("sft_baseline"))]
     return sorted(shown, key=rank)
 
 
@@ -198,9 +251,11 @@ def cell(stats: dict | None) -> str:
 def markdown(summary: dict, seeds: list[int], overrides: list[str], scores: list[str] | None = None) -> str:
     """One table per score (em, ce, ...): rows are models, columns the domains and their mean."""
     domains = domain_order(summary)
+    controls = [f"`{prefix}` rows: `fuse.teacher: {teacher}`" for teacher, prefix in CONTROLS.items()
+                if any(m.startswith(prefix) for m in summary)]
     lines = [f"Mean ± spread ({SPREAD}) over seeds {', '.join(map(str, seeds))}"
              + (f", with {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
-             + f"; `{CONTROL}` rows: `fuse.teacher: reference`. Generated by `benchmarks/quality.py`.", ""]
+             + "".join(f"; {c}" for c in controls) + ". Generated by `benchmarks/quality.py`.", ""]
     for key in score_keys(summary, scores):
         lines += [f"**{key}**", "", "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
         for model in model_order(list(summary)):
@@ -234,24 +289,45 @@ def print_tables(summary: dict, console: Console, scores: list[str] | None = Non
         console.print(table)
 
 
-def run_seed(repo: Path, workdir: Path, seed: int, overrides: list, progress: Progress, task: Any) -> dict:
-    """One seed: the pipeline, then the control; returns {"seed_keys", "main", "control"} scores."""
+def run_seed(repo: Path, workdir: Path, seed: int, overrides: list, controls: list[str], sources: str | None,
+             progress: Progress, task: Any) -> dict:
+    """One seed: the pipeline (with the --sources specialists added), then each control; returns
+    {"seed_keys", "sources", "main", "controls": {teacher: scores}}."""
     ws = workdir / f"seed-{seed}"
     if ws.exists():
         shutil.rmtree(ws)
+    for old in workdir.glob(f"seed-{seed}*.log"):
+        old.unlink()
     progress.update(task, description=f"seed {seed}: copying the workspace")
     copy_workspace(repo, ws)
     keys = configure(ws, seed, overrides)
+    added = extra_sources(ws, sources)
+    if added:
+        progress.update(task, description=f"seed {seed}: building the demo, adding {', '.join(added)}")
+        repro(ws, workdir / f"seed-{seed}.log", "build_demo")
+        add_demo_sources(ws, added, workdir / f"seed-{seed}.log")
     progress.update(task, description=f"seed {seed}: dvc repro")
     repro(ws, workdir / f"seed-{seed}.log")
     main = read_scores(ws)
     progress.advance(task)
-    configure(ws, seed, [*overrides, (("fuse", "teacher"), "reference")])
-    progress.update(task, description=f"seed {seed}: dvc repro (control)")
-    repro(ws, workdir / f"seed-{seed}-control.log")
-    control = read_scores(ws)
-    progress.advance(task)
-    return {"seed_keys": keys, "main": main, "control": control}
+    scores = {}
+    for teacher in controls:
+        configure(ws, seed, [*overrides, (("fuse", "teacher"), teacher)])
+        progress.update(task, description=f"seed {seed}: dvc repro (control: fuse.teacher {teacher})")
+        repro(ws, workdir / f"seed-{seed}-{teacher}.log")
+        scores[teacher] = read_scores(ws)
+        progress.advance(task)
+    return {"seed_keys": keys, "sources": sorted(read_lock(ws / "models.lock").sources), "main": main,
+            "controls": scores}
+
+
+def parse_controls(spec: str) -> list[str]:
+    """--controls: comma-separated `fuse.teacher` values of CONTROLS, each one more `dvc repro` per seed."""
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    for name in names:
+        if name not in CONTROLS:
+            raise FusecliError(f"--controls {name!r} is unknown: use some of {','.join(CONTROLS)} (or '' for none)")
+    return list(dict.fromkeys(names))
 
 
 @fail_cleanly
@@ -260,6 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one pipeline run (and control) each")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a params.yaml override applied in every run, e.g. fuse.gate=1.0 (repeatable)")
+    ap.add_argument("--controls", default=",".join(CONTROLS),
+                    help="fuse.teacher controls rerun per seed: reference (control: rows), pivot (self: rows)")
+    ap.add_argument("--sources", metavar="N|NAMES",
+                    help="merge more pair models: N sources in all (the lock's, then the demo's other "
+                         "specialists), or comma-separated demo model names, e.g. llama-instruments")
     ap.add_argument("--out", type=Path, default=Path("quality.json"), help="per-seed numbers and the summary")
     ap.add_argument("--readme", type=Path, help="write the Markdown tables between the markers of this file")
     ap.add_argument("--scores", help="comma-separated score keys for the tables, e.g. em,ce (default: all)")
@@ -284,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     if not seeds:
         raise FusecliError("--seeds is empty: pass e.g. --seeds 0,1,2")
     overrides = [parse_set(s) for s in args.overrides]
+    controls = parse_controls(args.controls)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fusecli-quality-"))
     workdir.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
@@ -292,16 +374,17 @@ def main(argv: list[str] | None = None) -> None:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total} runs"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("quality", total=2 * len(seeds))
+        task = progress.add_task("quality", total=(1 + len(controls)) * len(seeds))
         def one(seed: int) -> dict:
-            result = run_seed(args.repo.resolve(), workdir, seed, overrides, progress, task)
+            result = run_seed(args.repo.resolve(), workdir, seed, overrides, controls, args.sources, progress, task)
             if not args.keep:
                 shutil.rmtree(workdir / f"seed-{seed}", ignore_errors=True)
             return result
 
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             runs = dict(zip(seeds, pool.map(one, seeds), strict=True))
-    merged = {seed: {**r["main"], **{f"{CONTROL}{m}": s for m, s in r["control"].items()}} for seed, r in runs.items()}
+    merged = {seed: {**r["main"], **{f"{CONTROLS[t]}{m}": s for t, scores in r["controls"].items()
+                                      for m, s in scores.items()}} for seed, r in runs.items()}
     summary = summarize(merged)
     table = markdown(summary, seeds, args.overrides, scores)
     result = {
@@ -312,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": seeds,
         "overrides": args.overrides,
         "seed_keys": runs[seeds[0]]["seed_keys"],
+        "controls": controls,
+        "sources": runs[seeds[0]]["sources"],
         "spread": SPREAD,
         "runs": {str(seed): scores for seed, scores in merged.items()},
         "summary": summary,

@@ -20,21 +20,20 @@ from fusecli.errors import FusecliError
 from fusecli.lock import ModelEntry, read_lock
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+# Characters per token of English prose for today's BPE vocabularies (OpenAI's rule of thumb; 32K-152K
+# vocabularies measure 3.5-4.5). Code, numbers and other scripts take more tokens per character, so a row of
+# dataset.max_chars characters needs at least about max_chars / 4 tokens for most text: a stated bound, not a
+# tokenizer's count, because `fusecli check` runs before the models are pulled or built and loads none. The
+# extract stage counts what was really cut, with each model's own tokenizer (fusecli/extract/truncation.py).
+CHARS_PER_TOKEN = 4
 
 
 def _sections() -> dict[str, type]:
-    """params.yaml section -> the dataclass its stage loads it into (imported here: they pull in torch)."""
-    from fusecli.align.params import AlignParams
-    from fusecli.data.build import DatasetParams
-    from fusecli.demo.world import DemoParams
-    from fusecli.evaluate.params import EvalParams
-    from fusecli.extract.run import ExtractParams
-    from fusecli.fuse.fisher import FisherParams
-    from fusecli.fuse.train import FuseParams
+    """params.yaml section -> the dataclass its stage loads it into (the stage table's, and runtime's)."""
+    from fusecli.pipeline import sections
     from fusecli.runtime import RuntimeParams
 
-    return {"runtime": RuntimeParams, "demo": DemoParams, "dataset": DatasetParams, "extract": ExtractParams,
-            "align": AlignParams, "fuse": FuseParams, "fisher": FisherParams, "evaluate": EvalParams}
+    return {"runtime": RuntimeParams, **sections()}
 
 
 def _check_launch(value: Any) -> None:
@@ -79,6 +78,22 @@ def check_params(params: str | Path, require_all: bool = True) -> list[str]:
         check()
         checked.append(name)
     return checked
+
+
+def length_warning(params: str | Path) -> str | None:
+    """A warning when a row of dataset.max_chars characters cannot fit extract.max_length tokens (at
+    CHARS_PER_TOKEN): its replies would be cut, losing their end and end-of-turn. None when it fits."""
+    data, sections = read_yaml(params), _sections()
+    if "dataset" not in data or "extract" not in data:
+        return None
+    max_chars = from_dict(sections["dataset"], data["dataset"], "dataset").max_chars
+    max_length = from_dict(sections["extract"], data["extract"], "extract").max_length
+    if max_chars <= CHARS_PER_TOKEN * max_length:
+        return None
+    return (f"dataset.max_chars = {max_chars} cannot fit extract.max_length = {max_length}: a row that long is about "
+            f"{max_chars // CHARS_PER_TOKEN:,} tokens at ~{CHARS_PER_TOKEN} characters per token (English; code and "
+            "other scripts take more), so its replies would be cut without their end (extract counts them): lower "
+            f"dataset.max_chars to {CHARS_PER_TOKEN * max_length} or raise extract.max_length")
 
 
 def _safetensors_whole(path: Path) -> None:

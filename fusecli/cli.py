@@ -306,6 +306,28 @@ def dataset_deps(
         console.print("dvc.yaml: build_dataset already depends on every dataset file")
 
 
+@app.command("sync-dvc")
+def sync_dvc(
+    ctx: typer.Context,
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Parameters file, relative to the workspace."),
+    check_only: bool = typer.Option(False, "--check", help="Change nothing; exit 1 when dvc.yaml disagrees."),
+) -> None:
+    """Write dvc.yaml's stages from the stage table (fusecli/pipeline.py) and the code each stage runs."""
+    from fusecli.dvc_yaml import sync  # imported here: the stage dataclasses pull in torch
+
+    root = workspace_of(ctx).root
+    if check_only:
+        sync(root / "dvc.yaml", root / params, check=True)
+        _console().print("dvc.yaml: every stage as the stage table writes it")
+        return
+    with workspace_change(root):
+        changed = sync(root / "dvc.yaml", root / params, check=False)
+    if changed is None:
+        _console().print("dvc.yaml: already in step")
+    else:
+        _console().print(f"dvc.yaml: rewrote {', '.join(changed) or 'the layout'}")
+
+
 @app.command("check")
 def check(
     ctx: typer.Context,
@@ -330,6 +352,8 @@ def check(
     if (ws.root / "dvc.yaml").is_file():
         check_declared(load_section(DatasetParams, "dataset", path), ws.root / "dvc.yaml")
     console.print(f"dataset: {len(files)} file(s) readable and tracked by DVC")
+    if warning := preflight.length_warning(path):
+        console.print(f"[yellow]warning[/]: {warning}")
     console.print("[green]ready[/]: run `dvc repro`")
 
 

@@ -1,16 +1,17 @@
 """The files a piece of fusecli code runs: its `fusecli.*` import closure plus the package data it reads.
 
-Read statically (ast and importlib.util.find_spec, nothing imported), so checking a torch-heavy stage
-costs milliseconds. Two readers need the same answer: tests/test_closure.py checks every dvc.yaml
-stage's `deps` against it (a missed file means `dvc repro` keeps a stale result), and the evaluation
+Read statically (ast and the files on disk, nothing imported), so checking a torch-heavy stage
+costs milliseconds. Two readers need the same answer: `fusecli sync-dvc` writes every dvc.yaml stage's
+code `deps` from it (fusecli/dvc_yaml.py: a missed file means `dvc repro` keeps a stale result), and the evaluation
 score cache (fusecli/evaluate/cache.py) hashes it, so any change to the scoring code rescores.
 
 What counts: every `import`/`from ... import` of a fusecli module anywhere in a file (also inside
 functions, which is how heavy modules are loaded late), except under `if TYPE_CHECKING:`; a string
 literal that names a fusecli module (`importlib.import_module("fusecli.merge.methods")`, PEP 562
 tables); every module of a package whose `__init__.py` imports them all through `pkgutil.iter_modules`
-(the merge methods); the `__init__.py` of every package on the way (unless empty); and the
-non-Python files inside the folder of each package the closure touches (e.g. fusecli/demo/data/).
+(the merge methods); the `__init__.py` of every package on the way (unless it runs nothing: empty, or a
+docstring alone); and the non-Python files inside the folder of each package the closure touches (e.g.
+fusecli/demo/data/).
 
 Not followed: the preflight every stage runs first (`PREFLIGHT`: fusecli/check.py validates every
 section of params.yaml and every pinned model, fusecli/busy.py holds the workspace lock). It can stop
@@ -21,7 +22,6 @@ depend on every other stage's code (editing the trainer would rerun extraction).
 from __future__ import annotations
 
 import ast
-import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -32,16 +32,25 @@ PREFLIGHT = ("fusecli.check", "fusecli.busy")  # validation and locking only: se
 
 @cache
 def module_file(name: str) -> Path | None:
-    """The source file of fusecli module `name`, or None when `name` is not one."""
+    """The source file of fusecli module `name`, or None when `name` is not one (found on disk, not imported:
+    importlib's find_spec would import the parent packages, torch with them)."""
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         return None
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):  # a parent is a module, not a package
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin).resolve()
+    base = ROOT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path.resolve()
+    return None
+
+
+@cache
+def _parsed(path: Path, mtime_ns: int, size: int) -> ast.Module:  # noqa: ARG001 (the key: a changed file is read again)
+    return ast.parse(path.read_text(), str(path))
+
+
+def parse(path: Path) -> ast.Module:
+    stat = path.stat()
+    return _parsed(path, stat.st_mtime_ns, stat.st_size)
 
 
 def _module_name(path: Path) -> str:
@@ -66,7 +75,7 @@ def _absolute(node: ast.ImportFrom, here: str, is_package: bool) -> str:
 
 def imported_names(path: Path) -> set[str]:
     """Every module name the file at `path` may import (not yet filtered to fusecli modules)."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = parse(path)
     here = _module_name(path) if path.is_relative_to(ROOT / PACKAGE) else ""
     is_package = path.name == "__init__.py"
     names: set[str] = set()
@@ -108,6 +117,14 @@ def _package_data(package_dir: Path) -> set[Path]:
     return out
 
 
+def runs_code(path: Path) -> bool:
+    """False for a file that runs nothing (empty, or a docstring alone): editing it cannot change a result."""
+    if path.stat().st_size == 0:
+        return False
+    body = parse(path).body
+    return not (len(body) <= 1 and all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body))
+
+
 def closure(*entry_points: str | Path) -> list[Path]:
     """Sorted repo-relative files run by `entry_points` (file paths, or fusecli module names)."""
     todo: list[Path] = []
@@ -130,6 +147,6 @@ def closure(*entry_points: str | Path) -> list[Path]:
                 if found is not None and found not in seen:
                     todo.append(found)
     packages = {p.parent for p in seen if p.is_relative_to(ROOT / PACKAGE)}
-    seen = {p for p in seen if p.stat().st_size > 0}  # an empty __init__.py runs nothing
+    seen = {p for p in seen if runs_code(p)}  # e.g. fusecli/__init__.py: its docstring
     data = set().union(*(_package_data(d) for d in packages)) if packages else set()
     return sorted(p.relative_to(ROOT) for p in seen | data)

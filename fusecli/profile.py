@@ -2,9 +2,9 @@
 
 params.yaml stays the one file DVC tracks, so a profile is content-hashed like any other edit: applying
 params.gpu.yaml reruns exactly the stages whose keys it changes. The overlay is round-tripped with
-ruamel.yaml (DVC's own YAML library), so params.yaml keeps its comments and key order, and the file
-is replaced atomically. A profile may only set keys params.yaml already has: a typo is an error,
-not a silently ignored setting.
+ruamel.yaml (DVC's own YAML library), so params.yaml keeps its comments, key order and untouched values
+as written (`null` stays `null`), and the file is replaced atomically. A profile may only set keys
+params.yaml already has: a typo is an error, not a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ def _float(representer: Any, value: float) -> Any:
     return representer.represent_scalar("tag:yaml.org,2002:float", text)
 
 
+def _null(representer: Any, value: None) -> Any:
+    """`null` as written: ruamel's round trip writes a null mapping value as nothing (`gate:`), which reads the
+    same but is not what the file said, and looks like a key left unfinished."""
+    return representer.represent_scalar("tag:yaml.org,2002:null", "null")
+
+
 def apply_profile(params: Path, profile: Path) -> list[Change]:
     """Overlay `profile` onto `params` (atomically, comments kept); return the changed keys."""
     data = read_yaml(profile)  # a mapping, or a one-line error
@@ -61,6 +67,7 @@ def apply_profile(params: Path, profile: Path) -> list[Change]:
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own list style
     yaml.representer.add_representer(float, _float)
+    yaml.representer.add_representer(type(None), _null)
     base = yaml.load(params.read_text())
     changes = overlay(base, data, str(profile))
     if changes:

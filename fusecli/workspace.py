@@ -18,19 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from fusecli import pipeline
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
 
-SOURCE_STAGES = ("extract", "align", "fuse", "fisher")  # foreach-over-sources stages in dvc.yaml: `<stage>@<slug>`
-SOURCE_OUTPUTS = ("extract/sources/{slug}", "align/{slug}", "fused/{slug}", "logs/fuse/{slug}", "fisher/{slug}")
-
 
 def source_outputs(slug: str) -> list[str]:
-    return [p.format(slug=slug) for p in SOURCE_OUTPUTS]
+    """What the stage table's per-source stages write for `slug`."""
+    return [p.replace("${key}", slug) for s in pipeline.source_stages() for p in s.out_paths()]
 
 
 def source_stages(slug: str) -> list[str]:
-    return [f"{stage}@{slug}" for stage in SOURCE_STAGES]
+    return [f"{s.name}@{slug}" for s in pipeline.source_stages()]
 
 
 @contextmanager

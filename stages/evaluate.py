@@ -6,6 +6,7 @@ python stages/evaluate.py --params params.yaml --lock models.lock --data data/ev
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from fusecli.config import load_section, stage_parser
@@ -44,6 +45,8 @@ def main() -> None:
     atomic_write_json(Path(args.out) / "summary.json", terminal_summary(metrics["summary"]))
     atomic_write_text(Path(args.out) / "report.md", report_markdown(metrics))
     print(report_markdown(metrics))
+    for note in metrics["notes"]:
+        print(f"warning: evaluate: {note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import sys
 
 from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
-from fusecli.extract.run import ExtractParams, ModelRef, Rank, dropped_warnings, extract
+from fusecli.extract import truncation
+from fusecli.extract.run import ExtractParams, ModelRef, Rank, dropped_warnings, extract, row_ids
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
 from fusecli.runtime import start_stage
@@ -33,8 +34,12 @@ def main() -> None:
     model = ModelRef(entry.path, entry.trust_remote_code, entry.allow_pickle)
     summary = extract(args.data, model, args.out, params)  # under torchrun: this rank's share
     if Rank.from_env().rank == 0:
-        print(f"extract {args.model}: {summary['tokens']:,} tokens at {summary['tokens_per_s']:,.0f} tok/s")
-        for line in dropped_warnings(args.data, summary):
+        ids = row_ids(args.data)
+        print(f"extract {args.model}: {summary['tokens']:,} tokens at {summary['tokens_per_s']:,.0f} tok/s; "
+              f"{len(summary['cut_rows'])} of {len(ids)} rows cut at extract.max_length = {params.max_length} "
+              f"({truncation.share_cut(summary):.1%} of response tokens)")
+        cut = truncation.warning(summary, len(ids), params.max_length, ids)
+        for line in dropped_warnings(args.data, summary) + ([cut] if cut else []):
             print(f"warning: extract {args.model}: {line}", file=sys.stderr)
 
 

@@ -10,14 +10,13 @@ Launch with `python`, `torchrun --nproc_per_node N` or `deepspeed` (params.yaml:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from fusecli.config import load_section, stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
-from fusecli.fuse.selection import warnings
-from fusecli.fuse.train import FuseParams, train
+from fusecli.fuse.selection import control_line, warnings
+from fusecli.fuse.train import FuseParams, sft_only, train
 from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
 from fusecli.runtime import start_stage
@@ -44,7 +43,7 @@ def main() -> None:
             raise FusecliError(f"{args.lock} has no sources to fuse: add one with `fusecli add-source`")
         aligns += [str(Path(args.align_root) / slug) for slug in sorted(lock.sources)]
     if args.sft_baseline:
-        params, aligns = dataclasses.replace(params, lam=1.0), []
+        params, aligns = sft_only(params), []
     elif not aligns:
         ap.error("--align or --align-root is required unless --sft-baseline")
     verify_pinned(lock, ".")  # the pivot's weights changed on disk after pinning: stop before any work
@@ -64,8 +63,11 @@ def main() -> None:
 
 
 def warn_silent_sources(summary: dict, sources: list[str], every_source: bool) -> None:
-    """A source that taught under 1% of the sequences makes its fused model the SFT baseline: say so."""
+    """A source that taught under 1% of the sequences makes its fused model the SFT baseline: say so; and say
+    when the run is a control."""
     run = "fuse_all" if every_source else "fuse@" + "+".join(sources)
+    if (line := control_line(run, summary)) is not None:
+        print(f"note: {line}", file=sys.stderr)
     for line in warnings(run, summary, sources):
         print(f"warning: {line}", file=sys.stderr)
 

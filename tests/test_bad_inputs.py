@@ -43,7 +43,7 @@ from tests.tiny import write_dataset, write_model
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 REPO_PARAMS = yaml.safe_load((STAGES.parent / "params.yaml").read_text())
 PARAMS = {
-    "dataset": {"sources": [{"path": "demo"}]},
+    "dataset": {"sources": [{"path": "demo"}], "eval": 0.1},
     "extract": {"k": 4, "max_length": 128, "batch_tokens": 512, "shard_size": 4, "device": "cpu", "dtype": "float32",
                 "compile": False},
     "align": {"dist_map": "prefix", "within_token": "condition", "method": "mined", "vocab_map": "ms", "k": 4,
@@ -382,7 +382,7 @@ def _rows(n: int, messages: dict[int, str] | None = None, drop: str | None = Non
 
 def _empty_source(root: Path) -> None:
     (root / "empty.jsonl").write_text("")
-    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "empty.jsonl"}]}))
+    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "empty.jsonl"}], "eval": 0.1}))
 
 
 USER_ONLY = json.dumps([{"role": "user", "content": "What is the capital of Peru?"}])
@@ -683,7 +683,7 @@ def _latin1(root: Path) -> None:
     row = {"messages": [{"role": "user", "content": "Où est Besançon ?"},
                         {"role": "assistant", "content": "En France."}]}
     (root / "latin1.jsonl").write_bytes((json.dumps(row, ensure_ascii=False) + "\n").encode("latin-1"))
-    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "latin1.jsonl"}]}))
+    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "latin1.jsonl"}], "eval": 0.1}))
 
 
 CHECK_CASES = {
@@ -695,7 +695,8 @@ CHECK_CASES = {
     "masked-lm": (_then(_complete, _config("local/qwen/config.json", architectures=["RobertaForMaskedLM"])),
                   ("pivot local/qwen is a RobertaForMaskedLM, not a causal LM",)),
     "latin1-dataset": (_then(_complete, _latin1), ("latin1.jsonl is not UTF-8 (byte 0xf9 on line 1)", "iconv")),
-    "dataset-file-missing": (_then(_complete, _params(lambda d: d.update(dataset={"sources": [{"path": "x.jsonl"}]}))),
+    "dataset-file-missing": (_then(_complete, _params(lambda d: d.update(
+        dataset={"sources": [{"path": "x.jsonl"}], "eval": 0.1}))),
                              ("dataset source x.jsonl not found", "fix `path` in params.yaml")),
     "gpu-launcher-without-gpu": (_then(_complete, _params(lambda d: d["launch"].update(
         fuse="torchrun --nproc_per_node gpu"))), ("launch.fuse = 'torchrun --nproc_per_node gpu' starts one process",)),
@@ -719,6 +720,22 @@ def test_fusecli_check_passes_a_sound_workspace(site: Path) -> None:
     assert "2 model(s) are causal LMs" in result.out and "ready" in result.out
 
 
+def test_fusecli_check_warns_when_dataset_max_chars_cannot_fit_extract_max_length(site: Path) -> None:
+    _complete(site)
+    edit_yaml("params.yaml", lambda d: d["dataset"].update(max_chars=512))  # 4 x extract.max_length = 128: fits
+    result = run_cli(["check"])
+    assert result.code == 0 and "warning" not in result.out, result.out
+    edit_yaml("params.yaml", lambda d: d["dataset"].update(max_chars=8000))
+    result = run_cli(["check"])
+    assert result.code == 0 and "ready" in result.out, result.err
+    out = " ".join(result.out.split())  # the console wraps long lines
+    assert out.count("warning: ") == 1
+    assert ("warning: dataset.max_chars = 8000 cannot fit extract.max_length = 128: a row that long is about 2,000 "
+            "tokens at ~4 characters per token (English; code and other scripts take more), so its replies would be "
+            "cut without their end (extract counts them): lower dataset.max_chars to 512 or raise "
+            "extract.max_length") in out
+
+
 # --- dataset files: encodings, dependencies -----------------------------------------------------------------
 
 def test_latin1_jsonl_is_one_line_not_a_traceback(site: Path, stage: Callable) -> None:
@@ -732,7 +749,7 @@ def test_utf8_with_a_byte_order_mark_is_read(site: Path, stage: Callable) -> Non
     rows = "".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}?"},
                                             {"role": "assistant", "content": f"A{i}"}]}) + "\n" for i in range(10))
     (site / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + rows.encode())
-    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "bom.jsonl", "eval_fraction": 0.2}]}))
+    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "bom.jsonl"}], "eval": 0.2}))
     result = stage(["build_dataset", "--out", "new/data"])
     assert result.code == 0, result.err
     assert pl.read_parquet("new/data/train.parquet").height + pl.read_parquet("new/data/eval.parquet").height == 10
@@ -741,7 +758,7 @@ def test_utf8_with_a_byte_order_mark_is_read(site: Path, stage: Callable) -> Non
 def test_dataset_file_that_is_not_a_dvc_dependency(site: Path, stage: Callable) -> None:
     shutil.copy(STAGES.parent / "dvc.yaml", site / "dvc.yaml")
     (site / "mine.jsonl").write_text("")
-    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "mine.jsonl"}]}))
+    edit_yaml("params.yaml", lambda d: d.update(dataset={"sources": [{"path": "mine.jsonl"}], "eval": 0.1}))
     before = snapshot(site)
     assert_refused(stage(["build_dataset", "--out", "new/data"]),
                    ("'mine.jsonl' is not a dependency of build_dataset", "run `fusecli dataset-deps`"), site, before)

@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fusecli.cli import app
@@ -40,6 +41,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_workspace_changes_wait_for_a_running_dvc_repro(ws: Path) -> None:
     assert cli("set-pivot", "local/qwen")[0] == 0
     assert cli("add-source", "local/llama")[0] == 0

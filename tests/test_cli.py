@@ -140,6 +140,7 @@ def test_workspace_and_lock_options(pinned: Path, tmp_path: Path, monkeypatch: p
     fails("--workspace", str(tmp_path / "nope"), "list", match="is not a folder")
 
 
+@pytest.mark.slow
 def test_concurrent_add_source_processes_both_land(pinned: Path) -> None:
     for name in ("one", "two"):
         shutil.copytree(pinned / "local/llama", pinned / "local" / name)

@@ -1,9 +1,5 @@
-"""The lists the code keeps about dvc.yaml's stages, checked against dvc.yaml itself.
-
-`workspace.SOURCE_STAGES`/`SOURCE_OUTPUTS` (what `remove-source` cleans up) must name every per-source
-stage and output, and `evaluate` must score the output of every model-producing stage (an entry point
-under stages/fuse* or stages/merge*): a stage added to dvc.yaml without them fails here.
-"""
+"""`evaluate` scores the output of every model-producing stage of dvc.yaml (an entry point under
+stages/fuse* or stages/merge*): a stage that writes a model and is not scored fails here."""
 
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ from pathlib import Path
 
 import yaml
 
-from fusecli import workspace
 from fusecli.closure import ROOT
 from fusecli.evaluate.stage import pipeline_models
 from fusecli.lock import Lock, ModelEntry, dump_lock
@@ -36,13 +31,6 @@ def expanded(name: str, stage: dict, slugs: list[str], methods: list[str]) -> di
     items = {"${sources}": slugs, "${merge.methods}": methods}[stage["foreach"]]
     outs = out_paths(stage["do"])
     return {f"{name}@{i}": [o.replace("${key}", i).replace("${item}", i) for o in outs] for i in items}
-
-
-def test_source_stages_and_outputs_match_dvc_yaml():
-    per_source = {name: s for name, s in stages().items() if s.get("foreach") == "${sources}"}
-    assert set(workspace.SOURCE_STAGES) == set(per_source)
-    outs = {o.replace("${key}", "{slug}") for s in per_source.values() for o in out_paths(s["do"])}
-    assert set(workspace.SOURCE_OUTPUTS) == outs
 
 
 def entry(name: str, path: str) -> ModelEntry:

@@ -53,6 +53,8 @@ from tests.killing import (
     snapshot,
 )
 
+pytestmark = pytest.mark.slow  # kills and resumes real stage processes: make test, not make test-fast
+
 SOURCE = "llama-crops"
 STAGES = (f"extract@{SOURCE}", f"align@{SOURCE}", f"fuse@{SOURCE}", "merge@sce")
 ROUNDS = int(os.environ.get("KILL_ROUNDS", "5"))  # kills per stage

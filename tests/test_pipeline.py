@@ -104,8 +104,10 @@ def test_full_run_produces_metrics_of_every_model_and_method(workspace):
     for scores in metrics["models"].values():
         assert scores, "every model has per-domain scores"
         for domain in scores.values():
-            assert set(domain) == {"em", "ce", "ppl"}
+            assert set(domain) == {"em", "ce", "ppl", "rows", "em_rows", "em_reply", "em_too_long", "em_answer_cut",
+                                   "ce_rows"}
             assert domain["ce"] > 0 and 0.0 <= domain["em"] <= 1.0
+            assert domain["rows"] == domain["em_rows"] == domain["ce_rows"] > 0  # every demo row has an `answer`
 
 
 def test_report_with_valid_pngs(workspace):

@@ -30,7 +30,7 @@ def test_gpu_profile_applies_to_the_shipped_params(tmp_path: Path) -> None:
             assert merged[section][key] == value, f"{section}.{key}"
     untouched = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert merged["merge"]["methods"] == untouched["merge"]["methods"]
-    assert merged["dataset"] == untouched["dataset"]
+    assert merged["dataset"] == untouched["dataset"] | gpu["dataset"]  # max_chars only: the sources stay
     assert "# One section per stage" in text  # comments survive
     fuse = load_section(FuseParams, "fuse", tmp_path / "params.yaml")
     assert (fuse.zero_stage, fuse.learning_rate, fuse.global_batch_size) == (2, 5e-6, 128)
@@ -60,3 +60,20 @@ def test_missing_params_file_is_one_error_line(tmp_path: Path) -> None:
     result = run(tmp_path, str(tmp_path / "p.yaml"))
     assert result.exit_code == 1 and "params.yaml not found" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_untouched_lines_are_kept_as_written_nulls_included(tmp_path: Path) -> None:
+    """Only the lines of the keys a profile changes differ: `gate: null` stays `null` (ruamel's round trip
+    writes `gate:`), and a profile's own null is written `null`."""
+    shipped = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(shipped)
+    (tmp_path / "p.yaml").write_text("fuse:\n  lam: 0.5\n  gate: 2.0\nevaluate:\n  judge:\n    max_tokens: 512\n")
+    assert run(tmp_path, str(tmp_path / "p.yaml")).exit_code == 0
+    before, after = shipped.splitlines(), (tmp_path / "params.yaml").read_text().splitlines()
+    assert len(before) == len(after) and "  gate: null " in shipped
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert [b.split("#")[0].strip() for _, b in changed] == ["lam: 0.5", "gate: 2.0", "max_tokens: 512"]
+    (tmp_path / "p.yaml").write_text("fuse:\n  gate: null\n")  # a profile's own null is written `null`
+    assert run(tmp_path, str(tmp_path / "p.yaml")).exit_code == 0
+    again = (tmp_path / "params.yaml").read_text().splitlines()
+    assert [b for a, b in zip(before, again, strict=True) if a != b] == [changed[0][1], changed[2][1]]

@@ -37,6 +37,7 @@ def _python(code_or_file: list[str], omp: str, cwd: Path) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_a_pinned_run_gives_the_same_bits_whatever_omp_num_threads_says(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("runtime:\n  threads: 2\n  deterministic: true\n")
@@ -75,6 +76,7 @@ def test_runtime_threads_must_be_positive():
         RuntimeParams(threads=0).validate()
 
 
+@pytest.mark.slow
 def test_the_extract_stage_writes_the_same_bytes_under_any_omp_num_threads(tmp_path: Path, monkeypatch):
     """The whole stage, as dvc.yaml runs it, twice: 1 and 3 threads in the environment, 2 in params.yaml."""
     from typer.testing import CliRunner

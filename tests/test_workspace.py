@@ -123,6 +123,7 @@ def _git_dvc_workspace(root: Path) -> None:
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
 
 
+@pytest.mark.slow
 def test_stale_stages_and_clean_source_with_real_dvc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "ws"
     _git_dvc_workspace(root)
@@ -153,6 +154,7 @@ def test_stale_stages_needs_a_dvc_workspace(tmp_path: Path) -> None:
         workspace.stale_stages(tmp_path)
 
 
+@pytest.mark.slow
 def test_outputs_a_failed_repro_left_unignored_are_found_by_status_and_repaired_by_recover(ws: Path) -> None:
     """DVC takes back the .gitignore lines of a run whose later stage failed; `git add -A` would commit them."""
     from typer.testing import CliRunner

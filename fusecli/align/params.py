@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 from fusecli.errors import FusecliError
 
@@ -24,8 +24,6 @@ class AlignParams:
     vocab_map: VocabMapName
     k: int
     workers: int
-
-    UNHASHED: ClassVar[tuple[str, ...]] = ("workers",)  # speed only: dvc.yaml's align@ does not hash them
 
     def validate(self) -> None:
         if self.k < 1:

@@ -59,30 +59,34 @@ class SourceParams:
     domain: str | None = None  # overrides every row's `domain`
     count: int | None = None  # training rows sampled from this source (seeded); None: all
     eval_count: int | None = None  # evaluation rows kept from this source; None: all
-    eval_fraction: float | None = None  # overrides DatasetParams.eval_fraction for this source
+    eval: int | float | None = None  # held out per domain, a count or a share; None: dataset.eval (if not a file)
 
 
 @dataclass(frozen=True)
 class DatasetParams:
     sources: tuple[SourceParams, ...] = (SourceParams(path="demo"),)
     seed: int = 0
-    eval_fraction: float = 0.1  # per domain, for rows that do not carry their own `split`
     max_chars: int = 8000  # of all message contents of one row
     long_rows: Literal["split", "truncate", "drop"] = "split"
     dedup: bool = True
     bad_rows: Literal["error", "skip"] = "error"  # skip: drop rows with no reply, tool calls or null content
     train_domains: tuple[str, ...] | None = None  # None: every domain
     eval_domains: tuple[str, ...] | None = None  # None: every domain
+    # The held-out split, for rows without their own `split`: a share per domain (0.2), a count per
+    # domain (25), or a file of evaluation rows (every row of it; the sources then train on all of theirs).
+    # No default here: params.yaml holds it.
+    eval: int | float | str = field(kw_only=True)
 
     def validate(self) -> None:
         if not self.sources:
             raise FusecliError("dataset.sources is empty: list at least one source (or `path: demo`)")
-        names = [source_name(s) for s in self.sources]
+        names = [source_name(s) for s in [*self.sources, *([eval_source(self)] if eval_file(self) else [])]]
         if len(set(names)) != len(names):
-            raise FusecliError(f"dataset.sources have duplicate names {names}: set `name` on each source")
-        fractions = [self.eval_fraction] + [s.eval_fraction for s in self.sources if s.eval_fraction is not None]
-        if not all(0 <= f < 1 for f in fractions):
-            raise FusecliError("dataset eval_fraction must be in [0, 1)")
+            raise FusecliError(f"dataset.sources (and the dataset.eval file) have duplicate names {names}: "
+                               "set `name` on each source")
+        check_holdout(self.eval, "dataset.eval", file_ok=True)
+        for s in self.sources:
+            check_holdout(s.eval, f"dataset source {source_name(s)}: eval", file_ok=False)
         for s in self.sources:
             for key in ("count", "eval_count"):
                 value = getattr(s, key)
@@ -115,6 +119,31 @@ class SourceStats:
     train: int = 0
     eval: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+def check_holdout(value: int | float | str | None, where: str, file_ok: bool) -> None:
+    """A count (a whole number >= 0), a share in [0, 1), or (`file_ok`) a file path."""
+    if value is None or isinstance(value, int):
+        if value is not None and value < 0:
+            raise FusecliError(f"{where} = {value} must be >= 0 (a count of rows per domain)")
+        return
+    if isinstance(value, str):
+        if not file_ok or not value.strip():
+            raise FusecliError(f"{where} = {value!r}: give a share (0.2) or a count per domain (25)")
+        return
+    if not 0 <= value < 1:
+        raise FusecliError(f"{where} = {value}: a share must be in [0, 1), a count a whole number (25)")
+
+
+def eval_file(params: DatasetParams) -> str | None:
+    """The file `dataset.eval` names, or None when it is a share or a count."""
+    return params.eval if isinstance(params.eval, str) else None
+
+
+def eval_source(params: DatasetParams) -> SourceParams:
+    """The `dataset.eval` file read as a source whose every row is held out (named after the file)."""
+    assert isinstance(params.eval, str)
+    return SourceParams(path=params.eval)
 
 
 def source_name(source: SourceParams) -> str:
@@ -221,6 +250,10 @@ def to_messages(record: dict[str, Any], where: str) -> list[Message]:
         messages.pop()  # trailing prompts have no response to learn from
     if not messages:
         raise BadRow(where, "no assistant reply", "row has no assistant turn: every dialogue needs an assistant reply")
+    for k, m in enumerate(messages):
+        if m["role"] == "assistant" and not m["content"].strip():
+            # an empty reply would teach the model to end its turn at once
+            raise BadRow(where, "empty reply", f"message {k} is an empty or whitespace-only assistant reply")
     return messages
 
 
@@ -330,8 +363,12 @@ def read_source(source: SourceParams, params: DatasetParams, seen: set[str], sta
     return rows
 
 
-def split_rows(rows: list[Row], fraction: float, rng: random.Random) -> tuple[list[Row], list[Row]]:
-    """Rows with a fixed split keep it; the others go to eval by `fraction`, per domain, seeded."""
+def split_rows(
+    rows: list[Row], holdout: int | float, rng: random.Random, notes: list[str] | None = None
+) -> tuple[list[Row], list[Row]]:
+    """Rows with a fixed split keep it; the others go to eval per domain, seeded: `holdout` rows of each
+    domain (an int), or that share of them (a float; at least one of a domain with two rows or more).
+    A domain always keeps one row for training; a count cut down to that is noted in `notes`."""
     train = [r for r in rows if r.split == "train"]
     held = [r for r in rows if r.split == "eval"]
     by_domain: dict[str, list[Row]] = defaultdict(list)
@@ -340,9 +377,15 @@ def split_rows(rows: list[Row], fraction: float, rng: random.Random) -> tuple[li
             by_domain[r.domain].append(r)
     for domain in sorted(by_domain):
         group = by_domain[domain]
-        n_eval = round(fraction * len(group))
-        if fraction > 0 and len(group) > 1:
-            n_eval = max(1, n_eval)
+        if isinstance(holdout, int):
+            n_eval = min(holdout, max(len(group) - 1, 0))
+            if n_eval < holdout and notes is not None:
+                notes.append(f"domain {domain}: eval {holdout} of {len(group)} rows, held out {n_eval} "
+                             "(one kept for training)")
+        else:
+            n_eval = round(holdout * len(group))
+            if holdout > 0 and len(group) > 1:
+                n_eval = max(1, n_eval)
         picked = set(rng.sample(range(len(group)), n_eval))
         held.extend(r for i, r in enumerate(group) if i in picked)
         train.extend(r for i, r in enumerate(group) if i not in picked)
@@ -365,14 +408,21 @@ def build_dataset(
     train: list[Row] = []
     held: list[Row] = []
     all_stats: dict[str, SourceStats] = {}
-    for source in params.sources:
+    # The eval file is read first: a training row that repeats one of its dialogues is a duplicate, dropped.
+    sources = ([eval_source(params)] if eval_file(params) else []) + list(params.sources)
+    default = 0 if eval_file(params) else params.eval
+    for source in sources:
         name = source_name(source)
         stats = all_stats[name] = SourceStats()
         # A string seed is hashed with SHA-512 by `random`: stable across runs and PYTHONHASHSEED.
         rng = random.Random(f"{params.seed}:{name}")
         rows = read_source(source, params, seen, stats)
-        fraction = params.eval_fraction if source.eval_fraction is None else source.eval_fraction
-        tr, ev = split_rows(rows, fraction, rng)
+        if source.path == eval_file(params):
+            for r in rows:
+                r.split = "eval"
+        holdout = default if source.eval is None else source.eval
+        assert not isinstance(holdout, str)
+        tr, ev = split_rows(rows, holdout, rng, stats.notes)
         n = len(tr) + len(ev)
         if params.train_domains is not None:
             tr = [r for r in tr if r.domain in params.train_domains]
@@ -396,7 +446,8 @@ def build_dataset(
     if not train:
         raise FusecliError("dataset has no training rows after filtering: check sources, count and train_domains")
     if not held:
-        raise FusecliError("dataset has no evaluation rows: raise eval_fraction or check eval_domains")
+        raise FusecliError("dataset has no evaluation rows: raise dataset.eval (a share or a count per domain), "
+                           "or check eval_domains")
     ids = [r.id for r in train + held]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -431,5 +482,10 @@ def run(params: DatasetParams, out: str | Path, log: Callable[[str], None] = pri
     out = Path(out)
     write_parquet(train, out / "train.parquet")
     write_parquet(held, out / "eval.parquet")
-    domains = ", ".join(f"{d} {n}" for d, n in train.group_by("domain").len().sort("domain").iter_rows())
-    log(f"wrote {out}/train.parquet ({len(train)} rows: {domains}) and {out}/eval.parquet ({len(held)} rows)")
+    log(f"wrote {out}/train.parquet ({len(train)} rows: {per_domain(train)}) and {out}/eval.parquet "
+        f"({len(held)} rows: {per_domain(held)})")
+
+
+def per_domain(df: pl.DataFrame) -> str:
+    """`crops 12, sports 9`: the rows of each domain, for the stage's summary line."""
+    return ", ".join(f"{d} {n}" for d, n in df.group_by("domain").len().sort("domain").iter_rows())

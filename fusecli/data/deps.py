@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from fusecli.config import read_yaml
-from fusecli.data.build import DEMO_DIALOGUES, DatasetParams
+from fusecli.data.build import DEMO_DIALOGUES, DatasetParams, eval_file
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
 
@@ -23,9 +23,10 @@ CODE = ("stages/", "fusecli/")  # deps under these are the stage's code; every o
 
 
 def dataset_files(params: DatasetParams) -> list[str]:
-    """The local files `dataset.sources` reads, as written in params.yaml (`demo`: the demo world's
-    dialogues, which the build_demo stage writes)."""
-    return [DEMO_DIALOGUES if s.path == "demo" else s.path for s in params.sources]
+    """The local files `dataset.sources` and a `dataset.eval` file read, as written in params.yaml (`demo`: the
+    demo world's dialogues, which the build_demo stage writes)."""
+    files = [DEMO_DIALOGUES if s.path == "demo" else s.path for s in params.sources]
+    return files + [f for f in [eval_file(params)] if f is not None and f not in files]
 
 
 def declared_files(dvc_yaml: Path) -> list[str]:

@@ -39,6 +39,7 @@ class Tokenized:
     offsets: np.ndarray  # int32 [T, 2] character offsets into the rendered text
     label_mask: np.ndarray  # bool [T]: token t is a response token (predicted from position t-1)
     turns: np.ndarray | None = None  # int32 [n_turns, 4], Rendered.turns
+    cut: int = 0  # response tokens past max_length, dropped (the reply's end, and its end-of-turn, not learned)
 
 
 def _template(tokenizer: object, messages: Sequence[Message], add_generation_prompt: bool) -> str:
@@ -104,12 +105,14 @@ def tokenize(tokenizer: object, rendered: Rendered, max_length: int | None = Non
     )
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int32).reshape(-1, 2)
-    if max_length is not None:
-        ids, offsets = ids[:max_length], offsets[:max_length]
     starts = offsets[:, 0]
     mask = np.zeros(len(ids), dtype=bool)
     for a, b in rendered.spans:
         mask |= (starts >= a) & (starts < b)
     if len(mask):
         mask[0] = False  # the first token has no preceding position to predict it
-    return Tokenized(input_ids=ids, offsets=offsets, label_mask=mask, turns=rendered.turns)
+    cut = 0
+    if max_length is not None:
+        cut = int(mask[max_length:].sum())
+        ids, offsets, mask = ids[:max_length], offsets[:max_length], mask[:max_length]
+    return Tokenized(input_ids=ids, offsets=offsets, label_mask=mask, turns=rendered.turns, cut=cut)

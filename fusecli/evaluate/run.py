@@ -114,6 +114,40 @@ def exact_matches(  # noqa: ANN201
     return [exact_match(p, r["answer"], a) for p, r, a in zip(preds, rows, accepted, strict=True)]
 
 
+def last_reply(messages: list[dict]) -> str:
+    """The dialogue's last assistant turn: the EM reference of a row without an `answer`."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "assistant").strip()
+
+
+def reply_tokens(tok, prompt: str, reply: str) -> int:  # noqa: ANN001
+    """How many tokens `reply` takes after `prompt`, as the tokenizer splits the whole text."""
+    width = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    return len(tok(prompt + reply, add_special_tokens=False)["input_ids"]) - width
+
+
+def em_references(tok, records: list[dict], max_new_tokens: int) -> tuple[dict[int, dict], set[int], set[int]]:  # noqa: ANN001
+    """The rows exact match scores, with their reference: a row's `answer` (and `answers`), else its last
+    assistant reply. A reply longer than `max_new_tokens` tokens could never be matched, so that row is left
+    out of EM (returned second); an `answer` that long is kept, and counted (returned third): it scores a miss
+    until evaluate.max_new_tokens is raised."""
+    checkable: dict[int, dict] = {}
+    too_long, cut = set(), set()
+    for i, r in enumerate(records):
+        prompt = prompt_text(tok, r["messages"])
+        accepted = r.get("answers") or ([r["answer"]] if r.get("answer") is not None else [])
+        if accepted:
+            checkable[i] = r
+            if min(reply_tokens(tok, prompt, a) for a in accepted) > max_new_tokens:
+                cut.add(i)
+            continue
+        reply = last_reply(r["messages"])
+        if reply and reply_tokens(tok, prompt, reply) <= max_new_tokens:
+            checkable[i] = {**r, "answer": reply}
+        else:
+            too_long.add(i)
+    return checkable, too_long, cut
+
+
 @torch.no_grad()
 def response_ce(model, tok, dialogues: list, params: EvalParams, device: torch.device) -> list[np.ndarray]:  # noqa: ANN001
     """Per-token CE of every response token, rendered with the model's own template."""
@@ -129,6 +163,10 @@ def response_ce(model, tok, dialogues: list, params: EvalParams, device: torch.d
 
 
 def score_model(m: EvalModel, df: pl.DataFrame, params: EvalParams) -> dict[str, dict[str, float | None]]:
+    """Per domain: `em`, `ce`, `ppl` (None when not computable) and the row counts behind them: `rows`,
+    `em_rows` (scored for EM), `em_reply` (of those, referenced by their last reply), `em_too_long` (no
+    `answer` and a reply over evaluate.max_new_tokens tokens: not scored), `em_answer_cut` (an `answer` over
+    it: scored, a miss) and `ce_rows` (rows with a response token within evaluate.max_length)."""
     device = resolve_device(params.device)
     dtype = resolve_dtype(params.dtype, device)
     tok = load_tokenizer(m.path, m.trust_remote_code)
@@ -136,11 +174,13 @@ def score_model(m: EvalModel, df: pl.DataFrame, params: EvalParams) -> dict[str,
     dialogues = [json.loads(x) for x in df["messages"].to_list()]
     ces = response_ce(model, tok, dialogues, params, device)
     columns = [c for c in ("answer", "answers", "exclude") if c in df.columns]
-    records = [{"messages": d, **dict(zip(columns, values, strict=True))}
+    records = [{"answer": None, "messages": d, **dict(zip(columns, values, strict=True))}
                for d, values in zip(dialogues, df.select(columns).iter_rows(), strict=True)]
-    checkable = [i for i, r in enumerate(records) if r["answer"] is not None]
-    right = exact_matches(model, tok, [records[i] for i in checkable], params.batch_size, params.max_new_tokens, device)
-    hits = dict(zip(checkable, right, strict=True))
+    checkable, too_long, cut = em_references(tok, records, params.max_new_tokens)
+    from_reply = {i for i, r in checkable.items() if r is not records[i]}
+    order = sorted(checkable)
+    right = exact_matches(model, tok, [checkable[i] for i in order], params.batch_size, params.max_new_tokens, device)
+    hits = dict(zip(order, right, strict=True))
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(df["domain"].to_list()):
         by_domain[d].append(i)
@@ -150,9 +190,15 @@ def score_model(m: EvalModel, df: pl.DataFrame, params: EvalParams) -> dict[str,
         em_rows = [hits[i] for i in rows if i in hits]
         ce = float(tokens.mean()) if len(tokens) else None
         scores[domain] = {
-            "em": float(np.mean(em_rows)) if em_rows else None,  # None: no checkable answers in this domain
+            "em": float(np.mean(em_rows)) if em_rows else None,  # None: no row to check (notes.py says why)
             "ce": ce,
             "ppl": math.exp(min(ce, 700.0)) if ce is not None else None,  # capped below float overflow
+            "rows": len(rows),
+            "em_rows": len(em_rows),
+            "em_reply": len(from_reply.intersection(rows)),
+            "em_too_long": len(too_long.intersection(rows)),
+            "em_answer_cut": len(cut.intersection(rows)),
+            "ce_rows": sum(1 for i in rows if len(ces[i])),
         }
     return scores
 
@@ -164,7 +210,7 @@ def evaluate(
     read back instead of rescored."""
     df = pl.read_parquet(data)
     if df.height == 0:
-        raise FusecliError(f"{data} holds no evaluation rows: check dataset.eval_fraction / the eval split")
+        raise FusecliError(f"{data} holds no evaluation rows: raise dataset.eval (a share, a count or a file)")
     return {"models": cached_per_model(models, "evaluate", lambda m: score_model(m, df, params), cache)}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from fusecli.errors import FusecliError
 from fusecli.evaluate.cache import EvalCache
 from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
+from fusecli.evaluate.notes import metric_notes
 from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.run import EvalModel, evaluate
 from fusecli.evaluate.summary import summarize
@@ -83,6 +84,7 @@ def run(
     scores = metrics["models"]
     scores[MERGED] = scores[merged_name(merge.default)]
     metrics["summary"] = summarize(scores)
+    metrics["notes"] = metric_notes(scores, params)  # why a score is missing or partial
     if harness:
         from fusecli.evaluate.harness import run_harness  # lm-eval is an optional extra
 

@@ -9,12 +9,35 @@ def report_markdown(metrics: dict) -> str:
     """A table per metric: models as rows, domains as columns (and lm-evaluation-harness tasks, if run)."""
     models = metrics["models"]
     domains = sorted({d for s in models.values() for d in s})
-    lines = ["# fusecli evaluation", ""]
+    lines = ["# fusecli evaluation", "", *notes_lines(metrics.get("notes") or [])]
     for key, title in (("em", "Greedy exact match (higher is better)"), ("ce", "Response-token CE (lower is better)")):
         rows = [[name, *(scores.get(d, {}).get(key) for d in domains)] for name, scores in models.items()]
         lines += [f"## {title}", "", *table(["model", *domains], rows), ""]
+    lines += ["## Rows scored", "", *rows_table(models, domains), ""]
     lines += judge_tables(metrics.get("judge") or {}, metrics.get("judge_pairwise") or {}, "##")
     return "\n".join(lines + harness_table(metrics.get("lm_eval") or {}, "##"))
+
+
+def notes_lines(notes: list[str]) -> list[str]:
+    """evaluate's notes (fusecli/evaluate/notes.py): why a score is `-` or covers fewer rows, and the fix."""
+    if not notes:
+        return []
+    head = "> **Scores not computed or partial** (as the evaluate stage warns):"
+    return [head, ">", *(f"> - {n}" for n in notes), ""]
+
+
+def rows_table(models: dict[str, dict], domains: list[str]) -> list[str]:
+    """Per model and domain, the rows behind each score: `EM rows / CE rows of rows` (`k from replies`: EM
+    referenced by the last assistant reply, the row having no `answer`). Scores from before the counts: `-`."""
+
+    def counts(s: dict) -> str | None:
+        if "rows" not in s:
+            return None
+        reply = f" ({s['em_reply']} from replies)" if s.get("em_reply") else ""
+        return f"EM {s['em_rows']}{reply}, CE {s['ce_rows']} of {s['rows']}"
+
+    rows = [[name, *(counts(scores.get(d, {})) for d in domains)] for name, scores in models.items()]
+    return table(["model", *domains], rows)
 
 
 def harness_table(harness: dict[str, dict[str, dict[str, float]]], heading: str) -> list[str]:

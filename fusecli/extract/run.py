@@ -33,6 +33,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from fusecli.data.render import Tokenized, render, tokenize
 from fusecli.errors import FusecliError
+from fusecli.extract import truncation
 from fusecli.extract.codec import TopKCodec
 from fusecli.extract.topk import final_hidden, softcap_of, topk_logprobs
 from fusecli.models import (
@@ -59,6 +60,7 @@ class ExtractParams:
     vocab_chunk_rows: int = 4096
     compact: bool = True  # 32 B/row packed top-K (fusecli/extract/codec.py); false: int32 ids + fp32 values
     compile: bool = True  # on CUDA: torch.compile the decoder layers and the log-normaliser/CE pass
+    onepass: bool = False  # on CUDA: top-K, log-normaliser and CE in one Triton read of each logits chunk
     model_parallel: bool = False  # spread one model over all visible GPUs (device_map="auto")
     overlap: bool = True  # read back and write batch n-1 while the device runs batch n (same bytes either way)
 
@@ -172,7 +174,7 @@ def _batches(order: list[int], lengths: list[int], batch_tokens: int) -> list[li
 
 @torch.no_grad()
 def forward_rows(
-    model: torch.nn.Module, items: list[Tokenized], k: int, device: torch.device, chunk: int, compiled: bool = False
+    model: torch.nn.Module, items: list[Tokenized], k: int, device: torch.device, chunk: int, head: str = "eager"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """One right-padded forward; top-K and CE at t-1 for every response token t, on the device.
 
@@ -197,7 +199,7 @@ def forward_rows(
         k,
         chunk,
         softcap_of(model),
-        compiled,
+        head,
     )
     return top_id, top_lp, ce, [len(t) for t in rows_t]
 
@@ -238,8 +240,8 @@ def launch_batch(
     codec: TopKCodec | None,
 ) -> Pending:
     """Queue one batch's forward, packing (on the device when `codec`) and copy back; returns at once on CUDA."""
-    compiled = params.compile and device.type == "cuda"
-    top_id, top_lp, ce, counts = forward_rows(model, items, params.k, device, params.vocab_chunk_rows, compiled)
+    head = head_of(params, device)
+    top_id, top_lp, ce, counts = forward_rows(model, items, params.k, device, params.vocab_chunk_rows, head)
     out = {"finite": torch.isfinite(top_lp).all(1) & torch.isfinite(ce), "ce": ce}
     if codec is not None:
         out["topk_code"] = codec.encode(top_id, top_lp, ce)
@@ -251,6 +253,13 @@ def launch_batch(
         done = torch.cuda.Event()
         done.record(torch.cuda.current_stream(ce.device))
     return Pending(items, index, counts, out, done)
+
+
+def head_of(params: ExtractParams, device: torch.device) -> str:
+    """The head's row statistics (fusecli/extract/topk.py HEADS): the CPU keeps the eager torch path."""
+    if device.type != "cuda":
+        return "eager"
+    return "onepass" if params.onepass else "compiled" if params.compile else "eager"
 
 
 def _finish_batch(p: Pending) -> tuple[list[Record], list[int]]:
@@ -354,6 +363,9 @@ def extract_items(
     lengths = [len(it.input_ids) for it in items]
     flops_tok = model_flops_per_token(model, n_params(model), int(np.mean(lengths)), training=False)
     stats = {"tokens": 0, "padded_tokens": 0, "busy_s": 0.0, "dropped_rows": [], "nonfinite_rows": []}
+    owned = [i for g in range(n_groups) if writer.owns(g) for i in range(g * params.shard_size,
+                                                                        min((g + 1) * params.shard_size, len(items)))]
+    stats |= truncation.count(items, owned)  # every owned row, resumed or not: the same counts either way
     columns = (
         TextColumn("[bold]extract"),
         BarColumn(),
@@ -430,6 +442,7 @@ def _summary(
             "dropped_rows": sorted(i for p in parts for i in p["dropped_rows"]),
             "nonfinite_rows": sorted(i for p in parts for i in p.get("nonfinite_rows", [])),
             "peak_gpu_gib": max((p.get("peak_gpu_gib", 0.0) for p in parts), default=0.0),  # per GPU
+            **truncation.combine(parts),  # replies cut at extract.max_length (fusecli/extract/truncation.py)
             "device": str(device.type),
             "dtype": dtype,
             "world_size": world,

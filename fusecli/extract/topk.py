@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from fusecli.extract.onepass import onepass_row_stats
+
 
 def row_stats(logits: torch.Tensor, gold: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(top-K ids, their log-probabilities, CE of `gold`) of logits [N, V], in fp32.
@@ -32,6 +34,15 @@ def compiled_row_stats() -> Callable:
     return torch.compile(row_stats, dynamic=True)
 
 
+# How the head's per-row statistics are computed: eager (CPU, tests), compiled (the torch pass on CUDA),
+# onepass (one read of the logits, Triton on CUDA: fusecli/extract/onepass.py).
+HEADS: dict[str, Callable[[], Callable]] = {
+    "eager": lambda: row_stats,
+    "compiled": compiled_row_stats,
+    "onepass": lambda: onepass_row_stats,
+}
+
+
 @torch.no_grad()
 def topk_logprobs(
     hidden: torch.Tensor,
@@ -40,10 +51,12 @@ def topk_logprobs(
     k: int,
     chunk: int = 4096,
     softcap: float | None = None,
-    compiled: bool = False,
+    head: str = "eager",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """hidden [N, H] at positions t-1, gold [N] = token t. Returns (ids [N,K], logp [N,K] fp32, ce [N] fp32)."""
-    stats = compiled_row_stats() if compiled else row_stats
+    """hidden [N, H] at positions t-1, gold [N] = token t. Returns (ids [N,K], logp [N,K] fp32, ce [N] fp32).
+
+    `head` names the row statistics in HEADS."""
+    stats = HEADS[head]()
     ids, logps, ces = [], [], []
     for s in range(0, hidden.shape[0], chunk):
         logits = lm_head(hidden[s : s + chunk])

@@ -17,10 +17,19 @@ import numpy as np
 import torch
 
 from fusecli.errors import FusecliError
-from fusecli.fuse.functions import FUSION_FUNCTIONS, apply_gate, fuse_targets, reference_targets, teacher_probs
+from fusecli.fuse.functions import (
+    FUSION_FUNCTIONS,
+    apply_gate,
+    fuse_targets,
+    pivot_only,
+    reference_targets,
+    teacher_probs,
+)
 from fusecli.store import iter_records, read_manifest
 
-TEACHERS = ("model", "reference")  # fuse.teacher: the teachers' distributions, or the reference one-hot (control)
+# fuse.teacher: the teachers' distributions; or a control: the reference one-hot (what the teachers add beyond the
+# references), or the pivot's own distribution, the sources dropped (what the sources add beyond self-distillation)
+TEACHERS = ("model", "reference", "pivot")
 
 
 @dataclass
@@ -59,8 +68,11 @@ def build_examples(
     `gate` drops teachers whose sequence CE exceeds it before the fusion function runs; a sequence with no
     teacher left gets the reference one-hot (plain SFT). `teacher` "reference" replaces every fused target
     by the reference one-hot after the same selection (the control: what the teachers add beyond the
-    references). With no `aligns` (the SFT baseline) targets are the pivot's own distribution; the loss then
-    uses lambda = 1 and ignores them.
+    references); "pivot" drops the sources from the targets, so the pivot's own distribution teaches where the
+    gate keeps it and the reference one-hot elsewhere (the self-distillation control: what the sources add
+    beyond the pivot teaching itself). Both controls report the selection their targets replaced. With no
+    `aligns` (the SFT baseline) targets are the pivot's own distribution; the loss then uses lambda = 1 and
+    ignores them.
     """
     if fusion_fn not in FUSION_FUNCTIONS:
         raise FusecliError(f"fuse.fusion_fn = {fusion_fn!r} is unknown: use one of {sorted(FUSION_FUNCTIONS)}")
@@ -95,7 +107,9 @@ def build_examples(
         if stores:
             weights[domains[i]].append(w)
             gated[domains[i]].append(none_left)
-        if none_left or teacher == "reference":
+        if teacher == "pivot":
+            w = pivot_only(competent)
+        if none_left or teacher == "reference" or not w.any():
             t_ids, t_probs = reference_targets(rec["input_ids"][positions])
         else:
             t_ids, t_probs = fuse_targets(w, ids, probs)

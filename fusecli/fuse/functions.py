@@ -2,9 +2,10 @@
 
 Each function takes the teachers' sequence CEs (index 0 is the pivot itself) and returns per-teacher
 weights for that sequence; the target is sum_k w_k q_k, kept sparse as concatenated (ids, probs).
-Adding a function is one registered entry plus a test. Two switches act around the function:
-`apply_gate` drops incompetent teachers before it runs (fuse.gate), and `reference_targets` is the
-control target (fuse.teacher: reference) that replaces whatever the teachers would have taught.
+Adding a function is one registered entry plus a test. Three switches act around the function:
+`apply_gate` drops incompetent teachers before it runs (fuse.gate), and two controls replace whatever the
+teachers would have taught: `reference_targets` (fuse.teacher: reference) and `pivot_only` (fuse.teacher:
+pivot, self-distillation).
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def reference_targets(gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Its fusion CE equals the SFT CE, so a row with this target trains exactly as plain SFT.
     """
     return gold.astype(np.int64)[:, None], np.ones((len(gold), 1), dtype=np.float32)
+
+
+def pivot_only(seq_ce: np.ndarray) -> np.ndarray:
+    """The self-distillation control's weights: the pivot (teacher 0) alone, as if no source were locked.
+
+    `seq_ce` is after the gate: a gated pivot leaves no teacher (all-zero weights: the reference one-hot), as
+    in a run without sources, even where a source would have been competent.
+    """
+    w = np.zeros(len(seq_ce))
+    w[0] = 1.0 if np.isfinite(seq_ce[0]) else 0.0
+    return w
 
 
 def fuse_targets(weights: np.ndarray, ids: list[np.ndarray], probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

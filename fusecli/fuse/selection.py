@@ -49,10 +49,26 @@ def taught(selection: dict[str, Any], sources: list[str]) -> list[Taught]:
     return out
 
 
+CONTROLS = {  # fuse.teacher -> what replaced the chosen teachers' distributions (fusecli/fuse/data.py)
+    "reference": "every fused target is the reference one-hot",
+    "pivot": "the sources are dropped: every fused target is the pivot's own distribution (self-distillation)",
+}
+
+
+def control_line(run: str, selection: dict[str, Any]) -> str | None:
+    """The fuse log's line for a control run (None for a real one): the shares it reports are the selection its
+    targets replaced, so a reader must not take them for what the sources taught."""
+    teacher = selection.get("teacher")
+    if teacher not in CONTROLS:
+        return None
+    return (f"{run}: control run (fuse.teacher: {teacher}): {CONTROLS[teacher]}; the teacher shares in "
+            "selection.json are the selection those targets replaced")
+
+
 def silent(selection: dict[str, Any], sources: list[str]) -> list[Taught]:
-    """The sources that taught under MIN_SHARE of the run; none for the control (`fuse.teacher: reference`),
-    whose targets are the references whoever was chosen."""
-    if selection.get("teacher") == "reference":
+    """The sources that taught under MIN_SHARE of the run; none for a control (`fuse.teacher: reference` or
+    `pivot`), whose sources teach nothing whoever was chosen."""
+    if selection.get("teacher") in CONTROLS:
         return []
     return [t for t in taught(selection, sources) if t.share < MIN_SHARE]
 

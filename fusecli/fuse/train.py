@@ -23,9 +23,9 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -38,6 +38,7 @@ from fusecli.fuse.functions import FUSION_FUNCTIONS
 from fusecli.fuse.kernels import KERNELS, apply_kernels
 from fusecli.fuse.loss import combine, sparse_losses
 from fusecli.fuse.memory import layers_to_checkpoint, shape_of
+from fusecli.fuse.sft import FIXED
 from fusecli.io import atomic_dir, atomic_write_json, remove_tree, sweep_stale
 from fusecli.models import compile_layers, load_model, load_tokenizer, n_params, resolve_device, resolve_dtype
 from fusecli.perf import mfu, model_flops_per_token
@@ -49,7 +50,7 @@ class FuseParams:
     lam: float = 0.9  # weight of the SFT term; 1.0 is plain SFT
     temperature: float = 1.0
     fusion_fn: str = "mince"
-    teacher: str = "model"  # model | reference: the control, every fused target is the reference one-hot
+    teacher: str = "model"  # model | reference | pivot: the controls (fusecli/fuse/data.py TEACHERS)
     gate: float | None = None  # nats: drop teachers whose sequence CE exceeds it; None = every teacher (the paper)
     learning_rate: float = 5e-6
     epochs: float = 3.0
@@ -74,8 +75,6 @@ class FuseParams:
     # Step speed on GPUs (docs/benchmarks.md, "Fusion training"); no effect on CPU.
     optim: str = "adamw_torch"  # adamw_torch_fused: one fused kernel for the AdamW update on CUDA
     kernels: str = "none"  # liger: liger-kernel's RMSNorm, SwiGLU and rotary kernels (fusecli/fuse/kernels.py)
-
-    UNHASHED: ClassVar[tuple[str, ...]] = ("save_steps", "scratch")  # no output byte depends on them: unhashed
 
     def validate(self) -> None:
         if self.gradient_checkpointing not in (True, False, "auto"):
@@ -102,6 +101,11 @@ class FuseParams:
             raise FusecliError("fuse.global_batch_size must be a multiple of fuse.micro_batch_size")
         if self.save_steps % self.logging_steps:  # a resume restarts the logging interval at the checkpoint
             raise FusecliError("fuse.save_steps must be a multiple of fuse.logging_steps (a resumed run logs as one)")
+
+
+def sft_only(params: FuseParams) -> FuseParams:
+    """The SFT baseline's parameters: lambda 1 and the fusion-only keys fixed (fusecli/fuse/sft.py)."""
+    return replace(params, **FIXED)
 
 
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # the Trainer's names; fused needs CUDA tensors

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
-from fusecli import __version__
 from fusecli.card import Lineage, model_card
 from fusecli.device import resolve_device
 from fusecli.errors import FusecliError
@@ -31,6 +30,7 @@ from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import Block, Blocks, MergeMethod, get_method
 from fusecli.progress import BYTES, progress_bar
+from fusecli.version import __version__
 
 REPORT = "merge_report.json"
 COEFFICIENTS_CSV = "merge_coefficients.csv"

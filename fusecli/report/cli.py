@@ -20,13 +20,15 @@ def report_command(
     logs: Annotated[Path, typer.Option(help="Training logs: fuse/<slug>/ and sft_baseline/.")] = Path("logs"),
     align: Annotated[Path, typer.Option(help="Alignment outputs: <slug>/coverage.json.")] = Path("align"),
     merged: Annotated[Path, typer.Option(help="Merged models: <method>/merge_report.json.")] = Path("merged"),
+    extract: Annotated[Path, typer.Option(help="Extract stores: pivot/, sources/<slug>/.")] = Path("extract"),
 ) -> None:
     """Write the report (scores, who taught what, training curves, merge coefficients) as Markdown + PNGs."""
     from fusecli.report.stage import ReportInputs, run
 
     ws = ctx.find_root().obj
     root = ws.root
-    inputs = ReportInputs(root / metrics, ws.lock, root / params, root / logs, root / align, root / merged)
+    inputs = ReportInputs(root / metrics, ws.lock, root / params, root / logs, root / align, root / merged,
+                          root / extract)
     index = run(inputs, root / out)
     typer.echo(f"wrote {index}")
 

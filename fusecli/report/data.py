@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fusecli.errors import FusecliError
+from fusecli.extract import truncation
 from fusecli.fuse.selection import warnings
 
 CURVES = ("loss", "sft_loss", "fusion_loss")  # dvclive series of the fuse stage, one subplot each
@@ -45,9 +46,11 @@ def load_metrics(path: str | Path) -> dict[str, dict]:
     if not isinstance(models, dict):
         raise FusecliError(f"{path} has no 'models' mapping: rerun `dvc repro evaluate`")
     blocks = {key: metrics.get(key) for key in OPTIONAL_BLOCKS}
+    notes = metrics.get("notes")  # why a score is missing or partial (fusecli/evaluate/notes.py)
     return {
         "models": {name: s for name, s in models.items() if isinstance(s, dict)},
         **{key: value if isinstance(value, dict) else {} for key, value in blocks.items()},
+        "notes": [str(n) for n in notes] if isinstance(notes, list) else [],
     }
 
 
@@ -110,6 +113,21 @@ def load_teachers(logs: str | Path, align: str | Path, slugs: list[str]) -> Foun
         lines += warnings(run, selection, sources) if selection is not None else []
     coverage = {slug: (found or {}).get("coverage") for slug, found in alignment.items()}
     return Found({"coverage": coverage, "alignment": alignment, "runs": runs, "warnings": lines}, missing)
+
+
+def load_truncation(extract: str | Path, slugs: list[str]) -> Found:
+    """Per extracted model (`pivot`, `source:<slug>`), the replies cut at extract.max_length: the counts of
+    extract/pivot/ and extract/sources/<slug>/ (fusecli/extract/truncation.py)."""
+    folders = {"pivot": Path(extract) / "pivot"} | {f"source:{s}": Path(extract) / "sources" / s for s in slugs}
+    found, missing = {}, []
+    for model, folder in folders.items():
+        counts = truncation.read(folder)
+        if counts is None:
+            stage = "extract_pivot" if model == "pivot" else f"extract@{model.removeprefix('source:')}"
+            missing.append(f"the truncation counts in {folder} (run `dvc repro {stage}`)")
+        else:
+            found[model] = counts
+    return Found(found, missing)
 
 
 def _tsv(path: Path) -> tuple[list[float], list[float]]:

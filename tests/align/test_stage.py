@@ -370,6 +370,7 @@ def test_vocab_map_dist_map_is_the_papers_map(cross, tables, tokenizer_dirs):
     assert cov["fidelity"]["consistent"] < cross["cov"]["fidelity"]["consistent"]
 
 
+@pytest.mark.slow
 def test_mined_method_with_workers_matches_one_process(cross, tokenizer_dirs):
     """The process pool changes nothing in the output (and `mined` with the paper's map runs end to end)."""
     root = cross["root"]
@@ -387,8 +388,9 @@ def test_mined_method_with_workers_matches_one_process(cross, tokenizer_dirs):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_workers_change_no_byte_of_the_default_output(cross, tokenizer_dirs):
-    """align.workers is unhashed in dvc.yaml (AlignParams.UNHASHED): the pool must not change one byte."""
+    """align.workers is unhashed (fusecli/pipeline.py): the pool must not change one byte."""
     root = cross["root"]
     two = run(dataclasses.replace(cross["params"], workers=2), cross["pivot"], cross["source"],
                     tokenizer_dirs["byte"], tokenizer_dirs["meta"], root / "default2")
@@ -510,6 +512,7 @@ def real_chat(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("pivot", "source", "end", "first_ids"),
     [
@@ -522,6 +525,7 @@ def test_end_of_turn_rows_on_real_vocabularies(tmp_path, real_chat, pivot, sourc
     check_end_of_turn_rows(tmp_path, real_chat[pivot], real_chat[source], end, first_ids)
 
 
+@pytest.mark.slow
 def test_planted_markup_on_real_vocabularies(tmp_path, real_chat):
     """check_planted_markup: Mistral (ChatML) as the pivot, GPT-2 with Alpaca's text markup as the source."""
     check_planted_markup(tmp_path, real_chat["mistral-chatml"], real_chat["gpt2-alpaca"], (3, 0))

@@ -1,5 +1,6 @@
-"""benchmarks/quality.py: seeds found by walking params.yaml, overrides, the summary, the README tables, and a
-real two-seed run (with its control) on the demo world scaled down as tests/test_pipeline.py scales it."""
+"""benchmarks/quality.py: seeds found by walking params.yaml, overrides, the controls and the extra sources, the
+summary, the README tables, and a real two-seed run (three sources, both controls) on the demo world scaled down
+as tests/test_pipeline.py scales it."""
 
 from __future__ import annotations
 
@@ -66,12 +67,73 @@ def test_summary_is_mean_and_half_range_and_the_readme_table_goes_between_the_ma
         quality.write_readme(readme, "table")
 
 
+def test_controls_are_chosen_and_each_has_its_rows():
+    assert quality.parse_controls("reference,pivot") == ["reference", "pivot"]
+    assert quality.parse_controls(" pivot ,pivot") == ["pivot"] and quality.parse_controls("") == []
+    with pytest.raises(FusecliError, match="--controls 'oracle' is unknown: use some of reference,pivot"):
+        quality.parse_controls("reference,oracle")
+    names = ["self:fused:a", "control:fused:a", "self:pivot", "fused:a", "self:merged", "self:merged:sce",
+             "merged:sce", "self:sft_baseline", "pivot", "self:source:a"]
+    assert quality.model_order(names) == ["pivot", "fused:a", "merged:sce", "control:fused:a", "self:sft_baseline",
+                                          "self:fused:a", "self:merged:sce"]
+    stats = {"mean": 0.5, "spread": 0.0, "min": 0.5, "max": 0.5, "n": 1}
+    summary = {m: {"a": {"em": stats}, "mean": {"em": stats}} for m in ("pivot", "self:fused:a")}
+    header = quality.markdown(summary, [0], []).split("\n")[0]
+    assert "`self:` rows: `fuse.teacher: pivot`" in header and "control:" not in header
+    assert "| self:fused:a | 0.500 ± 0.000 | 0.500 ± 0.000 |" in quality.markdown(summary, [0], [])
+
+
+def demo_workspace(path: Path) -> Path:
+    """The repository's models.lock and params.yaml: two demo sources locked, the demo's third specialist not."""
+    path.mkdir(exist_ok=True)
+    for name in ("models.lock", "params.yaml"):
+        (path / name).write_text((ROOT / name).read_text())
+    return path
+
+
+def test_sources_is_a_count_or_demo_names(tmp_path):
+    ws = demo_workspace(tmp_path)
+    locked = yaml.safe_load((ws / "models.lock").read_text())["sources"]
+    assert len(locked) == 2 and "llama-instruments" not in locked
+    assert quality.extra_sources(ws, None) == [] and quality.extra_sources(ws, "2") == []
+    assert quality.extra_sources(ws, "3") == ["llama-instruments"]
+    assert quality.extra_sources(ws, "llama-instruments") == ["llama-instruments"]
+    with pytest.raises(FusecliError, match=r"--sources 4: models.lock has 2 sources and the demo 1 more specialists "
+                                           r"\(llama-instruments\): pass N within \[2, 3\]"):
+        quality.extra_sources(ws, "4")
+    for bad in ("qwen2-languages", "llama-crops", "llama-guitars"):  # the pivot, a locked source, no such model
+        with pytest.raises(FusecliError, match=f"--sources '{bad}' is not a demo specialist left to add"):
+            quality.extra_sources(ws, bad)
+    with pytest.raises(FusecliError, match="names a model twice"):
+        quality.extra_sources(ws, "llama-instruments,llama-instruments")
+
+
+def test_extra_sources_are_pinned_through_the_cli(tmp_path):
+    """What run_seed does once build_demo has built the folders: `fusecli add-source demo/models/<name>`, so
+    models.lock gets the entry the CLI writes (origin demo, pinned by dvc.lock) and dvc.yaml's foreach its
+    stages."""
+    from tests.tiny import write_model
+
+    ws = demo_workspace(tmp_path / "ws")
+    write_model(ws / "demo" / "models" / "llama-instruments", arch="llama")
+    log = tmp_path / "add.log"
+    quality.add_demo_sources(ws, quality.extra_sources(ws, "3"), log)
+    entry = yaml.safe_load((ws / "models.lock").read_text())["sources"]["llama-instruments"]
+    assert entry["origin"] == "demo" and entry["path"] == "demo/models/llama-instruments"
+    assert entry["content_hash"] == "dvc" and entry["architecture"] == "LlamaForCausalLM"
+    assert quality.extra_sources(ws, "3") == []  # now locked: nothing left to add
+    with pytest.raises(FusecliError, match=f"fusecli add-source llama-instruments failed in {ws} .*see {log}"):
+        quality.add_demo_sources(ws, ["llama-instruments"], log)  # already a source: the CLI refuses
+    assert "already" in log.read_text()
+
+
 @pytest.mark.slow
-def test_two_seeds_with_the_control_on_the_demo_world(tmp_path):
+def test_two_seeds_three_sources_and_both_controls_on_the_demo_world(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"{quality.BEGIN}\n{quality.END}\n")
     cmd = [sys.executable, "benchmarks/quality.py", "--seeds", "0,1", "--out", str(tmp_path / "q.json"),
-           "--readme", str(readme), "--workdir", str(tmp_path / "work"), *(f"--set={s}" for s in FAST)]
+           "--readme", str(readme), "--workdir", str(tmp_path / "work"), "--sources", "3",
+           *(f"--set={s}" for s in FAST)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -79,11 +141,12 @@ def test_two_seeds_with_the_control_on_the_demo_world(tmp_path):
     assert result["seeds"] == [0, 1] and set(result["runs"]) == {"0", "1"}
     keys = set(result["seed_keys"])  # found by walking params.yaml, nested sections included
     assert {"demo.seed", "dataset.seed", "fuse.seed"} <= keys and any(k.startswith("merge.") for k in keys)
-    slugs = sorted(yaml.safe_load((ROOT / "models.lock").read_text())["sources"])
+    slugs = sorted([*yaml.safe_load((ROOT / "models.lock").read_text())["sources"], "llama-instruments"])
+    assert result["sources"] == slugs and result["controls"] == ["reference", "pivot"]
     models = {"pivot", "sft_baseline", "fuselm", "merged", "merged:sce", "merged:linear"}
     models |= {f"source:{s}" for s in slugs} | {f"fused:{s}" for s in slugs}
     summary = result["summary"]
-    assert set(summary) == models | {f"control:{m}" for m in models}
+    assert set(summary) == models | {f"control:{m}" for m in models} | {f"self:{m}" for m in models}
     domains = set(summary["pivot"])
     assert "mean" in domains and len(domains) >= 3
     for model, per in summary.items():
@@ -100,4 +163,6 @@ def test_two_seeds_with_the_control_on_the_demo_world(tmp_path):
             for d in domains - {"mean"}:
                 assert run[f"control:fused:{s}"][d]["ce"] == pytest.approx(run["control:sft_baseline"][d]["ce"],
                                                                           abs=2e-3)
-    assert "| control:fuselm |" in readme.read_text()
+                # self-distillation: every pair model and fuselm learn the pivot's own targets, sources dropped
+                assert run[f"self:fused:{s}"][d]["ce"] == pytest.approx(run["self:fuselm"][d]["ce"], abs=2e-3)
+    assert "| control:fuselm |" in readme.read_text() and "| self:fused:llama-instruments |" in readme.read_text()

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import re
 import runpy
 from pathlib import Path
 
@@ -31,11 +33,11 @@ def openai(i: int) -> dict:
 
 
 def params(**kw) -> DatasetParams:
-    return from_dict(DatasetParams, kw, "dataset")
+    return from_dict(DatasetParams, {"eval": 0.1, **kw}, "dataset")
 
 
 def run_stage(tmp_path: Path, section: dict) -> Path:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": section}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": {"eval": 0.1, **section}}))
     main = runpy.run_path(str(STAGE))["main"]
     # no dvc.yaml in tmp_path: outside a DVC workspace there are no deps to keep in step with the sources
     main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "data"), "--dvc-yaml",
@@ -45,7 +47,7 @@ def run_stage(tmp_path: Path, section: dict) -> Path:
 
 def test_stage_writes_the_documented_columns(tmp_path):
     src = write_jsonl(tmp_path / "chat.jsonl", [sharegpt(i) for i in range(20)])
-    out = run_stage(tmp_path, {"sources": [{"path": src}], "eval_fraction": 0.2})
+    out = run_stage(tmp_path, {"sources": [{"path": src}], "eval": 0.2})
     train, held = pl.read_parquet(out / "train.parquet"), pl.read_parquet(out / "eval.parquet")
     assert train.columns == held.columns == ["id", "domain", "messages", "answer", "answers", "exclude"]
     assert (len(train), len(held)) == (16, 4)
@@ -68,7 +70,7 @@ def test_sharegpt_and_messages_mix_dedup_and_count(tmp_path):
     )
     p = params(
         sources=[{"path": a}, {"path": str(tmp_path / "b.parquet"), "count": 5, "domain": "chat"}, {"path": c}],
-        eval_fraction=0.1,
+        eval=0.1,
         seed=3,
     )
     train, held, stats = build_dataset(p, log=lambda s: None)
@@ -138,7 +140,7 @@ def test_trailing_prompts_are_dropped_and_roles_mapped():
         ([{"text": "plain"}], {}, "no `messages` or `conversations`"),
         ([sharegpt(i) for i in range(5)], {"train_domains": ["other"]}, "no training rows"),
         ([sharegpt(i) for i in range(5)], {"long_rows": "drop", "max_chars": 2}, "no training rows"),
-        ([sharegpt(i) for i in range(5)], {"eval_fraction": 1.5}, "eval_fraction"),
+        ([sharegpt(i) for i in range(5)], {"eval": 1.5}, "dataset.eval = 1.5: a share must be in [0, 1)"),
         ([sharegpt(i) for i in range(5)], {"shuffle": True}, "unknown key 'shuffle'"),
     ],
 )
@@ -182,9 +184,94 @@ def test_one_imperfect_row_is_an_error_by_default_that_names_the_skip_setting(tm
 def test_skip_drops_imperfect_rows_and_counts_them_by_reason(tmp_path, capsys):
     rows = [openai(i) for i in range(10)]
     src = write_jsonl(tmp_path / "chat.jsonl", rows[:3] + IMPERFECT + rows[3:])
-    out = run_stage(tmp_path, {"sources": [{"path": src}], "bad_rows": "skip", "eval_fraction": 0.2})
+    out = run_stage(tmp_path, {"sources": [{"path": src}], "bad_rows": "skip", "eval": 0.2})
     n = pl.read_parquet(out / "train.parquet").height + pl.read_parquet(out / "eval.parquet").height
     assert n == 10
     summary = capsys.readouterr().out
     assert ("skipped 4 bad rows (no assistant reply 2, null content 1, tool call 1; "
             "first: noreply, tool, null, noreply2)") in summary
+
+
+EMPTY_REPLY = {"id": "blank", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " \n"}]}
+
+
+def test_an_empty_reply_is_a_bad_row_named_with_the_fix(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "chat.jsonl", [openai(i) for i in range(5)] + [EMPTY_REPLY])
+    with pytest.raises(SystemExit) as exc:
+        run_stage(tmp_path, {"sources": [{"path": src}]})
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert f"{src}:6: message 1 is an empty or whitespace-only assistant reply" in err
+    assert "set dataset.bad_rows: skip" in err
+
+
+def test_skip_counts_empty_replies_also_in_an_earlier_turn(tmp_path, capsys):
+    earlier = {"id": "early", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""},
+                                           {"role": "user", "content": "b"}, {"role": "assistant", "content": "ok"}]}
+    src = write_jsonl(tmp_path / "chat.jsonl", [openai(i) for i in range(10)] + [EMPTY_REPLY, earlier])
+    out = run_stage(tmp_path, {"sources": [{"path": src}], "bad_rows": "skip"})
+    assert pl.read_parquet(out / "train.parquet").height + pl.read_parquet(out / "eval.parquet").height == 10
+    assert "skipped 2 bad rows (empty reply 2; first: blank, early)" in capsys.readouterr().out
+
+
+def by_domain(df: pl.DataFrame) -> dict[str, int]:
+    return dict(df.group_by("domain").len().iter_rows())
+
+
+def test_eval_as_a_count_per_domain(tmp_path, capsys):
+    rows = [sharegpt(i, "math") for i in range(13)] + [sharegpt(100 + i, "code") for i in range(13)]
+    rows += [sharegpt(200 + i, "tiny") for i in range(3)]
+    train, held, stats = build_dataset(params(sources=[{"path": write_jsonl(tmp_path / "c.jsonl", rows)}], eval=5),
+                                       log=lambda s: None)
+    assert by_domain(held) == {"math": 5, "code": 5, "tiny": 2}  # a domain keeps one row for training
+    assert by_domain(train) == {"math": 8, "code": 8, "tiny": 1}
+    assert "domain tiny: eval 5 of 3 rows, held out 2 (one kept for training)" in stats["c"].notes
+    # a share: round(0.1 * 13) = 1 per domain, as before
+    _, held, _ = build_dataset(params(sources=[{"path": str(tmp_path / "c.jsonl")}], eval=0.1), log=lambda s: None)
+    assert by_domain(held) == {"math": 1, "code": 1, "tiny": 1}
+    # a source's own `eval` overrides dataset.eval
+    _, held, _ = build_dataset(params(sources=[{"path": str(tmp_path / "c.jsonl"), "eval": 0.5}], eval=5),
+                               log=lambda s: None)
+    assert by_domain(held) == {"math": 6, "code": 6, "tiny": 2}
+
+
+def test_eval_as_a_file_holds_out_its_rows_and_drops_their_copies_from_training(tmp_path, capsys):
+    from fusecli.data.deps import dataset_files
+
+    train_rows = [openai(i) for i in range(10)]
+    src = write_jsonl(tmp_path / "chat.jsonl", train_rows)
+    held_rows = [{"domain": "chat", **openai(100 + i)} for i in range(4)] + [train_rows[0]]
+    ev = write_jsonl(tmp_path / "held.jsonl", held_rows)
+    p = params(sources=[{"path": src}], eval=ev)
+    train, held, stats = build_dataset(p, log=print)
+    assert held.height == 5 and set(held["id"]) == {f"held:m{100 + i}" for i in range(4)} | {"held:m0"}
+    assert train.height == 9 and "chat:m0" not in set(train["id"])  # the eval row's copy is not trained on
+    assert stats["chat"].duplicates == 1
+    assert dataset_files(p) == [src, ev]  # a DVC dependency of build_dataset, like the sources
+    out = capsys.readouterr().out
+    assert "held: read 5" in out and "train 0, eval 5" in out
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    (-1, "dataset.eval = -1 must be >= 0"),
+    (True, "dataset.eval = True has the wrong type"),
+    ("", "give a share (0.2) or a count per domain (25)"),
+])
+def test_bad_eval_values_are_one_line_errors(value, needle):
+    with pytest.raises(FusecliError, match=re.escape(needle)):
+        params(sources=[{"path": "x.jsonl"}], eval=value)
+
+
+def test_eval_is_read_from_params_yaml_only(tmp_path):
+    with pytest.raises(FusecliError, match=re.escape("dataset.eval is missing: add it to params.yaml")):
+        from_dict(DatasetParams, {"sources": [{"path": "x.jsonl"}]}, "dataset")
+    fields = {f.name: f for f in dataclasses.fields(DatasetParams)}
+    assert fields["eval"].default is dataclasses.MISSING  # the default lives in params.yaml, once
+    assert isinstance(yaml.safe_load((STAGE.parents[1] / "params.yaml").read_text())["dataset"]["eval"], float)
+
+
+def test_an_eval_file_named_like_a_source_is_refused():
+    with pytest.raises(FusecliError, match=r"duplicate names \['chat', 'chat'\]: set `name` on each source"):
+        params(sources=[{"path": "a/chat.jsonl"}], eval="b/chat.jsonl")
+    assert params(sources=[{"path": "a/chat.jsonl", "name": "train"}], eval="b/chat.jsonl").eval == "b/chat.jsonl"

@@ -27,7 +27,7 @@ def row(i: int) -> str:
 
 
 def params(*paths: str) -> DatasetParams:
-    return DatasetParams(sources=tuple(SourceParams(path=p) for p in paths))
+    return DatasetParams(sources=tuple(SourceParams(path=p) for p in paths), eval=0.1)
 
 
 def test_the_repository_dvc_yaml_depends_on_every_dataset_file_of_params_yaml():
@@ -76,7 +76,7 @@ def test_editing_a_dataset_file_makes_build_dataset_stale(tmp_path):
     data.parent.mkdir()
     data.write_text("".join(row(i) + "\n" for i in range(20)))
     p = yaml.safe_load((ws / "params.yaml").read_text())
-    p["dataset"]["sources"] = [{"path": "my chats/mine.jsonl", "eval_fraction": 0.2}]
+    p["dataset"]["sources"] = [{"path": "my chats/mine.jsonl", "eval": 0.2}]
     (ws / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     _run(["git", "init", "-q"], ws)
     _run(["fusecli", "dataset-deps"], ws)

@@ -100,3 +100,14 @@ def test_content_found_in_the_markup_of_the_span_is_not_the_content(base, answer
 def test_no_assistant_turn_is_an_error(base):
     with pytest.raises(FusecliError, match="no assistant turn"):
         render(base, [{"role": "user", "content": "hi"}])
+
+
+def test_tokenize_counts_the_response_tokens_it_cuts(base):
+    tok = with_template(base, GEMMA)
+    r = render(tok, DIALOGUE)
+    full = tokenize(tok, r)
+    assert full.cut == 0
+    for n in (5, 12, len(full.input_ids) - 1):
+        t = tokenize(tok, r, max_length=n)
+        assert t.cut == int(full.label_mask[n:].sum()) > 0  # the response tokens past n, the last reply's end
+        assert int(t.label_mask.sum()) + t.cut == int(full.label_mask.sum())

@@ -31,6 +31,7 @@ def world(tmp_path_factory):
     return build(tmp_path_factory.mktemp("demo"), TINY)
 
 
+@pytest.mark.slow
 def test_folders_load_offline_and_generate(world):
     assert sorted(p.name for p in world.iterdir()) == ["mistral-sports", "qwen2-languages"]
     lines = (world.parent / "models.jsonl").read_text().splitlines()
@@ -69,6 +70,7 @@ def test_bad_params_fail_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "models").exists()
 
 
+@pytest.mark.slow
 def test_tiny_params_build_all_four_roles(tmp_path):
     cards = build_world(tiny_params(steps=1), tmp_path / "all", log=lambda s: None)
     assert [c["name"] for c in cards] == [m.name for m in DEFAULT_MODELS]

@@ -382,6 +382,7 @@ def test_report_tables_show_scores_and_missing_counts():
     assert "| m | 1.000 | 1.000 | 0 of 1 |" in report
 
 
+@pytest.mark.slow
 def test_editing_the_question_file_reruns_evaluate(tmp_path):
     """dvc.yaml's evaluate stage depends on `${evaluate.judge.questions}`, wherever the file lies."""
     root = Path(__file__).resolve().parents[2]

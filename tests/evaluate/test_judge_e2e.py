@@ -39,6 +39,8 @@ from fusecli.evaluate.judge.questions import read_questions
 from fusecli.models import load_tokenizer
 from tests.tiny import TEXTS, tiny_config, write_dataset, write_model
 
+pytestmark = pytest.mark.slow  # a judge server and the evaluate stage, end to end: make test, not make test-fast
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 QUESTIONS = ROOT / "fusecli/evaluate/judge/data/demo_questions.jsonl"

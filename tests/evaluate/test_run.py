@@ -54,18 +54,49 @@ def test_response_ce_equals_naive_mean_over_response_tokens(tiny):
         np.testing.assert_allclose(ce, -logp[t - 1, it.input_ids[t]].numpy(), atol=1e-5)
 
 
-def test_metrics_shape_and_ce_only_domains(tiny, tmp_path):
-    df = pl.read_parquet(tiny / "eval.parquet")
-    df = df.with_columns(pl.when(pl.col("domain") == "region").then(None).otherwise(pl.col("answer")).alias("answer"))
-    df.write_parquet(tmp_path / "eval.parquet")
+def test_metrics_shape_and_em_from_the_last_reply(tiny, tmp_path):
+    df = pl.read_parquet(tiny / "eval.parquet")  # every `answer` is the row's last reply
+    df.with_columns(pl.when(pl.col("domain") == "region").then(None).otherwise(pl.col("answer")).alias("answer")
+                    ).write_parquet(tmp_path / "eval.parquet")
     params = section(EvalParams, "evaluate", batch_size=4)
     metrics = evaluate([EvalModel("pivot", str(tiny / "m"))], tmp_path / "eval.parquet", params)
+    with_answers = evaluate([EvalModel("pivot", str(tiny / "m"))], tiny / "eval.parquet", params)["models"]["pivot"]
     scores = metrics["models"]["pivot"]
     assert set(scores) == {"capital", "currency", "region"}
-    assert scores["region"]["em"] is None and scores["region"]["ce"] > 0
+    # region has no `answer`: its EM is scored against the last assistant reply, as if it were the answer
+    assert scores["region"]["em"] == with_answers["region"]["em"] and scores["region"]["ce"] > 0
+    assert scores["region"] | {"em_reply": 0} == with_answers["region"]
+    assert (scores["region"]["rows"], scores["region"]["em_rows"], scores["region"]["em_reply"]) == (3, 3, 3)
+    assert scores["capital"]["em_reply"] == 0 and scores["capital"]["ce_rows"] == 3
     assert 0.0 <= scores["capital"]["em"] <= 1.0
     assert scores["capital"]["ppl"] == pytest.approx(np.exp(scores["capital"]["ce"]))
-    assert "| pivot |" in report_markdown(metrics)
+    text = report_markdown(metrics)
+    assert "| pivot |" in text and "EM 3 (3 from replies), CE 3 of 3" in text
+
+
+def test_a_score_that_cannot_be_computed_says_why(tiny, tmp_path):
+    from fusecli.evaluate.notes import metric_notes
+
+    df = pl.read_parquet(tiny / "eval.parquet")
+    df.with_columns(pl.when(pl.col("domain") == "region").then(None).otherwise(pl.col("answer")).alias("answer")
+                    ).write_parquet(tmp_path / "eval.parquet")
+    params = section(EvalParams, "evaluate", batch_size=4, max_new_tokens=1)  # no reply fits in one token
+    models = [EvalModel("pivot", str(tiny / "m")), EvalModel("sft_baseline", str(tiny / "m"))]
+    scores = evaluate(models, tmp_path / "eval.parquet", params)["models"]
+    region, capital = scores["pivot"]["region"], scores["pivot"]["capital"]
+    assert region["em"] is None and (region["em_rows"], region["em_too_long"]) == (0, 3)
+    assert capital["em"] == 0.0 and capital["em_answer_cut"] == 3  # an `answer` that long is a miss, counted
+    notes = metric_notes(scores, params)
+    assert ("EM not computed for region: its 3 rows have no `answer` and a last reply longer than "
+            "evaluate.max_new_tokens = 1 tokens: give them a short `answer`, or raise evaluate.max_new_tokens "
+            "(every model)") in notes
+    assert ("EM for capital: 3 `answer`s are longer than evaluate.max_new_tokens = 1 tokens and score as misses: "
+            "raise evaluate.max_new_tokens (every model)") in notes
+    short = section(EvalParams, "evaluate", batch_size=4, max_length=3)  # no response token within 3 tokens
+    scores = evaluate(models[:1], tmp_path / "eval.parquet", short)["models"]
+    assert scores["pivot"]["capital"]["ce"] is None and scores["pivot"]["capital"]["ce_rows"] == 0
+    assert ("CE not computed for capital: none of its 3 rows has a response token within evaluate.max_length = 3 "
+            "tokens: raise evaluate.max_length (every model)") in metric_notes(scores, short)
 
 
 def test_empty_eval_set_is_a_clear_error(tiny, tmp_path):

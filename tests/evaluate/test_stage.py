@@ -77,3 +77,15 @@ def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, 
     other = section(EvalParams, "evaluate", batch_size=8, max_new_tokens=4, max_length=64)
     run(other, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
     assert calls == ["pivot", "fused:b"]  # new settings: a new key per distinct model
+
+
+def test_notes_say_once_for_every_model_why_a_score_is_partial(ws):
+    """Every folder holds the same model: one note per cause, naming every model (the `merged` alias not twice)."""
+    from fusecli.evaluate.notes import metric_notes
+
+    params = section(EvalParams, "evaluate", batch_size=8, max_new_tokens=1, max_length=64)
+    metrics = run(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
+    assert metrics["notes"] == metric_notes(metrics["models"], params) and metrics["notes"]
+    assert all(n.endswith("(every model)") for n in metrics["notes"])
+    assert any(n.startswith("EM for capital: 2 `answer`s are longer than evaluate.max_new_tokens = 1 tokens")
+               for n in metrics["notes"])

@@ -86,6 +86,7 @@ def write_eval(repo: Path, shift: float) -> dict:
     return metrics
 
 
+@pytest.mark.slow
 def test_dvc_metrics_show_and_diff_print_the_summary_in_a_few_short_lines(tmp_path):
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)

@@ -13,9 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fusecli.extract.run import ExtractParams, ModelRef, extract
 from fusecli.store import read_manifest
 from tests.tiny import write_dataset, write_model
+
+pytestmark = pytest.mark.slow  # two torchrun nodes: make test, not make test-fast
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = dict(k=4, max_length=64, batch_tokens=200, shard_size=5)

@@ -182,3 +182,30 @@ def test_nan_rows_are_reported_and_excluded(world, monkeypatch):
     assert kept.isdisjoint(summary["dropped_rows"])
     assert len(kept) + len(summary["dropped_rows"]) == 20
     assert read_manifest(world / "nan")["summary"]["dropped_rows"] == summary["dropped_rows"]
+
+
+def test_rows_cut_at_max_length_are_counted_and_warned(world, tmp_path):
+    """A reply past extract.max_length loses its end and end-of-turn: the store's summary counts the rows and
+    the response tokens lost (against the full tokenization), and the warning names them with the fix."""
+    from fusecli.data.render import render, tokenize
+    from fusecli.extract import truncation
+    from fusecli.extract.run import load_dialogues, row_ids
+    from fusecli.tokenizer import load_tokenizer
+
+    params = ExtractParams(k=4, max_length=24, batch_tokens=200, shard_size=6)
+    summary = extract(world / "train.parquet", ModelRef(str(world / "source")), tmp_path / "out", params)
+    tok = load_tokenizer(world / "source")
+    full = [tokenize(tok, render(tok, d)) for d in load_dialogues(world / "train.parquet")]
+    lost = [int(t.label_mask[24:].sum()) for t in full]
+    assert summary["cut_rows"] == [i for i, n in enumerate(lost) if n] and summary["cut_rows"]
+    assert summary["response_tokens_cut"] == sum(lost)
+    assert summary["response_tokens"] == sum(int(t.label_mask.sum()) for t in full)
+    found = truncation.read(tmp_path / "out")
+    assert found == {**{k: summary[k] for k in truncation.KEYS}, "rows": 20, "max_length": 24}
+    ids = row_ids(world / "train.parquet")
+    line = truncation.warning(summary, 20, 24, ids)
+    assert line.startswith(f"{len(summary['cut_rows'])} of 20 rows cut at extract.max_length = 24 (ids r")
+    share = sum(lost) / summary["response_tokens"]
+    assert f"({share:.1%}) lost with their end-of-turn: raise extract.max_length" in line
+    assert truncation.warning(extract(world / "train.parquet", ModelRef(str(world / "source")), tmp_path / "all",
+                                      PARAMS), 20, 64) is None  # nothing cut at 64

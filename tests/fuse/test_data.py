@@ -1,5 +1,5 @@
-"""Fused targets: the teacher choice over any number of sources, the competence gate and the reference control,
-each against a plain dense recomputation from the stored records."""
+"""Fused targets: the teacher choice over any number of sources, the competence gate and the two controls
+(reference, pivot), each against a plain dense recomputation from the stored records."""
 
 import numpy as np
 import polars as pl
@@ -105,8 +105,11 @@ def plain_reference(world, slugs, fn, gate, teacher, temperature=1.0):
             z = sum(np.exp(v) for v in r.values())
             for k, v in r.items():
                 w[k] = np.exp(v) / z
-        if not alive or teacher == "reference":
+        pivot_alive = 0 in alive
+        if not alive or teacher == "reference" or (teacher == "pivot" and not pivot_alive):
             q = np.eye(VOCAB)[gold]
+        elif teacher == "pivot":
+            q = qs[0]
         else:
             q = sum(w[k] * qs[k] for k in range(len(ces)))
         targets.append(q)
@@ -176,6 +179,28 @@ def test_reference_teacher_gives_gold_one_hots_and_the_same_selection(world, gat
     assert stats == {**model_stats, "teacher": "reference"}
 
 
+@pytest.mark.parametrize(("slugs", "gate"), [(["a"], None), (["a", "b"], None), (["a", "b"], 0.6)])
+def test_pivot_teacher_is_the_pivots_own_row_and_the_same_selection(world, slugs, gate):
+    """fuse.teacher: pivot, the self-distillation control: every target is the pivot's own top-K row, or the
+    reference one-hot where the gate drops the pivot (as in a run with no source), whoever MinCE chose."""
+    examples, stats = build(world, slugs, gate=gate, teacher="pivot")
+    targets, _, _ = plain_reference(world, slugs, "mince", gate, "pivot")
+    pivot = list(iter_records(world / "extract"))
+    for e, q, rec in zip(examples, targets, pivot, strict=True):
+        np.testing.assert_allclose(dense(e.target_ids, e.target_probs), q, atol=1e-6)
+        if gate is None:  # the stored row itself: the pivot's ids, its softmax, nothing of a source
+            np.testing.assert_array_equal(e.target_ids, rec["topk_ids"])
+            np.testing.assert_allclose(e.target_probs, softmax_rows(rec["topk_logprobs"], 1.0), atol=1e-6)
+    _, model_stats = build(world, slugs, gate=gate)
+    assert stats == {**model_stats, "teacher": "pivot"}
+    assert any(v > 0 for v in stats["source_share"].values()), "the sources would have taught: the control drops them"
+    if gate is not None:
+        gated_pivot = [e for e, rec in zip(examples, pivot, strict=True) if rec["seq_ce"] > gate]
+        assert gated_pivot, "the fixture's CEs must trip the gate on the pivot"
+        for e in gated_pivot:
+            np.testing.assert_array_equal(e.target_ids[:, 0], e.input_ids[e.positions])
+
+
 def test_reference_loss_equals_plain_sft(world):
     examples, _ = build(world, ["a", "b"], teacher="reference")
     model_examples, _ = build(world, ["a", "b"])
@@ -201,7 +226,8 @@ def test_reference_loss_equals_plain_sft(world):
 
 
 def test_teacher_and_gate_are_validated_with_one_line():
-    with pytest.raises(FusecliError, match=r"fuse.teacher = 'oracle' is unknown: use one of \['model', 'reference'\]"):
+    unknown = r"fuse.teacher = 'oracle' is unknown: use one of \['model', 'reference', 'pivot'\]"
+    with pytest.raises(FusecliError, match=unknown):
         from_dict(FuseParams, {"teacher": "oracle"}, "fuse")
     with pytest.raises(FusecliError, match="fuse.gate = -1.0 must be > 0 nats, or null") as err:
         from_dict(FuseParams, {"gate": -1.0}, "fuse")

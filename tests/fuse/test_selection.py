@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from fusecli.fuse.data import build_examples
-from fusecli.fuse.selection import silent, taught, warnings
+from fusecli.fuse.selection import control_line, silent, taught, warnings
 from fusecli.lock import Lock, ModelEntry, dump_lock
 from fusecli.report.stage import run as report
 from fusecli.store import StoreWriter
@@ -76,6 +76,7 @@ def test_no_warning_for_a_teaching_source_the_control_or_an_uncountable_file(qui
     older = {k: v for k, v in stats.items() if k != "teacher_share"}  # a pair run's file before teacher_share
     assert len(warnings("fuse@b", older, ["b"])) == 1
     assert warnings("fuse@b", selection_of(quiet, teacher="reference"), ["b"]) == []
+    assert warnings("fuse@b", selection_of(quiet, teacher="pivot"), ["b"]) == []
     assert warnings("fuse@b", {**stats, "sequences": None}, ["b"]) == []  # nothing to count with
     assert warnings("fuse@b", selection_of(quiet, "avgce"), ["b"]) == []  # AvgCE: about half the weight
 
@@ -121,3 +122,36 @@ def test_the_log_and_the_report_warn_about_a_source_that_never_won(quiet, tmp_pa
     top = text.split("## ")[0]  # before the first section
     assert "**Warnings**" in top and warned[0].removeprefix("warning: ") in top
     assert "source a taught" not in text  # the other pair run's source taught a third of its sequences
+
+
+@pytest.mark.parametrize("teacher", ["reference", "pivot"])
+def test_the_log_says_a_control_run_and_warns_about_no_source(quiet, tmp_path, monkeypatch, capsys, teacher):
+    """Under a control the planted source's tiny share is not a warning (no source teaches by design): the fuse
+    stage prints one `note:` line naming the control instead, and selection.json records it."""
+    monkeypatch.chdir(tmp_path)
+    written = {}
+
+    def fake_train(pivot_model, pivot_extract, aligns, data, out, logs, params, trust_remote_code):
+        _, stats = build_examples(pivot_extract, aligns, data, params.fusion_fn, params.temperature, VOCAB,
+                                  params.teacher)
+        written.update(stats)
+        return {"train_loss": 1.0, **stats}
+
+    monkeypatch.setattr(stage, "verify_pinned", lambda *a, **k: None)
+    monkeypatch.setattr(stage, "train", fake_train)
+    entry = ModelEntry(name="p", origin="local", path="m/p", repo=None, revision=None,
+                       content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=VOCAB,
+                       dtype="float32", chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
+    (tmp_path / "models.lock").write_text(dump_lock(Lock(pivot=entry, sources={})))
+    (tmp_path / "params.yaml").write_text(f"fuse:\n  teacher: {teacher}\n")
+    argv = ["fuse.py", "--params", "params.yaml", "--lock", "models.lock", "--data", str(quiet / "train.parquet"),
+            "--pivot-extract", str(quiet / "extract"), "--align", str(quiet / "align" / "b"), "--out", "fused",
+            "--live-dir", "logs"]
+    monkeypatch.setattr(sys, "argv", argv)
+    stage.main()
+    err = capsys.readouterr().err.splitlines()
+    assert written["teacher"] == teacher
+    assert err == [f"note: {control_line('fuse@b', written)}"]
+    assert err[0].startswith(f"note: fuse@b: control run (fuse.teacher: {teacher}): ")
+    assert ("pivot's own distribution" in err[0]) == (teacher == "pivot")
+    assert control_line("fuse@b", selection_of(quiet)) is None

@@ -12,6 +12,8 @@ from fusecli.store import StoreWriter, iter_records
 from tests.killing import TIMING_KEYS
 from tests.tiny import write_dataset, write_model
 
+pytestmark = pytest.mark.slow  # trains tiny models: make test, not make test-fast
+
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
@@ -74,7 +76,7 @@ def test_training_lowers_fusion_loss_and_writes_hf_folder(pair):
 
 
 def test_checkpoint_interval_changes_no_byte_of_the_output(pair):
-    """fuse.save_steps is unhashed in dvc.yaml (FuseParams.UNHASHED): checkpoints must not change the result."""
+    """fuse.save_steps is unhashed (fusecli/pipeline.py): checkpoints must not change the result."""
     args = (str(pair / "pivot"), str(pair / "extract"), [str(pair / "align")], str(pair / "train.parquet"))
     train(*args, str(pair / "save4"), str(pair / "logs4"), params(pair, save_steps=4))
     train(*args, str(pair / "save6"), str(pair / "logs6"), params(pair, save_steps=6))
@@ -203,3 +205,4 @@ def test_align_root_teaches_with_every_locked_source_in_slug_order(tmp_path, mon
     monkeypatch.setattr(sys, "argv", [*base, "--sft-baseline"])
     stage.main()
     assert calls[-1][2] == [] and calls[-1][6].lam == 1.0
+    assert (calls[-1][6].gate, calls[-1][6].teacher) == (None, "model")  # fixed: no fusion term (fuse/sft.py)

@@ -38,6 +38,7 @@ def test_kth_largest_sees_nonzero_counts():
     assert kth_largest(lambda: [x[:, :3], x[:, 3:]], lambda nonzero: nonzero - 1).tolist() == [2.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_row_blocks_give_the_whole_tensor_result(tiny, tmp_path, monkeypatch, method):
     """Every tensor cut into blocks of 100 elements (a few rows of the 96 x 32 embeddings)."""
@@ -51,6 +52,7 @@ def test_row_blocks_give_the_whole_tensor_result(tiny, tmp_path, monkeypatch, me
         assert blocked.report["coefficients"][name] == pytest.approx(per_model, rel=1e-12, abs=1e-15), name
 
 
+@pytest.mark.slow
 def test_row_blocks_crop_a_grown_vocabulary(tiny, tmp_path, monkeypatch):
     models = [("m1", tiny.m1), ("m2", tiny.m2), ("m3", tiny.m3_grown)]
     whole = merge_models(tiny.base, models, merge_params("ties"), tmp_path / "whole")

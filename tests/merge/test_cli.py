@@ -115,6 +115,7 @@ def test_different_architectures(tiny, tmp_path):
         ("dare_linear", ["normalize=false"]),
     ],
 )
+@pytest.mark.slow
 def test_exported_yaml_merges_to_the_same_bytes_with_config(tiny, tmp_path, method, sets):
     export = tmp_path / "configs" / f"{method}.yml"
     export.parent.mkdir()

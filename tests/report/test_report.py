@@ -105,13 +105,15 @@ def test_cli_report(ws):
     assert result.exit_code == 1 and "error:" in result.output
 
 
-def test_the_control_is_flagged_and_an_ungated_run_says_so(ws):
+@pytest.mark.parametrize("teacher", ["reference", "pivot"])
+def test_the_control_is_flagged_and_an_ungated_run_says_so(ws, teacher):
     for name in ("fuse/a", "fuse/b", "fuse_all"):
         path = ws / "logs" / name / "selection.json"
         selection = json.loads(path.read_text())
-        write_json(path, {**selection, "teacher": "reference", "gate": None})
+        write_json(path, {**selection, "teacher": teacher, "gate": None})
     text = run(inputs(ws), ws / "reports").read_text()
-    assert "**Control run** (`fuse.teacher: reference`)" in text
+    assert f"**Control run** (`fuse.teacher: {teacher}`)" in text
+    assert ("self-distillation" in text) == (teacher == "pivot")
     assert "Competence gate off (`fuse.gate: null`)" in text and "| gate (nats) |" not in text
 
 
@@ -129,3 +131,35 @@ def test_judged_scores_reach_the_report(ws):
     text = run(inputs(ws), ws / "reports").read_text()
     assert "| pivot | 6.500 | 6.500 | 1 of 3 |" in text
     assert "| pivot | 0.250 | 0.250 | 0 of 2 |" in text
+
+
+def test_evaluate_notes_and_row_counts_reach_the_report(ws):
+    """Why a score is `-` (eval/metrics.json `notes`) is at the top of the report; the rows behind each score
+    are in a table of their own."""
+    metrics = json.loads((ws / "eval/metrics.json").read_text())
+    note = "EM not computed for region: its 4 rows have no `answer` and a last reply longer than ... (every model)"
+    metrics["notes"] = [note]
+    metrics["models"]["pivot"]["capital"] |= {"rows": 4, "em_rows": 4, "em_reply": 1, "ce_rows": 3}
+    write_json(ws / "eval/metrics.json", metrics)
+    text = run(inputs(ws), ws / "reports").read_text()
+    assert f"> - {note}" in text and text.index(note) < text.index("## Scores per domain")
+    assert "| pivot | EM 4 (1 from replies), CE 3 of 4 | - | - |" in text
+
+
+def test_replies_cut_at_max_length_reach_the_report(ws):
+    """The extract stores' counts (manifest summary): a warning at the top for each model that lost response
+    tokens, and a table of every model; a store without the counts is listed as an incomplete input."""
+    from dataclasses import replace
+
+    summary = {"cut_rows": [3, 7], "response_tokens": 480, "response_tokens_cut": 120}
+    write_json(ws / "extract/pivot/manifest.json", {"meta": {"rows": 52, "max_length": 256}, "summary": summary})
+    write_json(ws / "extract/sources/a/manifest.json",
+               {"meta": {"rows": 52, "max_length": 256},
+                "summary": {"cut_rows": [], "response_tokens": 500, "response_tokens_cut": 0}})
+    text = run(replace(inputs(ws), extract=ws / "extract"), ws / "reports").read_text()
+    assert ("> - warning: extract pivot: 2 of 52 rows cut at extract.max_length = 256: 120 of 480 response tokens "
+            "(25.0%) lost with their end-of-turn: raise extract.max_length") in text
+    assert "extract source:a:" not in text
+    assert "| pivot | 256 | 2 of 52 | 120 of 480 | 0.250 |" in text
+    assert "| source:a | 256 | 0 of 52 | 0 of 500 | 0.000 |" in text
+    assert "> - missing: the truncation counts in " in text and "(run `dvc repro extract@b`)" in text
