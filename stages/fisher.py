@@ -10,6 +10,9 @@ choose them); merge methods that weigh each pair model by what it learnt read th
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from transformers import AutoConfig
 
 from fusecli.config import load_section, stage_parser
@@ -41,6 +44,10 @@ def main() -> None:
     summary = run(args.fused, examples, params, args.out, trust)
     print(f"fisher of {args.fused}: {summary['sequences']} of the {summary['taught']} sequences its source taught "
           f"({summary['response_tokens']} response tokens) -> {args.out}")  # fmt: skip
+    if not summary["taught"]:
+        print(f"warning: fisher@{Path(args.out).name}: the source taught none of the {summary['of']} sequences; "
+              "its importance is zero, so fisher_gate keeps its pair model's change only where no other pair's "
+              "knowledge needs the parameter", file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -122,15 +122,14 @@ def run(model_folder: str | Path, examples: list[Example], params: FisherParams,
         trust_remote_code: bool = False) -> dict:  # fmt: skip
     """Measure the pair model at `model_folder` on the sequences its source taught; write `out`."""
     index, weights = taught(examples, params.seed, params.sequences)
-    if not index:
-        raise FusecliError(
-            f"the source taught none of the {len(examples)} sequences of {model_folder} (the fuse log warns of it): "
-            "its pair model holds nothing to keep; remove the source or change fuse.fusion_fn / fuse.gate"
-        )
     device = resolve_device(params.device)
     dtype = resolve_dtype("auto", device)  # float32 on CPU, bfloat16 on GPUs (a 7B model, its gradients fit)
     model = load_model(model_folder, device, dtype, trust_remote_code).eval()
-    fisher = diag_fisher(model, [examples[i] for i in index], weights, device)
+    if index:
+        fisher = diag_fisher(model, [examples[i] for i in index], weights, device)
+    else:  # nothing new to keep: a zero importance, so fisher_gate adds this pair's change only where no pair
+        # needs the parameter (the fuse log and the report already warn that the source taught nothing)
+        fisher = {n: torch.zeros_like(p, dtype=torch.float32, device="cpu") for n, p in model.named_parameters()}
     summary = {
         "sequences": len(index),
         "taught": int(sum(ex.source_weight > 0 for ex in examples)),
