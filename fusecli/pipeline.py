@@ -112,6 +112,14 @@ STAGES: tuple[Stage, ...] = (
         data=("extract/pivot", "extract/sources/${key}"), outs=("align/${key}",),
     ),
     FUSE,
+    Stage(  # what each pair model's new knowledge depends on, for merges that weigh by it (fisher_gate)
+        name="fisher", entry="stages/fisher.py", foreach=SOURCES,
+        args=f"{FUSE_CMD} --align align/${{key}} --fused fused/${{key}} --out fisher/${{key}}",
+        section="fisher", config="fusecli.fuse.fisher:FisherParams",
+        # the fuse keys that choose the sequences the source taught (fuse@<slug>'s selection)
+        keys=("fuse.temperature", "fuse.fusion_fn", "fuse.teacher", "fuse.gate", "runtime"), lock=("pivot",),
+        data=("data/train.parquet", "extract/pivot", "align/${key}", "fused/${key}"), outs=("fisher/${key}",),
+    ),
     dataclasses.replace(  # the FuseLLM-style row: every locked source at once
         FUSE, name="fuse_all", foreach=None,
         args=f"{FUSE_CMD} --align-root align --out fused_all --live-dir logs/fuse_all",
@@ -128,11 +136,11 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="merge", entry="stages/merge.py", foreach=METHODS,
-        args='--params params.yaml --lock models.lock --fused-dir fused --base "${pivot.path}" --method ${item} '
-             "--out merged/${item}",
+        args='--params params.yaml --lock models.lock --fused-dir fused --importance-dir fisher '
+             '--base "${pivot.path}" --method ${item} --out merged/${item}',
         # merge.<method> only: editing one method's option reruns that merge (fusecli/merge/params.py)
         keys=("merge.device", "merge.max_shard_size", "merge.${item}", "runtime"), lock=("pivot", "sources"),
-        data=("fused",), outs=("merged/${item}",),
+        data=("fused", "fisher"), outs=("merged/${item}",),
     ),
     Stage(
         name="evaluate", entry="stages/evaluate.py",

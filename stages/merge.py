@@ -1,7 +1,7 @@
 """DVC stage `merge@<method>`: the pivot plus every locked source's pair-fused target -> one merged model.
 
 python stages/merge.py --params params.yaml --lock models.lock --fused-dir fused --base PATH --method sce
-  --out merged/sce
+  --out merged/sce [--importance-dir fisher]
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from fusecli.runtime import start_stage
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--fused-dir", type=Path, default=Path("fused"))
+    parser.add_argument("--importance-dir", type=Path, default=None,
+                        help="<dir>/<slug>: each pair model's importance (fisher@<slug>), for methods that read it")
     parser.add_argument("--base", type=Path, required=True, help="the pivot model folder")
     parser.add_argument("--method", default=None, help="one of merge.methods (default: merge.method)")
     parser.add_argument("--out", type=Path, required=True)
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     lock = read_lock(args.lock)
     if args.base.resolve() == lock.pivot.folder(".").resolve():
         verify_pinned(lock, ".")  # the base's weights changed on disk after pinning: stop before any work
-    result = run(params, args.lock, args.fused_dir, args.base, args.out)
+    result = run(params, args.lock, args.fused_dir, args.base, args.out, args.importance_dir)
     models = ", ".join(result.report["models"])
     print(f"merged {models} onto {args.base} with {params.method} -> {result.out}")
 

@@ -20,6 +20,7 @@ from fusecli.data.build import DatasetParams
 from fusecli.demo.world import DemoParams
 from fusecli.evaluate.params import EvalParams
 from fusecli.extract.run import ExtractParams
+from fusecli.fuse.fisher import FisherParams
 from fusecli.fuse.train import FuseParams
 from fusecli.merge.params import stage_params
 from fusecli.plan import merge_methods
@@ -33,6 +34,7 @@ SECTIONS = {
     "extract": ExtractParams,
     "align": AlignParams,
     "fuse": FuseParams,
+    "fisher": FisherParams,
     "evaluate": EvalParams,
 }
 LAUNCHERS = ("extract", "fuse")  # params.yaml `launch`: the command line each launches with

@@ -71,7 +71,7 @@ def test_clean_source_on_fake_dvc_files(tmp_path: Path) -> None:
 
     removed = workspace.clean_source(root, "a")
 
-    assert set(removed) == {"extract/sources/a", "align/a", "fused/a", "logs/fuse/a", "reports/a.json",
+    assert set(removed) == {"extract/sources/a", "align/a", "fused/a", "logs/fuse/a", "fisher/a", "reports/a.json",
                             "dvc.lock:extract@a", "dvc.lock:fuse@a"}
     for out in workspace.source_outputs("a"):
         assert not (root / out).exists()

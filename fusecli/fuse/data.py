@@ -38,6 +38,7 @@ class Example:
     positions: np.ndarray  # int64 [R]: response token positions t (predicted from t-1)
     target_ids: np.ndarray  # int64 [R, M]
     target_probs: np.ndarray  # float32 [R, M]
+    source_weight: float = 0.0  # the sources' share of this sequence's fused target (MinCE: 1 where one won)
 
 
 def _source_teacher(src: dict | None, n: int, k: int, temperature: float, i: int) -> tuple:
@@ -123,6 +124,7 @@ def build_examples(
                 positions=positions,
                 target_ids=t_ids,
                 target_probs=t_probs.astype(np.float32),
+                source_weight=float(w[1:].sum()),
             )
         )
     if not examples:

@@ -2,6 +2,7 @@
 
 fusecli merge --method ties --base pivot --model a --model b --out merged --set density=0.5
 fusecli merge --config mergekit.yaml --out merged      # a mergekit YAML (fusecli/merge/mergekit.py)
+fusecli merge --method fisher_gate --base pivot --model fused/a --model fused/b --importance fisher --out merged
 Options are the method's own (its options dataclass, params.yaml `merge.<method>`): `--set KEY=VALUE`
 sets any of them (VALUE is read as YAML, so `--set weight=[0.5,0.3]` gives a list). Errors reach the
 `fusecli` app's handler (fusecli/cli.py), which prints them as one line.
@@ -63,6 +64,7 @@ def run_merge_command(
     export_mergekit: Path | None,
     config: Path | None = None,
     root: Path | None = None,
+    importance: Path | None = None,
 ) -> str:
     """Merge as the options say, or as the mergekit YAML `config` says (`root`: the workspace, which its
     relative paths and the export's are relative to)."""
@@ -88,7 +90,9 @@ def run_merge_command(
             raise FusecliError(f"missing {'/'.join(missing)}: give --method, --base and --model, or --config FILE")
         params = merge_params(method, where=f"--method {method} --set", **parse_sets(sets), **shared)
     export = mergekit_yaml(params, base, models, _base_dtype(base), root=root) if export_mergekit else None
-    result = merge_models(base, model_labels(models), params, out)
+    labelled = model_labels(models)
+    weights = {label: importance / Path(path).name for label, path in labelled} if importance is not None else None
+    result = merge_models(base, labelled, params, out, importance=weights)
     if export_mergekit is not None and export is not None:
         atomic_write_text(export_mergekit, export)
     cropped = len(result.report["cropped"])
@@ -142,6 +146,11 @@ def merge_command(
         ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="Where the arithmetic runs: cpu or cuda.")] = None,
+    importance: Annotated[
+        Path | None,
+        typer.Option(help="For methods that weigh models by what they learnt (fisher_gate): a folder holding, "
+                     "under each model's folder name, its importance (the pipeline's fisher/<slug>)."),
+    ] = None,
     export_mergekit: Annotated[
         Path | None,
         typer.Option(help="Also write the equivalent mergekit YAML to this file (paths relative to the workspace)."),
@@ -150,4 +159,6 @@ def merge_command(
     """Merge model folders onto a base with one of fusecli's merge methods (or as a mergekit YAML says)."""
     workspace = ctx.find_root().obj
     root = getattr(workspace, "root", None)  # `fusecli --workspace`, default the current directory
-    typer.echo(run_merge_command(method, base, model or [], out, set_ or [], device, export_mergekit, config, root))
+    typer.echo(
+        run_merge_command(method, base, model or [], out, set_ or [], device, export_mergekit, config, root, importance)
+    )

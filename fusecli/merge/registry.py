@@ -6,7 +6,10 @@ A method whose formula needs statistics of the whole tensor (a top-k threshold, 
 also registers `stats(blocks, params, name)`, and its `fn` then takes them as `stats=`: the runner
 can then merge a tensor too large for memory block by block (`Blocks`: rows of the base and of each
 model, read again on each pass), computing the statistics in passes over the blocks first. Small
-tensors are one block, read once.
+tensors are one block, read once. A method that weighs the models by what they were trained on
+registers `reads_importance=True`: the runner then also reads each model's per-parameter importance
+(a diagonal Fisher on its own training data, fusecli/fuse/fisher.py) row block by row block, and `fn`
+takes it as `importance=`.
 
 `MergeMethod` does what every method needs, once: it turns a `weight` option into one float per model
 (None: 1/N each), hands the method float32 tensors and casts the result back to the base dtype. So a
@@ -33,11 +36,14 @@ StatsFn = Callable[["Blocks", Any, str], Any]
 
 
 class Block:
-    """Float32 rows of the base (None when the method does not read it) and the same rows of each
-    model, with what methods derive from them (task vectors, variances) kept as long as the block."""
+    """Float32 rows of the base (None when the method does not read it), the same rows of each model and,
+    for a method that reads them, of each model's statistics, with what methods derive from them (task
+    vectors, variances) kept as long as the block."""
 
-    def __init__(self, base: torch.Tensor | None, models: list[torch.Tensor]):
-        self.base, self.models = base, models
+    def __init__(
+        self, base: torch.Tensor | None, models: list[torch.Tensor], importance: list[torch.Tensor] | None = None
+    ):
+        self.base, self.models, self.importance = base, models, importance
         self._derived: dict[str, torch.Tensor] = {}
 
     def derive(self, key: str, fn: Callable[[Block], torch.Tensor]) -> torch.Tensor:
@@ -64,9 +70,12 @@ class Blocks:
         self._kept: Block | None = None
 
     @classmethod
-    def whole(cls, base: torch.Tensor, models: list[torch.Tensor]) -> Blocks:
+    def whole(
+        cls, base: torch.Tensor, models: list[torch.Tensor], importance: list[torch.Tensor] | None = None
+    ) -> Blocks:
         """In-memory tensors as one block."""
-        block = Block(base.float(), [m.float() for m in models])
+        floats = None if importance is None else [x.float() for x in importance]
+        block = Block(base.float(), [m.float() for m in models], floats)
         return cls(tuple(base.shape), base.dtype, len(models), [slice(None)], lambda rows: block)
 
     @property
@@ -100,6 +109,7 @@ class MergeMethod:
     doc: str
     stats: StatsFn | None = None  # whole-tensor statistics, passed to `fn` as `stats=`
     reads_base: bool = True  # False: `fn` ignores the base tensor, so the runner does not read it
+    reads_importance: bool = False  # True: `fn` takes `importance=`, each model's importance of the same rows
 
     def resolve(self, options: Any, n_models: int) -> Any:
         """A `weight` option as one float per model (None: 1/N each)."""
@@ -130,16 +140,29 @@ class MergeMethod:
         resolved = self.resolve(options, blocks.n_models)
         extra = {"stats": self.stats(blocks, resolved, name)} if self.stats is not None else {}
         for block in blocks:
+            if self.reads_importance:
+                if block.importance is None:
+                    raise FusecliError(
+                        f"merge method {self.name} weighs each model by its importance on its own training data, "
+                        "and none was given: run it in the pipeline (stage fisher@<slug>) or pass --importance DIR"
+                    )
+                extra["importance"] = block.importance
             merged, coefficients = self.fn(block.base, block.models, resolved, name=name, **extra)
             if not all_finite(merged):
                 raise FusecliError(f"{self.name} produced non-finite values in {name}: check the input models")
             yield merged.to(blocks.dtype), coefficients
 
     def __call__(
-        self, base: torch.Tensor, models: list[torch.Tensor], options: Any, *, name: str = ""
+        self,
+        base: torch.Tensor,
+        models: list[torch.Tensor],
+        options: Any,
+        *,
+        name: str = "",
+        importance: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, Coefficients | None]:
-        """Merge whole in-memory tensors (one block)."""
-        ((merged, coefficients),) = self.merge(Blocks.whole(base, models), options, name=name)
+        """Merge whole in-memory tensors (one block); `importance`: each model's per-parameter importance."""
+        ((merged, coefficients),) = self.merge(Blocks.whole(base, models, importance), options, name=name)
         return merged, coefficients
 
 
@@ -153,10 +176,11 @@ def register(
     mergekit: str | None = None,
     stats: StatsFn | None = None,
     reads_base: bool = True,
+    reads_importance: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register `fn` as merge method `name` with its `options` dataclass; `stats` computes what `fn`
     needs from the whole tensor (see the module docstring); `reads_base=False` when `fn` ignores the
-    base tensor."""
+    base tensor; `reads_importance=True` when it weighs the models by their per-parameter importance."""
     if not dataclasses.is_dataclass(options):
         raise ValueError(f"the options of merge method {name!r} must be a dataclass")
 
@@ -165,7 +189,7 @@ def register(
             raise ValueError(f"merge method {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
         first = doc[0] if doc else ""
-        _METHODS[name] = MergeMethod(name, fn, options, mergekit, first, stats, reads_base)
+        _METHODS[name] = MergeMethod(name, fn, options, mergekit, first, stats, reads_base, reads_importance)
         return fn
 
     return decorate

@@ -14,7 +14,7 @@ import csv
 import ctypes
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,9 +150,12 @@ def merge_models(
     *,
     progress: Progress | None = None,
     lineage: Lineage | None = None,
+    importance: Mapping[str, str | Path] | None = None,
 ) -> MergeResult:
     """Merge `models` (label, folder) onto the base with `params.method`; write the folder `out`, its card naming
-    the pivot and sources of `lineage` (models.lock) when given.
+    the pivot and sources of `lineage` (models.lock) when given. `importance`: label -> a folder of that
+    model's per-parameter importance (same tensor names; stage fisher@<slug>), read only by the methods
+    that weigh models by it.
 
     `progress` shows the bytes written, block by block (default: the stages' bar on stderr).
     On any error nothing is left at `out` (an existing `out` is kept until the new one is complete).
@@ -162,8 +165,12 @@ def merge_models(
     device, max_bytes = resolve_device(params.device, "merge.device"), parse_size(params.max_shard_size)
     keep_freed_memory()
     base, folders = open_models(Path(base_path), [(label, Path(path)) for label, path in models], Path(out))
+    weights: dict[str, ModelFolder] | None = None
     try:
+        weights = open_importance(importance, folders) if method.reads_importance else None
         plan = plan_merge(base, folders)
+        if weights is not None:
+            check_importance(plan, folders, weights)
         with atomic_dir(out) as tmp:
             layout = [(t.name, base.dtype(t.name), base.shape(t.name)) for t in plan.tensors]
             total = sum(math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape in layout)
@@ -173,7 +180,9 @@ def merge_models(
                 def advance(written: torch.Tensor) -> None:
                     shown.advance(task, written.numel() * written.element_size())
 
-                kind, coefficients = _merge_tensors(method, resolved, base, folders, plan, writer, device, advance)
+                kind, coefficients = _merge_tensors(
+                    method, resolved, base, folders, plan, writer, device, advance, weights
+                )
             copy_side_files(base.path, tmp)
             report = _report(method, resolved, base, folders, plan, kind, coefficients)
             atomic_write_json(tmp / REPORT, report)
@@ -181,9 +190,36 @@ def merge_models(
                 atomic_write_text(tmp / COEFFICIENTS_CSV, _coefficients_csv(kind, coefficients))
             atomic_write_text(tmp / CARD, model_card(Path(out).name, report, method.doc, lineage))
     finally:
-        for folder in (base, *folders.values()):
+        for folder in (base, *folders.values(), *(weights or {}).values()):
             folder.close()
     return MergeResult(Path(out), report)
+
+
+def open_importance(
+    importance: Mapping[str, str | Path] | None, models: dict[str, ModelFolder]
+) -> dict[str, ModelFolder]:
+    """Each model's importance folder, opened like a model folder (the same tensor names)."""
+    missing = [label for label in models if label not in (importance or {})]
+    if missing:
+        raise FusecliError(
+            f"the merge method weighs each model by its importance on its own training data, and model {missing[0]} "
+            "has none: run `dvc repro fisher@<slug>` (pipeline) or give --importance DIR with DIR/<model>"
+        )
+    return {label: ModelFolder(Path(importance[label])) for label in models}
+
+
+def check_importance(plan: MergePlan, models: dict[str, ModelFolder], weights: dict[str, ModelFolder]) -> None:
+    """Every merged tensor has an importance tensor of the model's own shape (stale statistics stop here)."""
+    for t in plan.tensors:
+        if not t.merge:
+            continue
+        for label, source in zip(models, t.sources, strict=True):
+            w = weights[label]
+            if source not in w.weight_map or w.shape(source) != models[label].shape(source):
+                raise FusecliError(
+                    f"{w.path} has no importance of shape {list(models[label].shape(source))} for {source!r}: it was "
+                    f"computed for another model than {models[label].path}; rerun its fisher stage"
+                )
 
 
 def keep_freed_memory() -> None:
@@ -218,6 +254,7 @@ def _merge_tensors(
     writer: ShardedWriter,
     device: torch.device,
     advance: Callable[[torch.Tensor], None],
+    importance: dict[str, ModelFolder] | None = None,
 ) -> tuple[str | None, dict[str, dict[str, float]]]:
     """The streaming loop: one row block of one tensor of each model in memory at a time; `advance` is
     called with each block written."""
@@ -236,7 +273,11 @@ def _merge_tensors(
         def read(rows: slice, t: TensorPlan = t) -> Block:
             inputs = [models[label].read(source, rows) for label, source in zip(labels, t.sources, strict=True)]
             theta0 = base.read(t.name, rows).to(device, torch.float32) if method.reads_base else None
-            return Block(theta0, [x.to(device, torch.float32) for x in inputs])
+            weights = None
+            if importance is not None:
+                weights = [importance[label].read(source, rows).to(device, torch.float32)
+                           for label, source in zip(labels, t.sources, strict=True)]  # fmt: skip
+            return Block(theta0, [x.to(device, torch.float32) for x in inputs], weights)
 
         blocks = Blocks(shape, DTYPES[base.dtype(t.name)], len(labels), bounds, read)
         coefs = None

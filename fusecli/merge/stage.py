@@ -25,9 +25,15 @@ def locked_slugs(lock: str | Path) -> list[str]:
 
 
 def run(
-    params: MergeParams, lock: str | Path, fused_dir: str | Path, base: str | Path, out: str | Path
+    params: MergeParams,
+    lock: str | Path,
+    fused_dir: str | Path,
+    base: str | Path,
+    out: str | Path,
+    importance_dir: str | Path | None = None,
 ) -> MergeResult:
-    """Merge the pair-fused target of every locked source onto the pivot `base`."""
+    """Merge the pair-fused target of every locked source onto the pivot `base`; `importance_dir/<slug>` holds
+    each pair model's importance for the methods that weigh by it (the others never read it)."""
     models = []
     for slug in locked_slugs(lock):
         folder = Path(fused_dir) / slug
@@ -36,4 +42,5 @@ def run(
                 f"{folder} not found: source {slug!r} is in {lock} but has no fused model; run `dvc repro fuse@{slug}`"
             )
         models.append((slug, folder))
-    return merge_models(base, models, params, out, lineage=lineage(read_lock(lock)))
+    importance = {slug: Path(importance_dir) / slug for slug, _ in models} if importance_dir is not None else None
+    return merge_models(base, models, params, out, lineage=lineage(read_lock(lock)), importance=importance)

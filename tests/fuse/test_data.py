@@ -147,6 +147,19 @@ def test_targets_and_statistics_match_a_plain_recomputation(world, slugs, fn, ga
         assert any(v > 0.0 for v in stats["gated_share"].values()), "the fixture's CEs must trip the gate"
 
 
+@pytest.mark.parametrize(("slugs", "fn", "gate"), CASES)
+def test_each_example_carries_the_sources_share_of_its_target(world, slugs, fn, gate):
+    examples, _ = build(world, slugs, fn, gate)
+    _, weights, _ = plain_reference(world, slugs, fn, gate, "model")
+    domains = pl.read_parquet(world / "train.parquet")["domain"].to_list()
+    seen: dict[str, int] = {}
+    for rec, e in zip(iter_records(world / "extract"), examples, strict=True):
+        d = domains[int(rec["seq_index"])]
+        w = weights[d][seen.setdefault(d, 0)]
+        seen[d] += 1
+        assert e.source_weight == pytest.approx(w[1:].sum())
+
+
 def test_min_ce_ties_go_to_the_pivot_and_a_missing_source_never_teaches(world):
     examples, _ = build(world, ["a", "b"])
     rec = next(iter_records(world / "extract"))

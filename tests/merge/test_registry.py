@@ -9,7 +9,9 @@ from fusecli.merge.registry import _METHODS
 
 
 def test_every_method_is_registered():
-    assert method_names() == ["dare_linear", "dare_ties", "linear", "sce", "task_arithmetic", "ties", "varm"]
+    assert method_names() == [
+        "dare_linear", "dare_ties", "fisher_gate", "linear", "sce", "task_arithmetic", "ties", "varm"
+    ]  # fmt: skip
 
 
 def test_unknown_method_names_the_choices():
