@@ -21,8 +21,9 @@ from typing import Any
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_text
 
-SOURCE_STAGES = ("extract", "align", "fuse")  # foreach-over-sources stages in dvc.yaml: `<stage>@<slug>`
-SOURCE_OUTPUTS = ("extract/sources/{slug}", "align/{slug}", "fused/{slug}", "logs/fuse/{slug}")
+SOURCE_STAGES = ("extract", "align", "fuse", "sample")  # foreach-over-sources stages in dvc.yaml: `<stage>@<slug>`
+SOURCE_OUTPUTS = ("extract/sources/{slug}", "align/{slug}", "fused/{slug}", "logs/fuse/{slug}",
+                  "imf/samples/{slug}.parquet")
 
 
 def source_outputs(slug: str) -> list[str]:

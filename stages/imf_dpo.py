@@ -9,7 +9,7 @@ from __future__ import annotations
 from fusecli.config import load_section, stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.fuse.train import FuseParams
-from fusecli.imf.params import ImfParams
+from fusecli.imf.params import TrainParams, load_imf
 from fusecli.imf.stage import load_choices
 from fusecli.imf.train import train_dpo
 from fusecli.lock import read_lock
@@ -26,11 +26,11 @@ def main() -> None:
     ap.add_argument("--live-dir", required=True, help="dvclive metrics and the pair summary")
     args = ap.parse_args()
     start_stage(args.params, args.lock)
-    imf = load_section(ImfParams, "imf", args.params)
+    imf = load_imf(TrainParams, "train", args.params)
     fuse = load_section(FuseParams, "fuse", args.params)
     lock = read_lock(args.lock)
-    picked, stats = load_choices(args.samples, args.scores, sorted(lock.sources), imf.dpo)
-    train_dpo(args.sft, picked, args.out, args.live_dir, fuse, imf.dpo, imf.max_length, stats,
+    picked, stats = load_choices(args.samples, args.scores, sorted(lock.sources), imf)
+    train_dpo(args.sft, picked, args.out, args.live_dir, fuse, imf, stats,
               lock.pivot.trust_remote_code)
 
 

@@ -10,7 +10,7 @@ from fusecli.config import load_section, stage_parser
 from fusecli.errors import fail_cleanly
 from fusecli.fuse.train import FuseParams
 from fusecli.hashing import verify_pinned
-from fusecli.imf.params import ImfParams
+from fusecli.imf.params import TrainParams, load_imf
 from fusecli.imf.stage import load_choices
 from fusecli.imf.train import train_sft
 from fusecli.lock import read_lock
@@ -26,11 +26,11 @@ def main() -> None:
     ap.add_argument("--live-dir", required=True, help="dvclive metrics and the choice summary")
     args = ap.parse_args()
     start_stage(args.params, args.lock)
-    imf = load_section(ImfParams, "imf", args.params)
+    imf = load_imf(TrainParams, "train", args.params)
     fuse = load_section(FuseParams, "fuse", args.params)
     lock = read_lock(args.lock)
     verify_pinned(lock, ".")
-    picked, stats = load_choices(args.samples, args.scores, sorted(lock.sources), imf.dpo)
+    picked, stats = load_choices(args.samples, args.scores, sorted(lock.sources), imf)
     train_sft(lock.pivot.path, picked, args.out, args.live_dir, fuse, imf.max_length, stats,
               lock.pivot.trust_remote_code)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from fusecli.config import load_section, stage_parser
+from fusecli.config import stage_parser
 from fusecli.errors import FusecliError, fail_cleanly
 from fusecli.hashing import verify_pinned
-from fusecli.imf.params import ImfParams
+from fusecli.imf.params import SampleParams, load_imf
 from fusecli.imf.sample import sample
 from fusecli.lock import read_lock
 from fusecli.runtime import start_stage
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     start_stage(args.params, args.lock)  # threads and kernels from params.yaml, then the preflight
-    params = load_section(ImfParams, "imf", args.params).sample
+    params = load_imf(SampleParams, "sample", args.params)
     lock = read_lock(args.lock)
     if args.source not in lock.sources:
         raise FusecliError(f"no source {args.source!r} in {args.lock}: add it with fusecli add-source")

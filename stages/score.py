@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from fusecli.config import load_section, stage_parser
+from fusecli.config import stage_parser
 from fusecli.errors import fail_cleanly
-from fusecli.imf.params import ImfParams
+from fusecli.imf.params import load_imf
+from fusecli.imf.rewards import ScoreParams
 from fusecli.imf.score import DEFAULT_CACHE, score
 from fusecli.lock import read_lock
 from fusecli.runtime import start_stage
@@ -25,7 +26,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="per-response score cache; '' turns it off")
     args = ap.parse_args()
     start_stage(args.params, args.lock)
-    params = load_section(ImfParams, "imf", args.params).score
+    params = load_imf(ScoreParams, "score", args.params)
     slugs = sorted(read_lock(args.lock).sources)
     done = score(args.data, args.samples, slugs, args.out, params, args.params, args.cache_dir or None)
     print(f"score: {done['responses']:,} responses, {done['rated']:,} rated now, {done['cached']:,} from the cache")

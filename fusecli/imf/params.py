@@ -1,10 +1,24 @@
-"""The `imf` section of params.yaml: sampling, scoring and the preference stage (docs/imf.md)."""
+"""The `imf` section of params.yaml: `sample` and `train` (docs/imf.md); `score` lives beside the rewards it
+names (fusecli/imf/rewards.py), so sampling and training do not depend on the reward code."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
+from fusecli.config import from_dict, read_yaml
 from fusecli.errors import FusecliError
+
+T = TypeVar("T")
+
+
+def load_imf(cls: type[T], key: str, params: str | Path = "params.yaml") -> T:
+    """`imf.<key>` of params.yaml as `cls` (every key required: params.yaml holds the values)."""
+    data = read_yaml(params)
+    if not isinstance(data.get("imf"), dict) or key not in data["imf"]:
+        raise FusecliError(f"{params} has no imf.{key} section: add it (see params.yaml in the repository)")
+    return from_dict(cls, data["imf"][key], f"imf.{key}", complete=True)
 
 BACKENDS = ("transformers", "vllm")  # vllm: GPU only, where installed
 
@@ -38,36 +52,15 @@ class SampleParams:
 
 
 @dataclass(frozen=True)
-class ScoreParams:
-    """score: the reward every response gets; `reward_model` is read only by reward: reward_model."""
-
-    reward: str  # a name in rewards.REWARDS: rule | judge | reward_model
-    reward_model: str | None  # a local sequence-classification model folder
-    batch_size: int
-    device: str
-    dtype: str
-
-    def validate(self) -> None:
-        from fusecli.imf.rewards import REWARDS
-
-        if self.reward not in REWARDS:
-            raise FusecliError(f"imf.score.reward = {self.reward!r} is unknown: use one of {sorted(REWARDS)}")
-        if self.reward == "reward_model" and not self.reward_model:
-            raise FusecliError("imf.score.reward is reward_model but imf.score.reward_model is null: "
-                               "give the folder of a sequence-classification reward model")
-        if self.batch_size < 1:
-            raise FusecliError(f"imf.score.batch_size = {self.batch_size} must be >= 1")
-
-
-@dataclass(frozen=True)
-class DpoParams:
-    """imf_dpo: TRL's DPOTrainer from imf_sft on best/worst pairs of the same source.
+class TrainParams:
+    """imf_sft reads `max_length`; imf_dpo every key: TRL's DPOTrainer from imf_sft on best/worst pairs of one source.
 
     A pair is kept when its reward gap lies in [gap_min, gap_max] (FuseChat-3.0's window: too small a gap is
     noise, too large an easy pair; the bounds depend on the reward's scale). Batch, seed and the optimizer
     settings are fuse's, so SFT and DPO share one budget's shape.
     """
 
+    max_length: int  # tokens of prompt and response the pivot trains on
     loss_type: str  # TRL's; sigmoid_norm: the length-normalised DPO loss FuseChat-3.0 trains with
     beta: float
     gap_min: float
@@ -77,31 +70,19 @@ class DpoParams:
     max_steps: int
 
     def validate(self) -> None:
+        if self.max_length < 8:
+            raise FusecliError(f"imf.train.max_length = {self.max_length} must be >= 8 tokens")
         if self.loss_type not in LOSS_TYPES:
-            raise FusecliError(f"imf.dpo.loss_type = {self.loss_type!r} is unknown: use one of {sorted(LOSS_TYPES)}")
+            raise FusecliError(f"imf.train.loss_type = {self.loss_type!r} is unknown: use one of {sorted(LOSS_TYPES)}")
         if self.beta <= 0:
-            raise FusecliError(f"imf.dpo.beta = {self.beta} must be > 0")
+            raise FusecliError(f"imf.train.beta = {self.beta} must be > 0")
         if self.gap_min < 0 or (self.gap_max is not None and self.gap_max < self.gap_min):
-            raise FusecliError(f"imf.dpo gap window [{self.gap_min}, {self.gap_max}] is empty or negative: "
+            raise FusecliError(f"imf.train gap window [{self.gap_min}, {self.gap_max}] is empty or negative: "
                                "set 0 <= gap_min <= gap_max (or gap_max: null)")
         if self.learning_rate <= 0:
-            raise FusecliError(f"imf.dpo.learning_rate = {self.learning_rate} must be > 0")
+            raise FusecliError(f"imf.train.learning_rate = {self.learning_rate} must be > 0")
         if self.epochs <= 0 and self.max_steps <= 0:
-            raise FusecliError("imf.dpo.epochs or imf.dpo.max_steps must be > 0")
-
-
-@dataclass(frozen=True)
-class ImfParams:
-    """The whole `imf` section; each stage lists in dvc.yaml only the keys it reads."""
-
-    sample: SampleParams
-    score: ScoreParams
-    max_length: int  # tokens of prompt and response the pivot trains on (imf_sft and imf_dpo)
-    dpo: DpoParams
-
-    def validate(self) -> None:
-        if self.max_length < 8:
-            raise FusecliError(f"imf.max_length = {self.max_length} must be >= 8 tokens")
+            raise FusecliError("imf.train.epochs or imf.train.max_steps must be > 0")
 
 
 # TRL 1.16's DPOConfig.loss_type values (trl/trainer/dpo_config.py)

@@ -16,8 +16,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fusecli.errors import FusecliError
 from fusecli.evaluate.match import exact_match
-from fusecli.imf.params import ScoreParams
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """score: the reward every response gets; `reward_model` is read only by reward: reward_model."""
+
+    reward: str  # a name in rewards.REWARDS: rule | judge | reward_model
+    reward_model: str | None  # a local sequence-classification model folder
+    batch_size: int
+    device: str
+    dtype: str
+
+    def validate(self) -> None:
+        if self.reward not in REWARDS:
+            raise FusecliError(f"imf.score.reward = {self.reward!r} is unknown: use one of {sorted(REWARDS)}")
+        if self.reward == "reward_model" and not self.reward_model:
+            raise FusecliError("imf.score.reward is reward_model but imf.score.reward_model is null: "
+                               "give the folder of a sequence-classification reward model")
+        if self.batch_size < 1:
+            raise FusecliError(f"imf.score.batch_size = {self.batch_size} must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,9 @@ from fusecli.data.render import prompt_text
 from fusecli.device import resolve_device, resolve_dtype
 from fusecli.errors import FusecliError
 from fusecli.imf.params import SampleParams
-from fusecli.imf.tables import write_table
+from fusecli.imf.tables import SAMPLES, write_table
 from fusecli.models import load_model, load_tokenizer
 from fusecli.progress import progress_bar
-
-COLUMNS = {"row": pl.Int64, "id": pl.String, "source": pl.String, "k": pl.Int64, "prompt": pl.String,
-           "response": pl.String}  # prompt: the JSON messages before the last assistant turn
 
 
 def prompts_of(data: str | Path) -> tuple[list[int], list[str], list[list[dict]]]:
@@ -91,7 +88,7 @@ SAMPLERS = {"transformers": sample_transformers, "vllm": sample_vllm}
 
 def sample(data: str | Path, source: str, path: str, out: str | Path, p: SampleParams,
            trust_remote_code: bool = False) -> dict:
-    """Write `out` (parquet, COLUMNS): `p.n` responses of `source` per training prompt."""
+    """Write `out` (parquet, tables.SAMPLES): `p.n` responses of `source` per training prompt."""
     rows, ids, prompts = prompts_of(data)
     tok = load_tokenizer(path, trust_remote_code)
     texts = [prompt_text(tok, m + [{"role": "assistant", "content": ""}]) for m in prompts]
@@ -100,6 +97,6 @@ def sample(data: str | Path, source: str, path: str, out: str | Path, p: SampleP
         {"row": r, "id": rid, "source": source, "k": k, "prompt": json.dumps(m), "response": reply}
         for r, rid, m, rs in zip(rows, ids, prompts, replies, strict=True) for k, reply in enumerate(rs)
     ]
-    df = pl.DataFrame(records, schema=COLUMNS)
+    df = pl.DataFrame(records, schema=SAMPLES)
     write_table(df, out)
     return {"prompts": len(rows), "responses": df.height, "empty": int((df["response"] == "").sum())}

@@ -14,15 +14,11 @@ from pathlib import Path
 
 import polars as pl
 
-from fusecli.errors import FusecliError
-from fusecli.imf.params import ScoreParams
-from fusecli.imf.rewards import REWARDS, Item, Reward
-from fusecli.imf.sample import COLUMNS as SAMPLE_COLUMNS
-from fusecli.imf.tables import read_table, write_table
+from fusecli.imf.rewards import REWARDS, Item, Reward, ScoreParams
+from fusecli.imf.tables import load_samples, write_table
 from fusecli.io import atomic_write_json
 
 DEFAULT_CACHE = Path(".fusecli") / "cache" / "imf_score"
-COLUMNS = {"row": pl.Int64, "source": pl.String, "k": pl.Int64, "score": pl.Float64}
 
 
 class ScoreCache:
@@ -61,17 +57,9 @@ def score_items(reward: Reward, items: list[Item], cache: ScoreCache) -> tuple[l
     return [cache.scores[k] for k in keys], len(todo)
 
 
-def load_samples(samples_dir: str | Path, slugs: list[str]) -> pl.DataFrame:
-    """Every locked source's samples, in slug order."""
-    if not slugs:
-        raise FusecliError("models.lock has no sources to sample from: add one with `fusecli add-source`")
-    frames = [read_table(Path(samples_dir) / f"{s}.parquet", SAMPLE_COLUMNS, f"sample@{s}") for s in slugs]
-    return pl.concat(frames)
-
-
 def score(data: str | Path, samples_dir: str | Path, slugs: list[str], out: str | Path, params: ScoreParams,
           params_file: str, cache_dir: str | Path | None = DEFAULT_CACHE) -> dict:
-    """Write `out` (COLUMNS): the reward of every response of every source; returns counts per source."""
+    """Write `out` (tables.SCORES): the reward of every response of every source; returns counts per source."""
     samples = load_samples(samples_dir, slugs)
     train = pl.read_parquet(data)
     answer = train["answer"].to_list() if "answer" in train.columns else [None] * train.height

@@ -10,6 +10,10 @@ import polars as pl
 from fusecli.errors import FusecliError
 from fusecli.io import atomic_write_bytes
 
+SAMPLES = {"row": pl.Int64, "id": pl.String, "source": pl.String, "k": pl.Int64, "prompt": pl.String,
+           "response": pl.String}  # imf/samples/<slug>.parquet; prompt: the JSON messages before the response
+SCORES = {"row": pl.Int64, "source": pl.String, "k": pl.Int64, "score": pl.Float64}  # imf/scores.parquet
+
 
 def write_table(df: pl.DataFrame, path: str | Path) -> None:
     buf = io.BytesIO()
@@ -28,3 +32,10 @@ def read_table(path: str | Path, columns: dict[str, pl.DataType], made_by: str) 
         raise FusecliError(f"{path} has no column {missing[0]!r}: it was written by another version; "
                            f"run `dvc repro -f {made_by}`")
     return df.select(list(columns))
+
+
+def load_samples(samples_dir: str | Path, slugs: list[str]) -> pl.DataFrame:
+    """Every locked source's samples, in slug order."""
+    if not slugs:
+        raise FusecliError("models.lock has no sources to sample from: add one with `fusecli add-source`")
+    return pl.concat([read_table(Path(samples_dir) / f"{s}.parquet", SAMPLES, f"sample@{s}") for s in slugs])

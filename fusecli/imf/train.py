@@ -24,7 +24,7 @@ from fusecli.fuse.data import Example
 from fusecli.fuse.functions import reference_targets
 from fusecli.fuse.train import FuseParams, checkpointing_args, deepspeed_config, dvclive_callback, fit, run_key
 from fusecli.imf.pairs import Choice
-from fusecli.imf.params import DpoParams
+from fusecli.imf.params import TrainParams
 from fusecli.io import atomic_dir, atomic_write_json, remove_tree
 from fusecli.models import load_model, load_tokenizer
 
@@ -41,8 +41,8 @@ def sft_examples(tokenizer: object, picked: list[Choice], max_length: int) -> li
         ids, probs = reference_targets(tok.input_ids[positions])
         examples.append(Example(tok.input_ids.astype(np.int64), positions, ids, probs.astype(np.float32)))
     if not examples:
-        raise FusecliError("no prompt has a scored response that fits imf.max_length: check the score stage's "
-                           "output (every score null?) or raise imf.max_length")
+        raise FusecliError("no prompt has a scored response that fits imf.train.max_length: check the score stage's "
+                           "output (every score null?) or raise imf.train.max_length")
     return examples
 
 
@@ -66,16 +66,16 @@ def train_sft(pivot: str, picked: list[Choice], out: str, logs: str, params: Fus
     return fit(model, tokenizer, examples, stats, key, out, logs, params, device)
 
 
-def train_dpo(start: str, picked: list[Choice], out: str, logs: str, fuse: FuseParams, dpo: DpoParams,
-              max_length: int, stats: dict, trust_remote_code: bool = False) -> dict:
+def train_dpo(start: str, picked: list[Choice], out: str, logs: str, fuse: FuseParams, dpo: TrainParams,
+              stats: dict, trust_remote_code: bool = False) -> dict:
     """TRL's DPOTrainer from `start` (imf_sft) on the pairs of `picked`; writes the HF model folder `out`."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     pairs = [c for c in picked if c.rejected is not None]
     if not pairs:
-        raise FusecliError("no preference pair lies in the reward-gap window: lower imf.dpo.gap_min, raise "
-                           "imf.dpo.gap_max, or sample more (imf.sample.n)")
+        raise FusecliError("no preference pair lies in the reward-gap window: lower imf.train.gap_min, raise "
+                           "imf.train.gap_max, or sample more (imf.sample.n)")
     rows = [{"prompt": json.loads(c.prompt), "chosen": [{"role": "assistant", "content": c.chosen}],
              "rejected": [{"role": "assistant", "content": c.rejected}]} for c in pairs]
     device = resolve_device(fuse.device)
@@ -86,7 +86,7 @@ def train_dpo(start: str, picked: list[Choice], out: str, logs: str, fuse: FuseP
         tokenizer.pad_token = tokenizer.eos_token
     model = load_model(start, torch.device("cpu"), torch.float32, trust_remote_code)
     pair_key = choice_key(pairs, ("prompt", "chosen", "rejected"))
-    key = run_key([Path(start)], fuse, {"dpo": dataclasses.asdict(dpo), "max_length": max_length, "pairs": pair_key})
+    key = run_key([Path(start)], fuse, {"dpo": dataclasses.asdict(dpo), "pairs": pair_key})
     scratch = Path(fuse.scratch) / f"dpo-{key}"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args = DPOConfig(
@@ -104,7 +104,7 @@ def train_dpo(start: str, picked: list[Choice], out: str, logs: str, fuse: FuseP
         data_seed=fuse.seed,
         beta=dpo.beta,
         loss_type=[dpo.loss_type],
-        max_length=max_length,
+        max_length=dpo.max_length,
         logging_steps=fuse.logging_steps,
         save_strategy="no",
         report_to=[],
