@@ -127,10 +127,14 @@ class ModelReward:
         self.params = params
 
     def config(self) -> dict[str, Any]:
-        from fusecli.hashing import content_hash
-        from fusecli.models import check_model_dir
+        from pathlib import Path
 
-        path = check_model_dir(self.params.reward_model or "")
+        from fusecli.hashing import content_hash
+
+        path = Path(self.params.reward_model or "")
+        if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
+            raise FusecliError(f"imf.score.reward_model = {str(path)!r} is not a model folder with safetensors "
+                               "weights: give the local folder of a sequence-classification reward model")
         return {"reward": "reward_model", "model": content_hash(path), "dtype": self.params.dtype}
 
     def reads(self, item: Item) -> dict[str, Any]:
