@@ -6,8 +6,8 @@ walking the file) to the seed, applies the --set overrides, runs the whole `dvc 
 eval/metrics.json. Then it sets `fuse.teacher: reference`, the control (every fused target is the reference
 one-hot), and runs `dvc repro` again: DVC reruns the training stages that read the `fuse` section (the pair
 models, fuse_all, and sft_baseline, which trains the same model again), the merges, evaluate and report. Per
-model (pivot, sources, sft_baseline, the pair models, fuselm, every merge method, then the retrained ones
-again prefixed `control:`) and per domain it prints mean ± spread over the seeds, the spread being half the
+model (pivot, sources, sft_baseline, the pair models, fuselm, the implicit-fusion rows imf_sft and imf, every
+merge method, then the retrained ones again prefixed `control:`) and per domain it prints mean ± spread over the seeds, the spread being half the
 max-min range, writes every seed's numbers and the summary to --out, and with --readme writes the Markdown
 tables between the marker comments of that file.
 
@@ -161,13 +161,15 @@ def summarize(runs: dict[int, dict[str, dict]]) -> dict[str, dict[str, dict[str,
     return summary
 
 
-ORDER = ("pivot", "source:", "sft_baseline", "fused:", "fuselm", "merged:")  # evaluate's order of models
+ORDER = ("pivot", "source:", "sft_baseline", "fused:", "fuselm", "imf_sft", "imf", "merged:")  # evaluate's order
+UNCONTROLLED = ("imf_sft", "imf")  # read no `fuse.teacher`: the control leaves them as they were
 
 
 def model_order(models: list[str]) -> list[str]:
-    """evaluate's order (pivot, sources, sft_baseline, pair models, fuselm, merges), the control's after. Left
-    out: the `merged` alias (the default method's scores again) where the methods' own rows are present, and
-    the control's pivot and sources (the same models: the control retrains only what reads `fuse`)."""
+    """evaluate's order (pivot, sources, sft_baseline, pair models, fuselm, the implicit rows imf_sft and imf,
+    merges), the control's after. Left out: the `merged` alias (the default method's scores again) where the
+    methods' own rows are present, and the control's pivot, sources and implicit rows (the same models: the
+    control retrains only what reads `fuse.teacher`)."""
 
     def rank(name: str) -> tuple:
         control = name.startswith(CONTROL)
@@ -178,7 +180,8 @@ def model_order(models: list[str]) -> list[str]:
 
     has_methods = any(m.removeprefix(CONTROL).startswith("merged:") for m in models)
     shown = [m for m in models if not (has_methods and m.removeprefix(CONTROL) == "merged")]
-    shown = [m for m in shown if not (m.startswith(CONTROL) and rank(m)[1] < ORDER.index("sft_baseline"))]
+    shown = [m for m in shown if not (m.startswith(CONTROL) and (rank(m)[1] < ORDER.index("sft_baseline")
+                                                                 or m.removeprefix(CONTROL) in UNCONTROLLED))]
     return sorted(shown, key=rank)
 
 
