@@ -7,9 +7,9 @@ eval/metrics.json. Then it sets `fuse.teacher: reference`, the control (every fu
 one-hot), and runs `dvc repro` again: DVC reruns the training stages that read the `fuse` section (the pair
 models, fuse_all, and sft_baseline, which trains the same model again), the merges, evaluate and report. Per
 model (pivot, sources, sft_baseline, the pair models, fuselm, the implicit-fusion rows imf_sft and imf, every
-merge method, then the retrained ones again prefixed `control:`) and per domain it prints mean ± spread over the seeds, the spread being half the
-max-min range, writes every seed's numbers and the summary to --out, and with --readme writes the Markdown
-tables between the marker comments of that file.
+merge method, then the retrained ones again prefixed `control:`) and per domain it prints mean ± spread over
+the seeds, the spread being half the max-min range, writes every seed's numbers and the summary to --out, and
+with --readme writes the Markdown tables between the marker comments of that file.
 
     python benchmarks/quality.py --seeds 0,1,2 --out quality.json --readme README.md
     python benchmarks/quality.py --set fuse.gate=1.0 --out quality-gate1.json      # one ablation
