@@ -2,18 +2,18 @@
 
 For each seed it copies the repository's working tree (git's tracked files with their uncommitted changes,
 plus untracked files git does not ignore) into a fresh folder, sets every `seed` key of params.yaml (found by
-walking the file) to the seed, applies the --set overrides, pins the extra demo specialists of --sources
-(`dvc repro build_demo`, then `fusecli add-source demo/models/<name>` as a user would), runs the whole
-`dvc repro` and reads eval/metrics.json. Then, per control of --controls, it sets `fuse.teacher` to it and
-runs `dvc repro` again: DVC reruns the training stages that read `fuse.teacher` (the pair models and
-fuse_all; the `sft_baseline` it reports again is the same model), the merges, evaluate and report. The controls:
-`reference` (rows prefixed `control:`), every fused target the reference one-hot, what the teachers add
-beyond the references; `pivot` (rows prefixed `self:`), the sources dropped and the pivot's own distribution
-the only teacher, what the sources add beyond the pivot teaching itself. Per model (pivot, sources,
-sft_baseline, the pair models, fuselm, every merge method, then each control's retrained ones) and per domain
-it prints mean ± spread over the seeds, the spread being half the max-min range, writes every seed's numbers
-and the summary to --out, and with --readme writes the Markdown tables between the marker comments of that
-file.
+walking the file) to the seed, applies the --set overrides, pins the extra demo specialists of --sources (`dvc
+repro build_demo`, then `fusecli add-source demo/models/<name>` as a user would), runs the whole `dvc repro`
+and reads eval/metrics.json. Then, per control of --controls, it sets `fuse.teacher` to it and runs `dvc
+repro` again: DVC reruns the training stages that read `fuse.teacher` (the pair models and fuse_all; the
+`sft_baseline` it reports again is the same model), the merges, evaluate and report. The controls: `reference`
+(rows prefixed `control:`), every fused target the reference one-hot, what the teachers add beyond the
+references; `pivot` (rows prefixed `self:`), the sources dropped and the pivot's own distribution the only
+teacher, what the sources add beyond the pivot teaching itself. Per model (pivot, sources, sft_baseline, the
+pair models, fuselm, the implicit-fusion rows imf_sft and imf, every merge method, then each control's
+retrained ones) and per domain it prints mean ± spread over the seeds, the spread being half the max-min
+range, writes every seed's numbers and the summary to --out, and with --readme writes the Markdown tables
+between the marker comments of that file.
 
     python benchmarks/quality.py --seeds 0,1,2 --out quality.json --readme README.md
     python benchmarks/quality.py --sources 3 --out quality-3src.json               # merge three pair models
@@ -207,7 +207,8 @@ def summarize(runs: dict[int, dict[str, dict]]) -> dict[str, dict[str, dict[str,
     return summary
 
 
-ORDER = ("pivot", "source:", "sft_baseline", "fused:", "fuselm", "merged:")  # evaluate's order of models
+ORDER = ("pivot", "source:", "sft_baseline", "fused:", "fuselm", "imf_sft", "imf", "merged:")  # evaluate's order
+UNCONTROLLED = ("imf_sft", "imf")  # read no `fuse.teacher`: the control leaves them as they were
 
 
 def split_control(name: str) -> tuple[int, str]:
@@ -219,9 +220,10 @@ def split_control(name: str) -> tuple[int, str]:
 
 
 def model_order(models: list[str]) -> list[str]:
-    """evaluate's order (pivot, sources, sft_baseline, pair models, fuselm, merges), each control's after. Left
-    out: the `merged` alias (the default method's scores again) where the methods' own rows are present, and
-    a control's pivot and sources (the same models: a control retrains only what reads `fuse`)."""
+    """evaluate's order (pivot, sources, sft_baseline, pair models, fuselm, the implicit rows imf_sft and imf,
+    merges), each control's after. Left out: the `merged` alias (the default method's scores again) where the
+    methods' own rows are present, and a control's pivot, sources and implicit rows (the same models: a
+    control retrains only what reads `fuse`)."""
 
     def rank(name: str) -> tuple:
         control, base = split_control(name)
@@ -231,7 +233,8 @@ def model_order(models: list[str]) -> list[str]:
 
     has_methods = any(split_control(m)[1].startswith("merged:") for m in models)
     shown = [m for m in models if not (has_methods and split_control(m)[1] == "merged")]
-    shown = [m for m in shown if not (rank(m)[0] and rank(m)[1] < ORDER.index("sft_baseline"))]
+    shown = [m for m in shown if not (rank(m)[0] and (rank(m)[1] < ORDER.index("sft_baseline")
+                                                      or split_control(m)[1] in UNCONTROLLED))]
     return sorted(shown, key=rank)
 
 

@@ -52,6 +52,14 @@ def _check_merge(params: Path) -> None:
         stage_params(params, method)
 
 
+def _check_imf(params: Path) -> None:
+    from fusecli.imf.params import SampleParams, TrainParams, load_imf
+    from fusecli.imf.rewards import ScoreParams
+
+    for key, cls in (("sample", SampleParams), ("score", ScoreParams), ("train", TrainParams)):
+        load_imf(cls, key, params)
+
+
 def check_params(params: str | Path, require_all: bool = True) -> list[str]:
     """Load every section of params.yaml as its stage would; return the sections checked.
 
@@ -62,6 +70,7 @@ def check_params(params: str | Path, require_all: bool = True) -> list[str]:
     known: dict[str, Callable[[], None]] = {
         "launch": lambda: _check_launch(data["launch"]),
         "merge": lambda: _check_merge(params),
+        "imf": lambda: _check_imf(params),
     }
     sections = _sections()
     for name, cls in sections.items():

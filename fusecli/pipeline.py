@@ -142,14 +142,53 @@ STAGES: tuple[Stage, ...] = (
         keys=("merge.device", "merge.max_shard_size", "merge.${item}", "runtime"), lock=("pivot", "sources"),
         data=("fused", "fisher"), outs=("merged/${item}",),
     ),
+    # implicit fusion (FuseChat-3.0, docs/imf.md): each source's sampled responses, scored, the best as SFT
+    # targets, then preference training on each source's best and worst
+    Stage(
+        name="sample", entry="stages/sample.py", foreach=SOURCES,
+        args="--params params.yaml --lock models.lock --source ${key} --data data/train.parquet "
+             "--out imf/samples/${key}.parquet",
+        keys=("imf.sample", "runtime"), lock=("sources.${key}",),
+        data=("data/train.parquet", "${item.path}"), outs=("imf/samples/${key}.parquet",),
+    ),
+    Stage(
+        name="score", entry="stages/score.py",
+        args="--params params.yaml --lock models.lock --data data/train.parquet --samples imf/samples "
+             "--out imf/scores.parquet",
+        # evaluate.judge: the endpoint of `reward: judge` (scores are cached per response)
+        keys=("imf.score", "evaluate.judge.base_url", "evaluate.judge.model", "evaluate.judge.max_tokens",
+              "evaluate.judge.temperature", "runtime"), lock=("sources",),
+        data=("data/train.parquet", "imf/samples"), outs=("imf/scores.parquet",),
+    ),
+    dataclasses.replace(  # sft_baseline's budget and keys, on the best response per prompt
+        FUSE, name="imf_sft", entry="stages/imf_sft.py", foreach=None,
+        args="--params params.yaml --lock models.lock --samples imf/samples --scores imf/scores.parquet "
+             "--out imf/sft --live-dir logs/imf_sft",
+        unhashed=FUSE_SPEED_ONLY + tuple(SFT_FIXED), keys=("imf.train.max_length", "launch.fuse", "runtime"),
+        lock=("pivot", "sources"), data=("imf/samples", "imf/scores.parquet"),
+        outs=("imf/sft", {"logs/imf_sft": {"persist": True}}),
+    ),
+    Stage(
+        name="imf_dpo", entry="stages/imf_dpo.py", launch="${launch.fuse}",
+        args="--params params.yaml --lock models.lock --samples imf/samples --scores imf/scores.parquet "
+             "--sft imf/sft --out imf/dpo --live-dir logs/imf_dpo",
+        # fuse's batch, schedule and optimizer keys; imf.train's DPO keys
+        keys=("imf.train", *(f"fuse.{k}" for k in ("global_batch_size", "micro_batch_size", "warmup_ratio",
+              "weight_decay", "max_grad_norm", "seed", "gradient_checkpointing", "optim", "zero_stage",
+              "logging_steps")), "launch.fuse", "runtime"),
+        lock=("pivot", "sources"), data=("imf/samples", "imf/scores.parquet", "imf/sft"),
+        outs=("imf/dpo", {"logs/imf_dpo": {"persist": True}}),
+    ),
     Stage(
         name="evaluate", entry="stages/evaluate.py",
         args="--params params.yaml --lock models.lock --data data/eval.parquet --fused-dir fused "
-             "--fused-all fused_all --baseline baseline/sft --merged-dir merged --out eval",
+             "--fused-all fused_all --baseline baseline/sft --imf-sft imf/sft --imf imf/dpo --merged-dir merged "
+             "--out eval",
         section="evaluate", config="fusecli.evaluate.params:EvalParams",
         keys=("merge.method", "merge.methods", "runtime"), lock=("pivot", "sources"),
         # backend: judge, its questions (the shipped demo file lies under fusecli/evaluate too)
-        data=("${evaluate.judge.questions}", "data/eval.parquet", "baseline/sft", "fused", "fused_all", "merged"),
+        data=("${evaluate.judge.questions}", "data/eval.parquet", "baseline/sft", "fused", "fused_all", "imf/sft",
+              "imf/dpo", "merged"),
         # eval/summary.json: the summary's terminal-sized slice (`dvc metrics show eval/summary.json`);
         # eval/judgments.jsonl: backend judge's every judgment and raw reply (empty otherwise)
         metrics=({"eval/metrics.json": {"cache": False}}, {"eval/summary.json": {"cache": False}}),

@@ -1,7 +1,7 @@
 """Stage evaluate: score every model the pipeline made or used, per held-out domain.
 
 python stages/evaluate.py --params params.yaml --lock models.lock --data data/eval.parquet --fused-dir fused
-  --fused-all fused_all --baseline baseline/sft --merged-dir merged --out eval
+  --fused-all fused_all --baseline baseline/sft --merged-dir merged --imf-sft imf/sft --imf imf/dpo --out eval
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--fused-all", default="fused_all", help="the FuseLLM-style student of every source (fuselm)")
     ap.add_argument("--baseline", default="baseline/sft")
     ap.add_argument("--merged-dir", default="merged", help="holds merged/<method>/ for every merge.methods")
+    ap.add_argument("--imf-sft", default="imf/sft", help="implicit fusion: the pivot trained on the best responses")
+    ap.add_argument("--imf", default="imf/dpo", help="implicit fusion: imf_sft after preference training")
     ap.add_argument("--out", default="eval")
     ap.add_argument("--cache-dir", default=str(DEFAULT_DIR), help="per-model result cache; '' turns it off")
     args = ap.parse_args()
@@ -39,7 +41,8 @@ def main() -> None:
     merge = merge_methods(args.params)
     lock = read_lock(args.lock)
     verify_pinned(lock, ".", lock.sources)  # pivot or source changed on disk after pinning: stop before any work
-    models = pipeline_models(args.lock, args.fused_dir, args.fused_all, args.baseline, args.merged_dir, merge)
+    models = pipeline_models(args.lock, args.fused_dir, args.fused_all, args.baseline, args.merged_dir,
+                             args.imf_sft, args.imf, merge)
     metrics = run(params, models, args.data, merge, args.cache_dir or None, Path(args.out) / "judgments.jsonl")
     atomic_write_json(Path(args.out) / "metrics.json", metrics)
     atomic_write_json(Path(args.out) / "summary.json", terminal_summary(metrics["summary"]))

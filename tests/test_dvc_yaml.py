@@ -1,5 +1,5 @@
 """`evaluate` scores the output of every model-producing stage of dvc.yaml (an entry point under
-stages/fuse* or stages/merge*): a stage that writes a model and is not scored fails here."""
+stages/fuse*, stages/merge* or stages/imf*): a stage that writes a model and is not scored fails here."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fusecli.evaluate.stage import pipeline_models
 from fusecli.lock import Lock, ModelEntry, dump_lock
 from fusecli.plan import merge_methods
 
-MODEL_ENTRY = re.compile(r"\bstages/(fuse|merge)\w*\.py\b")  # the entry points that write model folders
+MODEL_ENTRY = re.compile(r"\bstages/(fuse|merge|imf)\w*\.py\b")  # the entry points that write model folders
 
 
 def stages() -> dict:
@@ -52,10 +52,10 @@ def test_evaluate_scores_every_model_producing_stage(tmp_path, monkeypatch):
             for stage_name, outs in expanded(name, stage, slugs, methods).items():
                 model = next(o for o in outs if not o.startswith("logs/"))
                 produced[stage_name] = model
-    assert {"fuse@a", "sft_baseline", "merge@sce"} <= set(produced)
+    assert {"fuse@a", "sft_baseline", "merge@sce", "imf_sft", "imf_dpo"} <= set(produced)
     for folder in ["m/p", *(f"m/{s}" for s in slugs), *produced.values()]:
         Path(folder).mkdir(parents=True, exist_ok=True)
     merge = merge_methods(ROOT / "params.yaml")
-    models = pipeline_models("models.lock", "fused", "fused_all", "baseline/sft", "merged", merge)
+    models = pipeline_models("models.lock", "fused", "fused_all", "baseline/sft", "merged", "imf/sft", "imf/dpo", merge)
     scored = {str(Path(m.path)) for m in models}
     assert {s: m for s, m in produced.items() if m not in scored} == {}

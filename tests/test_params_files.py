@@ -22,6 +22,8 @@ from fusecli.evaluate.params import EvalParams
 from fusecli.extract.run import ExtractParams
 from fusecli.fuse.fisher import FisherParams
 from fusecli.fuse.train import FuseParams
+from fusecli.imf.params import SampleParams, TrainParams, load_imf
+from fusecli.imf.rewards import ScoreParams
 from fusecli.merge.params import stage_params
 from fusecli.plan import merge_methods
 from fusecli.profile import apply_profile
@@ -37,6 +39,7 @@ SECTIONS = {
     "fisher": FisherParams,
     "evaluate": EvalParams,
 }
+IMF = {"sample": SampleParams, "score": ScoreParams, "train": TrainParams}  # imf.<key>: one stage's each, no defaults
 LAUNCHERS = ("extract", "fuse")  # params.yaml `launch`: the command line each launches with
 # Sections whose dataclass still keeps its own defaults for keys params.yaml carries (two sources of
 # values); the test below fails when one of them is converted, so this list only shrinks.
@@ -60,9 +63,12 @@ def params(request, tmp_path: Path) -> Path:
 
 def test_every_section_loads(params: Path):
     data = read_yaml(params)
-    assert set(data) == {*SECTIONS, "launch", "merge"}, "a new params.yaml section needs its dataclass here"
+    assert set(data) == {*SECTIONS, "launch", "merge", "imf"}, "a new params.yaml section needs its dataclass here"
     for name, cls in SECTIONS.items():
         load_section(cls, name, params)
+    assert set(data["imf"]) == set(IMF)
+    for key, cls in IMF.items():
+        load_imf(cls, key, params)
     assert set(data["launch"]) == set(LAUNCHERS) and all(isinstance(v, str) for v in data["launch"].values())
     for method in merge_methods(params).methods:
         assert stage_params(params, method).method == method
@@ -78,3 +84,5 @@ def test_params_yaml_is_the_one_source_of_values():
                for k in carried):
             shadowed.add(name)
     assert shadowed == OWN_DEFAULTS
+    for cls in IMF.values():
+        assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(cls))

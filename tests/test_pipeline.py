@@ -29,6 +29,7 @@ FAST = {
     "dataset": {"sources": [{"path": "demo", "eval_count": 200}]},  # evaluate scores ~16 models per run
     "fuse": {"max_steps": 4, "save_steps": 1000, "logging_steps": 2},
     "evaluate": {"max_new_tokens": 4},
+    "imf": {"sample": {"n": 2, "max_new_tokens": 4}, "train": {"max_steps": 2}},
 }
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,8 @@ def workspace(tmp_path_factory) -> Path:
     git_commit(ws, "workspace")
     proc = run(["dvc", "repro"], ws)
     stages = ran_stages(proc)
-    assert {"build_demo", "build_dataset", "extract_pivot", "evaluate", "report", "sft_baseline", "fuse_all"} <= stages
+    assert {"build_demo", "build_dataset", "extract_pivot", "evaluate", "report", "sft_baseline", "fuse_all", "score",
+            "imf_sft", "imf_dpo"} <= stages
     assert merge_stages(ws) <= stages
     return ws
 
@@ -96,7 +98,7 @@ def test_full_run_produces_metrics_of_every_model_and_method(workspace):
     lock = yaml.safe_load((workspace / "models.lock").read_text())
     merge = yaml.safe_load((workspace / "params.yaml").read_text())["merge"]
     slugs = sorted(lock["sources"])
-    expected = {"pivot", "sft_baseline", "merged", "fuselm"} | {f"source:{s}" for s in slugs}
+    expected = {"pivot", "sft_baseline", "merged", "fuselm", "imf_sft", "imf"} | {f"source:{s}" for s in slugs}
     expected |= {f"fused:{s}" for s in slugs}
     expected |= {f"merged:{m}" for m in merge["methods"]}
     assert set(metrics["models"]) == expected
@@ -209,7 +211,8 @@ def test_add_then_remove_source_reruns_only_its_stages(workspace):
     third = "demo/models/llama-instruments"
     run(["fusecli", "add-source", third, "--name", "instruments"], workspace)
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    added = {"extract@instruments", "align@instruments", "fuse@instruments", "fuse_all", "evaluate", "report"}
+    added = {"extract@instruments", "align@instruments", "fuse@instruments", "fuse_all", "evaluate", "report",
+             "sample@instruments", "score", "imf_sft", "imf_dpo"}
     assert ran == added | merge_stages(workspace)
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert {"source:instruments", "fused:instruments"} <= set(metrics["models"])
@@ -219,7 +222,7 @@ def test_add_then_remove_source_reruns_only_its_stages(workspace):
     run(["fusecli", "remove-source", "instruments"], workspace)
     assert not (workspace / "fused" / "instruments").exists()
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    assert ran == {"fuse_all", "evaluate", "report"} | merge_stages(workspace)
+    assert ran == {"fuse_all", "evaluate", "report", "score", "imf_sft", "imf_dpo"} | merge_stages(workspace)
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert "fused:instruments" not in metrics["models"]
     assert "instruments" not in json.loads((workspace / "reports" / "teachers.json").read_text())["fuselm"]["share"]

@@ -56,7 +56,7 @@ def _outputs(root: Path, slug: str) -> None:
         (root / out).mkdir(parents=True, exist_ok=True)
         (root / out / "data").write_text(slug)
         with open(root / out / ".." / ".gitignore", "a") as f:
-            f.write(f"/{slug}\n")
+            f.write(f"/{Path(out).name}\n")
 
 
 def test_clean_source_on_fake_dvc_files(tmp_path: Path) -> None:
@@ -71,11 +71,11 @@ def test_clean_source_on_fake_dvc_files(tmp_path: Path) -> None:
 
     removed = workspace.clean_source(root, "a")
 
-    assert set(removed) == {"extract/sources/a", "align/a", "fused/a", "logs/fuse/a", "fisher/a", "reports/a.json",
-                            "dvc.lock:extract@a", "dvc.lock:fuse@a"}
-    for out in workspace.source_outputs("a"):
+    assert set(removed) == {"extract/sources/a", "align/a", "fused/a", "logs/fuse/a", "fisher/a",
+                            "imf/samples/a.parquet", "reports/a.json", "dvc.lock:extract@a", "dvc.lock:fuse@a"}
+    for out, kept in zip(workspace.source_outputs("a"), workspace.source_outputs("b"), strict=True):
         assert not (root / out).exists()
-        assert (root / out).parent.joinpath(".gitignore").read_text() == "/b\n"
+        assert (root / out).parent.joinpath(".gitignore").read_text() == f"/{Path(kept).name}\n"
     for out in workspace.source_outputs("b"):
         assert (root / out / "data").read_text() == "b"
     assert not (root / "reports/.gitignore").exists()  # emptied: deleted, as DVC does

@@ -2,6 +2,8 @@
 
 Models: the pivot, each locked source (with its own tokenizer and template), sft_baseline, each
 pair-fused model, `fuselm` (the FuseLLM-style row: one student distilled from every source at once),
+`imf_sft` and `imf` (implicit fusion, FuseChat-3.0: trained on the sources' best sampled responses, then on
+same-source preference pairs),
 `merged:<method>` for every method in merge.methods, and `merged`, the default method's scores again
 (so `dvc metrics diff` across merge.method changes reads one key).
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from fusecli.errors import FusecliError
 from fusecli.evaluate.cache import EvalCache
-from fusecli.evaluate.names import FUSELM, MERGED, merged_name, model_names
+from fusecli.evaluate.names import FUSELM, IMF, IMF_SFT, MERGED, merged_name, model_names
 from fusecli.evaluate.notes import metric_notes
 from fusecli.evaluate.params import EvalParams
 from fusecli.evaluate.run import EvalModel, evaluate
@@ -29,6 +31,8 @@ def pipeline_models(
     fused_all: str | Path,
     baseline: str | Path,
     merged_dir: str | Path,
+    imf_sft: str | Path,
+    imf: str | Path,
     merge: MergeMethods,
 ) -> list[EvalModel]:
     locked = read_lock(lock)
@@ -38,6 +42,7 @@ def pipeline_models(
     found += [EvalModel(f"source:{s}", locked.sources[s].path, locked.sources[s].trust_remote_code) for s in slugs]
     found += [EvalModel(f"fused:{s}", str(Path(fused_dir) / s), trust) for s in slugs]
     found.append(EvalModel(FUSELM, str(fused_all), trust))
+    found += [EvalModel(IMF_SFT, str(imf_sft), trust), EvalModel(IMF, str(imf), trust)]
     found += [EvalModel(merged_name(m), str(Path(merged_dir) / m), trust) for m in merge.methods]
     by_name = {m.name: m for m in found}
     models = [by_name[name] for name in model_names(slugs, list(merge.methods)) if name != MERGED]

@@ -415,10 +415,26 @@ def train(
     )
     inputs = [Path(pivot_extract)] + [Path(a) for a in aligns]
     key = run_key(inputs, params, {"pivot": str(pivot_model), "sft_only": not aligns})
+    return fit(model, tokenizer, examples, stats, key, out, logs, params, device)
+
+
+def fit(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: list[Example],
+    stats: dict,
+    key: str,
+    out: str,
+    logs: str,
+    params: FuseParams,
+    device: torch.device,
+) -> dict:
+    """Train on `examples` (resuming the checkpoints of run `key`), save the HF model folder to `out` and the
+    summary (`stats`, loss, steps, throughput) to `logs`/selection.json; rank 0 returns the summary."""
     scratch = Path(params.scratch) / f"fuse-{key}"
     trainer = make_trainer(model, examples, tokenizer.pad_token_id or 0, params, scratch, device)
     checkpoint = last_complete_checkpoint(scratch, clean=trainer.is_world_process_zero())
-    dvclive = _dvclive_callback(logs)
+    dvclive = dvclive_callback(logs)
     trainer.add_callback(dvclive)
     trainer.add_callback(ResumableLogs(dvclive, resume=checkpoint is not None))
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -466,7 +482,7 @@ def _checkpoint_finished(folder: Path) -> bool:
     return isinstance(state, dict) and state.get("global_step") == _checkpoint_step(folder) >= 0
 
 
-def _dvclive_callback(logs: str) -> TrainerCallback:
+def dvclive_callback(logs: str) -> TrainerCallback:
     """Starts the logs afresh, also on a resume (ResumableLogs replays the checkpoint's history)."""
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = [  # tests/test_pipeline.py's FAST settings, as --set overrides, and two merge methods
     "demo.steps=60", "demo.verify=false", "dataset.sources=[{path: demo, eval_count: 200}]", "fuse.max_steps=4",
     "fuse.save_steps=1000", "fuse.logging_steps=2", "evaluate.max_new_tokens=4", "merge.methods=[sce, linear]",
+    "imf.sample.n=2", "imf.sample.max_new_tokens=4", "imf.train.max_steps=2",
 ]
 
 
@@ -58,9 +59,9 @@ def test_summary_is_mean_and_half_range_and_the_readme_table_goes_between_the_ma
     assert "old table" not in text and text.endswith(f"{quality.END}\n\nafter\n")
     assert "| pivot | 0.400 ± 0.200 | - | 0.400 ± 0.200 |" in text and "`fuse.gate=1.0`" in text
     names = ["merged:sce", "control:pivot", "fused:a", "merged", "fuselm", "source:b", "sft_baseline", "pivot",
-             "control:merged", "control:merged:sce", "merged:linear", "source:a"]
+             "control:merged", "control:merged:sce", "merged:linear", "source:a", "imf", "imf_sft", "control:imf"]
     assert quality.model_order(names) == ["pivot", "source:a", "source:b", "sft_baseline", "fused:a", "fuselm",
-                                          "merged:linear", "merged:sce", "control:merged:sce"]
+                                          "imf_sft", "imf", "merged:linear", "merged:sce", "control:merged:sce"]
     assert quality.markdown(summary, [0, 1], [], ["ce"]).count("| model |") == 1
     readme.write_text("no markers")
     with pytest.raises(FusecliError, match="has no <!-- quality:begin --> ... <!-- quality:end --> markers"):
@@ -143,7 +144,7 @@ def test_two_seeds_three_sources_and_both_controls_on_the_demo_world(tmp_path):
     assert {"demo.seed", "dataset.seed", "fuse.seed"} <= keys and any(k.startswith("merge.") for k in keys)
     slugs = sorted([*yaml.safe_load((ROOT / "models.lock").read_text())["sources"], "llama-instruments"])
     assert result["sources"] == slugs and result["controls"] == ["reference", "pivot"]
-    models = {"pivot", "sft_baseline", "fuselm", "merged", "merged:sce", "merged:linear"}
+    models = {"pivot", "sft_baseline", "fuselm", "imf_sft", "imf", "merged", "merged:sce", "merged:linear"}
     models |= {f"source:{s}" for s in slugs} | {f"fused:{s}" for s in slugs}
     summary = result["summary"]
     assert set(summary) == models | {f"control:{m}" for m in models} | {f"self:{m}" for m in models}

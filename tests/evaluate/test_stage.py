@@ -29,7 +29,8 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalws")
     write_dataset(root / "eval.parquet", 6)
     model = write_model(root / "model", "llama", 300, seed=1)
-    folders = ["pivot", "src/b", "src/a", "baseline", "fused/a", "fused/b", "fused_all", "merged/sce", "merged/ties"]
+    folders = ["pivot", "src/b", "src/a", "baseline", "fused/a", "fused/b", "fused_all", "merged/sce", "merged/ties",
+               "imf/sft", "imf/dpo"]
     for f in folders:
         shutil.copytree(model, root / f)
     lock = Lock(pivot=entry("pivot", root / "pivot"), sources={"b": entry("b", root / "src/b"),
@@ -39,19 +40,20 @@ def ws(tmp_path_factory):
 
 
 def models_of(ws):
-    return pipeline_models(ws / "models.lock", ws / "fused", ws / "fused_all", ws / "baseline", ws / "merged", METHODS)
+    return pipeline_models(ws / "models.lock", ws / "fused", ws / "fused_all", ws / "baseline", ws / "merged",
+                           ws / "imf/sft", ws / "imf/dpo", METHODS)
 
 
 def test_every_model_in_a_fixed_order(ws):
     names = [m.name for m in models_of(ws)]
     assert names == ["pivot", "source:a", "source:b", "sft_baseline", "fused:a", "fused:b", "fuselm",
-                     "merged:sce", "merged:ties"]
+                     "imf_sft", "imf", "merged:sce", "merged:ties"]
 
 
 def test_a_missing_model_folder_is_a_clear_error(ws):
     with pytest.raises(FusecliError, match=r"merged/dare_linear not found \(model merged:dare_linear\)"):
         pipeline_models(ws / "models.lock", ws / "fused", ws / "fused_all", ws / "baseline", ws / "merged",
-                        MergeMethods("sce", ("sce", "dare_linear")))
+                        ws / "imf/sft", ws / "imf/dpo", MergeMethods("sce", ("sce", "dare_linear")))
 
 
 def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, monkeypatch):
@@ -60,7 +62,7 @@ def test_merged_is_the_default_method_and_unchanged_models_are_not_rescored(ws, 
     monkeypatch.setattr(run_module, "score_model", lambda m, df, p: calls.append(m.name) or score(m, df, p))
     params = section(EvalParams, "evaluate", batch_size=8, max_new_tokens=3, max_length=64)
     metrics = run(params, models_of(ws), ws / "eval.parquet", METHODS, ws / "cache")
-    assert calls == ["pivot"]  # the other eight folders hold the same files: read back from the cache
+    assert calls == ["pivot"]  # the other ten folders hold the same files: read back from the cache
     assert set(metrics["models"]) == {m.name for m in models_of(ws)} | {"merged"}
     assert metrics["models"]["merged"] == metrics["models"]["merged:sce"]
     assert metrics["summary"] == summarize(metrics["models"])  # the summary block of eval/metrics.json
