@@ -60,14 +60,16 @@ def convert(path: Path, out: Path, dtype: str, template: str | None) -> None:
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=torch_dtype)
+        # float32 is transformers' exact de-quantization; the cast to `dtype` is then the one rounding
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=torch.float32)
     except Exception as exc:  # unsupported architecture or quantization type, corrupt tensors
         text = " ".join(str(exc).split())[:300]
         raise FusecliError(f"transformers cannot load {path}: {text}: convert it with llama.cpp's tools "
                            "to a Hugging Face folder and pass the folder") from None
     with torch.device("meta"):  # no second copy of the weights: the loaded tensors are moved in
         plain = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    plain.load_state_dict(loaded.state_dict(), assign=True)
+    plain.load_state_dict({k: v.to(torch_dtype) for k, v in loaded.state_dict().items()}, assign=True)
+    plain.tie_weights()  # tied embeddings were cast one key at a time: share one tensor again
     plain.generation_config = loaded.generation_config
     if template is not None:
         tokenizer.chat_template = template
