@@ -25,7 +25,7 @@ from fusecli.fuse.selection import taught
 from fusecli.store import iter_records
 from tests.test_pipeline import deep_update, git_commit, run, workspace_files
 
-pytestmark = pytest.mark.realmodels
+pytestmark = [pytest.mark.slow, pytest.mark.realmodels]
 
 HERE = Path(__file__).resolve().parent
 PIVOT, SOURCE = "smollm2", "gemma3"
