@@ -17,6 +17,7 @@ from typing import Any
 
 from fusecli.config import from_dict, read_yaml
 from fusecli.errors import FusecliError
+from fusecli.hashing import repin_command
 from fusecli.lock import ModelEntry, read_lock
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -124,6 +125,8 @@ def check_model(entry: ModelEntry, root: Path, role: str, extract: Limits, missi
         if missing_ok or entry.origin == "demo":  # demo models are the build_demo stage's output
             return False
         fix = "run `fusecli pull-models`" if entry.origin == "hub" else "copy it back, or re-pin"
+        if entry.gguf is not None:
+            fix = f"convert it again with {repin_command(entry, role == 'pivot')}"
         raise FusecliError(f"{role}: model folder {entry.path} is missing: {fix}")
     if not (folder / "config.json").is_file():
         raise FusecliError(f"{role} {entry.path}: no config.json: download or copy the model again")

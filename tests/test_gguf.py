@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,10 @@ def test_a_changed_gguf_is_caught_like_any_pin(pinned: Path, ggufs: dict[str, Pa
     assert "pinned files: unchanged" in cli("status").stdout
     (pinned / "models/tiny/config.json").write_text("{}")
     assert "weights changed on disk after pinning (models/tiny)" in error_line(cli("status"))
+    shutil.rmtree(pinned / "models/tiny")
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", pinned / "params.yaml")
+    assert ("pivot: model folder models/tiny is missing: convert it again with fusecli set-pivot tiny.gguf "
+            "--dtype bfloat16 --name tiny") in error_line(cli("check"))
 
 
 def test_a_file_that_is_not_gguf_is_refused(ws: Path) -> None:
