@@ -64,8 +64,8 @@ def convert(path: Path, out: Path, dtype: str, template: str | None) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=torch.float32)
     except Exception as exc:  # unsupported architecture or quantization type, corrupt tensors
         text = " ".join(str(exc).split())[:300]
-        raise FusecliError(f"transformers cannot load {path}: {text}: convert it with llama.cpp's tools "
-                           "to a Hugging Face folder and pass the folder") from None
+        raise FusecliError(f"transformers cannot load {path}: {text}: pass the same model as a Hugging Face "
+                           "folder or hub repo instead (transformers reads only some GGUF architectures)") from None
     with torch.device("meta"):  # no second copy of the weights: the loaded tensors are moved in
         plain = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     plain.load_state_dict({k: v.to(torch_dtype) for k, v in loaded.state_dict().items()}, assign=True)

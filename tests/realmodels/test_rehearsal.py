@@ -72,6 +72,7 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> dict:
         (ws / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(__file__).resolve().parents[2] / f, ws / f)
     shutil.copy(HERE / "chat.jsonl", ws / "chat.jsonl")
+    (ws / "models.lock").unlink()  # a workspace of the user's own: set-pivot writes a new lock, no demo source
     params = yaml.safe_load((ws / "params.yaml").read_text())
     (ws / "params.yaml").write_text(yaml.safe_dump(deep_update(params, SETTINGS), sort_keys=False))
     run(["fusecli", "set-pivot", str(pivot_gguf), "--name", PIVOT], ws)
