@@ -211,6 +211,22 @@ def test_a_file_that_is_not_gguf_is_refused(ws: Path) -> None:
     assert "model.gguf is a file, not a model folder or a GGUF file" in error_line(cli("set-pivot", "model.gguf"))
 
 
+def test_a_gguf_transformers_cannot_read_is_one_line(pinned: Path, tmp_path: Path) -> None:
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(tmp_path / "odd.gguf"), "odd-arch")  # an architecture transformers has no loader for
+    w.add_chat_template(TEMPLATE)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    before = Path("models.lock").read_bytes()
+    line = error_line(cli("add-source", str(tmp_path / "odd.gguf")))
+    assert "transformers cannot load" in line and "odd-arch" in line
+    assert "pass the same model as a Hugging Face folder or hub repo instead" in line
+    assert Path("models.lock").read_bytes() == before and not list((pinned / "models").glob("odd*"))
+
+
 H = "sha256:" + "ab" * 32
 
 
