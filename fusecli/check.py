@@ -17,6 +17,7 @@ from typing import Any
 
 from fusecli.config import from_dict, read_yaml
 from fusecli.errors import FusecliError
+from fusecli.hashing import repin_command
 from fusecli.lock import ModelEntry, read_lock
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -149,6 +150,8 @@ def check_model(entry: ModelEntry, root: Path, role: str, extract: Limits, missi
         if missing_ok or entry.origin == "demo":  # demo models are the build_demo stage's output
             return False
         fix = "run `fusecli pull-models`" if entry.origin == "hub" else "copy it back, or re-pin"
+        if entry.gguf is not None:
+            fix = f"convert it again with {repin_command(entry, role == 'pivot')}"
         raise FusecliError(f"{role}: model folder {entry.path} is missing: {fix}")
     if not (folder / "config.json").is_file():
         raise FusecliError(f"{role} {entry.path}: no config.json: download or copy the model again")
@@ -162,11 +165,7 @@ def check_model(entry: ModelEntry, root: Path, role: str, extract: Limits, missi
             f"{role} {entry.path} is a {archs[0]}, not a causal LM (e.g. a masked LM cannot generate): "
             "pin a chat model (…ForCausalLM)"
         )
-    if entry.chat_template_hash is None:
-        raise FusecliError(
-            f"{role} {entry.path} has no chat template: set tokenizer.chat_template in its tokenizer_config.json "
-            "(or add chat_template.jinja), then re-pin it"
-        )
+    require_chat_template(entry.chat_template_hash is not None, role, entry.path, gguf=entry.gguf is not None)
     context = next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
     if extract.max_length is not None and context is not None and context < extract.max_length:
         raise FusecliError(
@@ -180,6 +179,18 @@ def check_model(entry: ModelEntry, root: Path, role: str, extract: Limits, missi
         )
     check_weights(folder)
     return True
+
+
+def require_chat_template(has_template: bool, role: str, where: str, gguf: bool = False) -> None:
+    """Every model reads the dialogues in its own chat template (docs/architecture.md, "Rendering"), so
+    `check`, `add-source` and `set-pivot` refuse a model without one, with this one line."""
+    if has_template:
+        return
+    if gguf:
+        fix = "pass --chat-template FILE (a Jinja chat template) to add-source or set-pivot with the GGUF file"
+    else:
+        fix = "set tokenizer.chat_template in its tokenizer_config.json (or add chat_template.jinja), then re-pin it"
+    raise FusecliError(f"{role} {where} has no chat template: {fix}")
 
 
 def check_models(lock: str | Path, root: str | Path, extract: Limits, missing_ok: bool = False) -> list[str]:

@@ -19,9 +19,11 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from fusecli import hashing, sources, workspace
+from fusecli import gguf, hashing, sources, workspace
 from fusecli.align.inspect import inspect_command
 from fusecli.busy import workspace_change
+from fusecli.check import require_chat_template
+from fusecli.dtypes import LOADABLE
 from fusecli.errors import FusecliError, describe_os_error
 from fusecli.lock import DVC_PINNED, Lock, ModelEntry, locked_update, read_lock
 from fusecli.merge.cli import merge_command
@@ -110,13 +112,19 @@ def _warn_pickle(entry: ModelEntry, root: Path, where: str) -> None:
         )
 
 
-def _check_pivot_template(entry: ModelEntry) -> None:
-    """Every dialogue is rendered with the pivot's chat template (docs/architecture.md), so it must have one."""
-    if entry.chat_template_hash is None:
-        raise FusecliError(
-            f"pivot {entry.path} has no chat template: add chat_template.jinja beside its tokenizer "
-            "or set \"chat_template\" in its tokenizer_config.json"
-        )
+DTYPE_HELP = f"GGUF only: the dtype its weights are de-quantized to ({', '.join(LOADABLE)}; default float32)."
+TEMPLATE_HELP = "GGUF only: a Jinja chat template file, for a GGUF whose metadata has none (base models)."
+
+
+def _check_template_before(located: sources.Located, conversion: sources.Conversion, role: str) -> None:
+    """A GGUF without a chat template is refused before its conversion (minutes), not after."""
+    if located.gguf is not None and conversion.chat_template is None:
+        require_chat_template(gguf.chat_template(located.gguf) is not None, role, located.ref, gguf=True)
+
+
+def _check_template(entry: ModelEntry, role: str) -> None:
+    """The same check, and the same line, as `fusecli check`: a model without a template is never pinned."""
+    require_chat_template(entry.chat_template_hash is not None, role, entry.path, gguf=entry.gguf is not None)
 
 
 def _summary(entry: ModelEntry) -> str:
@@ -137,20 +145,26 @@ def add_source(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the repo."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle (.bin) weights."),
     replace: bool = typer.Option(False, "--replace", help="Re-pin an existing source (after its files changed)."),
+    dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    chat_template: Path | None = typer.Option(None, "--chat-template", metavar="FILE", help=TEMPLATE_HELP),
 ) -> None:
-    """Pin a source model into models.lock (its extract/align/fuse stages are added)."""
+    """Pin a source model into models.lock (its extract/align/fuse stages are added); a GGUF file is converted."""
     ws = workspace_of(ctx)
+    conversion = sources.Conversion(dtype, chat_template)
     with workspace_change(ws.root):
-        entry = _add_source(ws, ref, name, revision, trust_remote_code, allow_pickle, replace)
+        entry = _add_source(ws, ref, name, revision, trust_remote_code, allow_pickle, replace, conversion)
     _warn_pickle(entry, ws.root, f"sources.{entry.name}")
     _console().print(f"[green]pinned[/] sources.{entry.name}: {_summary(entry)}; run `dvc repro`")
 
 
 def _add_source(ws: Workspace, ref: str, name: str | None, revision: str | None, trust_remote_code: bool,
-                allow_pickle: bool, replace: bool) -> ModelEntry:
+                allow_pickle: bool, replace: bool, conversion: sources.Conversion) -> ModelEntry:
     located = sources.locate(ref, ws.root, name, revision, trust_remote_code)
     _check_slug_free(read_lock(ws.lock), located.slug, replace)  # fail before a long download
-    entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle)
+    role = f"source {located.slug}"
+    _check_template_before(located, conversion, role)
+    entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle, conversion)
+    _check_template(entry, role)
     with locked_update(ws.lock) as update:
         assert update.lock is not None
         _check_slug_free(update.lock, entry.name, replace)  # another process may have added it meanwhile
@@ -190,22 +204,26 @@ def set_pivot(
     revision: str | None = typer.Option(None, "--revision", help="Hub branch, tag or commit (pinned to a sha)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the repo."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle (.bin) weights."),
+    dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    chat_template: Path | None = typer.Option(None, "--chat-template", metavar="FILE", help=TEMPLATE_HELP),
 ) -> None:
-    """Pin the pivot (the merge base); creates models.lock if there is none."""
+    """Pin the pivot (the merge base); creates models.lock if there is none; a GGUF file is converted."""
     ws = workspace_of(ctx)
+    conversion = sources.Conversion(dtype, chat_template)
     with workspace_change(ws.root):
-        entry = _set_pivot(ws, ref, name, revision, trust_remote_code, allow_pickle)
+        entry = _set_pivot(ws, ref, name, revision, trust_remote_code, allow_pickle, conversion)
     _warn_pickle(entry, ws.root, "pivot")
     _console().print(f"[green]pinned[/] pivot {entry.name}: {_summary(entry)}; run `dvc repro`")
 
 
 def _set_pivot(ws: Workspace, ref: str, name: str | None, revision: str | None, trust_remote_code: bool,
-               allow_pickle: bool) -> ModelEntry:
+               allow_pickle: bool, conversion: sources.Conversion) -> ModelEntry:
     located = sources.locate(ref, ws.root, name, revision, trust_remote_code)
     if ws.lock.exists() and located.slug in read_lock(ws.lock).sources:
         raise FusecliError(f"{located.slug!r} is already a source: pass --name to pick another slug for the pivot")
-    entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle)
-    _check_pivot_template(entry)
+    _check_template_before(located, conversion, "pivot")
+    entry = sources.pin(located, ws.root, revision, trust_remote_code, allow_pickle, conversion)
+    _check_template(entry, "pivot")
     with locked_update(ws.lock, create=True) as update:
         if update.lock is None:
             update.lock = Lock(pivot=entry, sources={})

@@ -105,10 +105,21 @@ def content_hash(folder: str | Path, cache_file: str | Path | None = None) -> st
     files = hashed_files(folder)
     if not files:
         raise FusecliError(f"{folder} has no weight, config or tokenizer files to hash: check the folder")
+    digests = _cached_sha256(files, cache_file)
+    lines = [f"{path.relative_to(folder).as_posix()}\t{digest}\n" for path, digest in zip(files, digests, strict=True)]
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def file_hash(path: str | Path, cache_file: str | Path | None = None) -> str:
+    """sha256:... of one file (a GGUF a model was converted from), through the same cache."""
+    return "sha256:" + _cached_sha256([Path(path)], cache_file)[0]
+
+
+def _cached_sha256(files: list[Path], cache_file: str | Path | None) -> list[str]:
     cache_file = Path(cache_file) if cache_file is not None else None
     cache = _load_cache(cache_file)
     changed = False
-    lines = []
+    digests = []
     for path in files:
         st = path.stat()
         key = str(path.resolve())
@@ -119,10 +130,10 @@ def content_hash(folder: str | Path, cache_file: str | Path | None = None) -> st
             digest = file_sha256(path)
             cache[key] = [st.st_size, st.st_mtime_ns, digest]
             changed = True
-        lines.append(f"{path.relative_to(folder).as_posix()}\t{digest}\n")
+        digests.append(digest)
     if changed and cache_file is not None:
         _save_cache(cache_file, cache)
-    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+    return digests
 
 
 def chat_template_hash(folder: str | Path) -> str | None:
@@ -148,14 +159,15 @@ def verify_entry(entry: ModelEntry, root: str | Path, cache_file: str | Path | N
                  is_pivot: bool = False) -> None:
     """Fail if the pinned files changed since add-source / set-pivot (demo models are pinned by dvc.lock)."""
     where = "pivot" if is_pivot else f"sources.{entry.name}"
-    ref = f"{entry.repo} --revision {entry.revision}" if entry.origin == "hub" else entry.path
-    if is_pivot:
-        repin = f"fusecli set-pivot {ref} --name {entry.name}"
-    else:
-        repin = f"fusecli add-source {ref} --name {entry.name} --replace"
+    repin = repin_command(entry, is_pivot)
     if entry.content_hash == DVC_PINNED:
         return
     folder = entry.folder(root)
+    if entry.gguf is not None:  # the folder is the GGUF's conversion: a changed GGUF makes it stale
+        gguf = Path(root) / entry.gguf.file
+        if gguf.is_file() and file_hash(gguf, cache_file) != entry.gguf.sha256:
+            raise FusecliError(f"{where}: {entry.gguf.file} changed on disk after it was converted: "
+                               f"convert and re-pin it with {repin}, or restore the file")
     if not folder.is_dir():
         raise FusecliError(f"{where}: model folder {entry.path} is missing: restore the files or re-pin with {repin}")
     actual = content_hash(folder, cache_file)
@@ -163,6 +175,20 @@ def verify_entry(entry: ModelEntry, root: str | Path, cache_file: str | Path | N
         raise FusecliError(
             f"{where}: weights changed on disk after pinning ({entry.path}): re-pin with {repin} or restore the files"
         )
+
+
+def repin_command(entry: ModelEntry, is_pivot: bool) -> str:
+    """The command that pins `entry` again from what it was pinned from (a GGUF is converted again)."""
+    if entry.origin == "hub":
+        ref = f"{entry.repo} --revision {entry.revision}"
+    elif entry.gguf is not None:
+        template = f" --chat-template {entry.gguf.chat_template}" if entry.gguf.chat_template else ""
+        ref = f"{entry.gguf.file} --dtype {entry.dtype}{template}"
+    else:
+        ref = entry.path
+    if is_pivot:
+        return f"fusecli set-pivot {ref} --name {entry.name}"
+    return f"fusecli add-source {ref} --name {entry.name} --replace"
 
 
 def verify_pinned(lock: Lock, root: str | Path, sources: Iterable[str] = ()) -> None:

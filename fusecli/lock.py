@@ -35,11 +35,20 @@ HEADER = "# Pinned models for the fusion pipeline. Edit with: fusecli set-pivot 
 
 
 @dataclass(frozen=True)
+class GgufPin:
+    """The GGUF file a model folder was converted from (origin gguf): re-converting it reproduces the folder."""
+
+    file: str  # workspace-relative (posix) inside the workspace, else absolute
+    sha256: str  # sha256:... of the file
+    chat_template: str | None  # the --chat-template file given, as `file`; None: the GGUF's own template
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One pinned model: everything that defines what the pipeline computes from it."""
 
     name: str  # the slug (the key under `sources`, or the pivot's `name`)
-    origin: Literal["demo", "local", "hub"]
+    origin: Literal["demo", "local", "hub", "gguf"]
     path: str  # folder the stages read: workspace-relative (posix), or absolute for a local folder outside it
     repo: str | None  # hub repo id (origin hub)
     revision: str | None  # resolved commit sha (origin hub)
@@ -50,6 +59,7 @@ class ModelEntry:
     chat_template_hash: str | None  # None: the model has no chat template (fine for a source)
     trust_remote_code: bool
     allow_pickle: bool
+    gguf: GgufPin | None = None  # origin gguf only; left out of the file otherwise
 
     def folder(self, root: str | Path) -> Path:
         """The model folder on disk, `path` resolved against the workspace root."""
@@ -57,6 +67,7 @@ class ModelEntry:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(ModelEntry))
+REQUIRED = tuple(f.name for f in dataclasses.fields(ModelEntry) if f.default is dataclasses.MISSING)
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,7 @@ def _entry(data: Any, where: str, slug: str | None) -> ModelEntry:
         if data.setdefault("name", slug) != slug:
             raise _Invalid(f"{where}.name must equal its key {slug!r}, got {data['name']!r}")
     if isinstance(data, dict):
-        missing = [f for f in FIELDS if f not in data]
+        missing = [f for f in REQUIRED if f not in data]
         if missing:
             raise _Invalid(f"{where}.{missing[0]} is missing")
     try:
@@ -137,6 +148,10 @@ def _check_entry(e: ModelEntry, where: str) -> None:
     check("dtype", e.dtype != "", "a dtype name such as float32")
     check("chat_template_hash", e.chat_template_hash is None or bool(HASH_RE.fullmatch(e.chat_template_hash)),
           "null or 'sha256:' followed by 64 hex digits")
+    check("gguf", (e.gguf is not None) == (e.origin == "gguf"), "set for origin gguf only (the converted file)")
+    if e.gguf is not None:
+        sha = e.gguf.sha256
+        check("gguf", bool(HASH_RE.fullmatch(sha)), f"a mapping whose sha256 is 'sha256:' + 64 hex digits, not {sha!r}")
 
 
 def parse_lock(text: str, name: str = "models.lock") -> Lock:
@@ -178,6 +193,8 @@ def read_lock(path: str | Path) -> Lock:
 
 def _entry_dict(entry: ModelEntry, with_name: bool) -> dict[str, Any]:
     d = dataclasses.asdict(entry)
+    if d["gguf"] is None:
+        del d["gguf"]
     if not with_name:
         del d["name"]
     return d

@@ -1,12 +1,13 @@
-"""Resolve a model reference (local folder, hub repo id or paper alias) into a pinned ModelEntry.
+"""Resolve a model reference (local folder, GGUF file, hub repo id or paper alias) into a pinned ModelEntry.
 
 Two steps, so the CLI can refuse a duplicate slug before downloading 140 GB: `locate` is cheap and
-only classifies the reference; `pin` downloads (hub), checks the folder and hashes it.
+only classifies the reference; `pin` downloads (hub) or converts (GGUF), checks the folder and hashes it.
 Hub tokens come from the environment / `hf auth login` through huggingface_hub and are never stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,14 +19,15 @@ from typing import Any
 
 from filelock import FileLock
 
-from fusecli import hashing
+from fusecli import gguf, hashing
 from fusecli.check import check_weights
 from fusecli.dtypes import FLOATING
 from fusecli.errors import FusecliError
-from fusecli.lock import DVC_PINNED, SLUG_RE, ModelEntry, validate_slug
+from fusecli.io import atomic_dir
+from fusecli.lock import DVC_PINNED, SLUG_RE, GgufPin, ModelEntry, validate_slug
 
 DEMO_DIR = "demo/models"  # folders under it are the demo world's, built by the build_demo stage
-HUB_DIR = "models"  # hub snapshots are downloaded to <workspace>/models/<slug>
+HUB_DIR = "models"  # hub snapshots are downloaded, GGUF files converted, to <workspace>/models/<slug>
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,21 @@ TOKENIZER_MODELS = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 @dataclass(frozen=True)
 class Located:
-    """A classified reference: a local folder (`folder`) or a hub repo (`repo`), and its slug."""
+    """A classified reference: a local folder (`folder`), a GGUF file (`gguf`) or a hub repo (`repo`), and its slug."""
 
     ref: str
     slug: str
     folder: Path | None = None
     repo: str | None = None
+    gguf: Path | None = None
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What `add-source`/`set-pivot` give a GGUF's conversion: the dtype and a chat template file (or None)."""
+
+    dtype: str | None = None
+    chat_template: Path | None = None
 
 
 def derive_slug(name: str) -> str:
@@ -85,8 +96,14 @@ def locate(ref: str, root: str | Path, name: str | None = None, revision: str | 
             if revision is not None:
                 raise FusecliError(f"--revision applies to hub repos, but {ref} is a local folder: drop --revision")
             return Located(ref, slug or derive_slug(candidate.resolve().name), folder=candidate.resolve())
+        if candidate.is_file() and gguf.is_gguf(candidate):
+            if revision is not None:
+                raise FusecliError(f"--revision applies to hub repos, but {ref} is a GGUF file: drop --revision")
+            return Located(ref, slug or derive_slug(candidate.resolve().stem), gguf=candidate.resolve())
         if candidate.exists():
-            raise FusecliError(f"{ref} is a file, not a model folder: pass the folder that holds config.json")
+            raise FusecliError(
+                f"{ref} is a file, not a model folder or a GGUF file: pass the folder that holds config.json"
+            )
     alias = _alias(ref)
     if alias is not None:
         if alias.needs_remote_code and not trust_remote_code:
@@ -105,9 +122,14 @@ def locate(ref: str, root: str | Path, name: str | None = None, revision: str | 
 
 
 def pin(located: Located, root: str | Path, revision: str | None = None, trust_remote_code: bool = False,
-        allow_pickle: bool = False) -> ModelEntry:
-    """Download (hub), check and hash the model; returns the entry to write into models.lock."""
+        allow_pickle: bool = False, conversion: Conversion = Conversion()) -> ModelEntry:
+    """Download (hub) or convert (GGUF), check and hash the model; returns the entry to write into models.lock."""
     root = Path(root).resolve()
+    if located.gguf is not None:
+        return _pin_gguf(located.gguf, located.slug, root, conversion)
+    if conversion != Conversion():
+        option = "--dtype" if conversion.dtype is not None else "--chat-template"
+        raise FusecliError(f"{option} applies to GGUF files, but {located.ref} is not one: drop {option}")
     if located.repo is not None:
         return _pin_hub(located.repo, located.slug, root, revision, trust_remote_code, allow_pickle)
     assert located.folder is not None
@@ -305,3 +327,27 @@ def _pin_hub(repo: str, slug: str, root: Path, revision: str | None, trust_remot
                 stale.unlink()
         return describe_folder(local_dir, slug, root, origin="hub", repo=repo, revision=info.sha,
                                trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+
+
+def read_template(path: Path) -> str:
+    """The text of a --chat-template file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FusecliError(f"cannot read the chat template {path}: {_one_line(exc)}: pass a UTF-8 Jinja file") from None
+
+
+def _pin_gguf(path: Path, slug: str, root: Path, conversion: Conversion) -> ModelEntry:
+    """Convert the GGUF into models/<slug> (replacing a folder there only once the new one is whole) and pin both."""
+    dtype = gguf.check_dtype(conversion.dtype or gguf.DEFAULT_DTYPE)
+    template = read_template(conversion.chat_template) if conversion.chat_template is not None else None
+    digest = hashing.file_hash(path, root / hashing.CACHE_FILE)
+    out = root / HUB_DIR / slug
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / f".{slug}.download.lock")), atomic_dir(out) as tmp:
+        gguf.convert(path, tmp, dtype, template)
+    entry = describe_folder(out, slug, root, origin="gguf")
+    given = conversion.chat_template
+    pinned = GgufPin(file=_stored_path(path, root), sha256=digest,
+                     chat_template=_stored_path(given, root) if given is not None else None)
+    return dataclasses.replace(entry, gguf=pinned)

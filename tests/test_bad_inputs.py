@@ -295,8 +295,11 @@ MODEL_CASES = {
     "tokenizer-auto-map-without-trust": (_tokenizer_auto_map, ["add-source", "local/custom"],
                                          ("its tokenizer (TinyTokenizer) needs custom code", "--trust-remote-code")),
     "pivot-without-chat-template": (_no_template, ["set-pivot", "local/plain"],
-                                    ("pivot local/plain has no chat template", "add chat_template.jinja",
-                                     '"chat_template" in its tokenizer_config.json')),
+                                    ("pivot local/plain has no chat template",
+                                     "set tokenizer.chat_template in its tokenizer_config.json")),
+    "source-without-chat-template": (_no_template, ["add-source", "local/plain"],
+                                     ("source plain local/plain has no chat template",
+                                      "set tokenizer.chat_template in its tokenizer_config.json")),
 }
 
 
@@ -306,6 +309,22 @@ def test_bad_model_folder(site: Path, case: str) -> None:
     prepare(site)
     before = snapshot(site)
     assert_refused(run_cli(args), words, site, before)
+
+
+def test_add_source_refuses_a_source_without_template_with_the_line_check_gives(site: Path) -> None:
+    """Issue 25, row 9: the refusal comes at add-source, and it is `fusecli check`'s line, word for word."""
+    folder = _no_template(site)
+    refused = run_cli(["add-source", "local/plain"])
+    assert refused.code == 1 and "plain" not in read_lock("models.lock").sources
+    lock = read_lock("models.lock")  # the entry add-source would have written, pinned by hand
+    entry = dataclasses.replace(lock.sources["llama"], name="plain", path="local/plain", chat_template_hash=None,
+                                content_hash=hashing.content_hash(folder))
+    Path("models.lock").write_text(dump_lock(lock.with_source(entry)))
+    shutil.copy(STAGES.parent / "params.yaml", "params.yaml")  # every section, as `check` wants
+    checked = run_cli(["check"])
+    assert checked.code == 1
+    assert refused.err.strip() == checked.err.strip()
+    assert refused.err.startswith("error: source plain local/plain has no chat template: "), refused.err
 
 
 def test_allow_pickle_is_per_model_and_warns(site: Path) -> None:

@@ -84,3 +84,7 @@ def test_the_lock_satisfies_pyproject_and_the_makefile():
         assert name in locked, f"{req.name} ({text}) is not in {LOCK.name}: `make lock`"
         assert req.specifier.contains(locked[name], prereleases=True), (
             f"{req.name} {locked[name]} in {LOCK.name} is outside pyproject.toml's {text!r}: `make lock`")
+    nodeps = re.search(r"^NODEPS := (.+)$", makefile, re.M).group(1).split()
+    dropped = re.search(r"^NODEPS_DROPPED := (.+)$", makefile, re.M).group(1).split()
+    assert all(canonicalize_name(n) in locked for n in nodeps), f"{nodeps} are installed --no-deps from the lock"
+    assert not [n for n in dropped if canonicalize_name(n) in locked], f"{dropped} are dropped by `make lock`"

@@ -55,7 +55,7 @@ def _mutated(edit) -> str:
     (lambda d: d["sources"]["mixtral"].update(vocab_size=0), "sources.mixtral.vocab_size must be positive"),
     (lambda d: d["sources"]["mixtral"].update(colour="red"), "sources.mixtral: unknown key 'colour'"),
     (lambda d: d["pivot"].pop("dtype"), "pivot.dtype is missing"),
-    (lambda d: d["pivot"].update(origin="ftp"), "pivot.origin = 'ftp' is not one of ['demo', 'local', 'hub']"),
+    (lambda d: d["pivot"].update(origin="ftp"), "pivot.origin = 'ftp' is not one of ['demo', 'local', 'hub', 'gguf']"),
     (lambda d: d["sources"]["mixtral"].update(revision="main"), "sources.mixtral.revision must be a 40-character"),
     (lambda d: d["pivot"].update(revision="0" * 40), "pivot.revision must be null for origin local"),
     (lambda d: d["pivot"].update(path="../elsewhere"), "pivot.path must be a path without '..'"),
