@@ -268,14 +268,14 @@ def markdown(summary: dict, seeds: list[int], overrides: list[str], scores: list
     return "\n".join(lines)
 
 
-def write_readme(path: Path, table: str) -> None:
+def write_readme(path: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace what lies between the marker lines (each alone on its line, so prose may quote them)."""
     lines = path.read_text().split("\n")
     try:
-        first = lines.index(BEGIN)
-        last = lines.index(END, first + 1)
+        first = lines.index(begin)
+        last = lines.index(end, first + 1)
     except ValueError:
-        raise FusecliError(f"{path} has no {BEGIN} ... {END} markers: add them, each on its own line, "
+        raise FusecliError(f"{path} has no {begin} ... {end} markers: add them, each on its own line, "
                            "where the table goes") from None
     atomic_write_text(path, "\n".join([*lines[: first + 1], table, *lines[last:]]))
 
