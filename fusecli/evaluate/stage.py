@@ -19,7 +19,7 @@ from fusecli.evaluate.run import EvalModel, evaluate
 from fusecli.evaluate.summary import summarize
 from fusecli.io import atomic_write_text
 from fusecli.lock import read_lock
-from fusecli.plan import MergeMethods
+from fusecli.plan import MergeMethods, merged_weights
 
 
 def pipeline_models(
@@ -37,7 +37,7 @@ def pipeline_models(
     found += [EvalModel(f"source:{s}", locked.sources[s].path, locked.sources[s].trust_remote_code) for s in slugs]
     found += [EvalModel(f"fused:{s}", str(Path(fused_dir) / s), trust) for s in slugs]
     found.append(EvalModel(FUSELM, str(fused_all), trust))
-    found += [EvalModel(merged_name(m), str(Path(merged_dir) / m), trust) for m in merge.methods]
+    found += [EvalModel(merged_name(m), str(merged_weights(Path(merged_dir) / m)), trust) for m in merge.methods]
     by_name = {m.name: m for m in found}
     models = [by_name[name] for name in model_names(slugs, list(merge.methods)) if name != MERGED]
     for m in models:

@@ -30,9 +30,10 @@ from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files, parse_size
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import Block, Blocks, MergeMethod, get_method
+from fusecli.plan import IDENTITY
+from fusecli.plan import MERGE_REPORT as REPORT
 from fusecli.progress import BYTES, progress_bar
 
-REPORT = "merge_report.json"
 COEFFICIENTS_CSV = "merge_coefficients.csv"
 CARD = "README.md"
 LM_HEAD = "lm_head.weight"
@@ -183,6 +184,29 @@ def merge_models(
     finally:
         for folder in (base, *folders.values()):
             folder.close()
+    return MergeResult(Path(out), report)
+
+
+def write_identity(
+    base_path: str | Path, label: str, folder: str | Path, params: MergeParams, out: str | Path,
+    lineage: Lineage | None = None,
+) -> MergeResult:
+    """A merge of one model is that model: `out` gets no weights, only its card and a report whose
+    `identity` names `folder` (evaluate scores it, `fusecli card` uploads it: fusecli/plan.py, merged_weights).
+    Every method would otherwise write one more copy of the model: with weights summing to 1 they all
+    return it, and otherwise they only scale, trim or drop its task vector, which is not a fusion."""
+    method = get_method(params.method)
+    report = {
+        "fusecli_version": __version__, "options": method.describe(params.options), "base": str(base_path),
+        "models": {label: str(folder)}, "num_tensors": 0, "cropped": [], "tied": [], "ignored": [],
+        "coefficient": None, "coefficients": {}, IDENTITY: Path(folder).as_posix(),
+    }
+    card = model_card(Path(out).name, report, method.doc, lineage)
+    card += (f"\n## One source\n\nA merge of one model is that model: the weights are those of `{folder}`, "
+             "not written again (`fusecli card OUT` lays them out with this card).\n")
+    with atomic_dir(out) as tmp:
+        atomic_write_json(tmp / REPORT, report)
+        atomic_write_text(tmp / CARD, card)
     return MergeResult(Path(out), report)
 
 

@@ -13,7 +13,7 @@ from fusecli.card import lineage
 from fusecli.errors import FusecliError
 from fusecli.lock import read_lock
 from fusecli.merge.params import MergeParams
-from fusecli.merge.run import MergeResult, merge_models
+from fusecli.merge.run import MergeResult, merge_models, write_identity
 
 
 def locked_slugs(lock: str | Path) -> list[str]:
@@ -27,7 +27,7 @@ def locked_slugs(lock: str | Path) -> list[str]:
 def run(
     params: MergeParams, lock: str | Path, fused_dir: str | Path, base: str | Path, out: str | Path
 ) -> MergeResult:
-    """Merge the pair-fused target of every locked source onto the pivot `base`."""
+    """Merge the pair-fused target of every locked source onto the pivot `base` (one source: that target)."""
     models = []
     for slug in locked_slugs(lock):
         folder = Path(fused_dir) / slug
@@ -36,4 +36,6 @@ def run(
                 f"{folder} not found: source {slug!r} is in {lock} but has no fused model; run `dvc repro fuse@{slug}`"
             )
         models.append((slug, folder))
+    if len(models) == 1:
+        return write_identity(base, *models[0], params, out, lineage(read_lock(lock)))
     return merge_models(base, models, params, out, lineage=lineage(read_lock(lock)))
