@@ -190,15 +190,26 @@ def merge_models(
 def write_identity(
     base_path: str | Path, label: str, folder: str | Path, params: MergeParams, out: str | Path,
     lineage: Lineage | None = None,
-) -> MergeResult:
+) -> MergeResult | None:
     """A merge of one model is that model: `out` gets no weights, only its card and a report whose
     `identity` names `folder` (evaluate scores it, `fusecli card` uploads it: fusecli/plan.py, merged_weights).
     Every method would otherwise write one more copy of the model: with weights summing to 1 they all
-    return it, and otherwise they only scale, trim or drop its task vector, which is not a fusion."""
+    return it, and otherwise they only scale, trim or drop its task vector, which is not a fusion.
+
+    The model is checked against the base as for any merge; None (merge it) when its layout differs from
+    the base's (a vocabulary to crop, a tied head), where the merge is not the model itself."""
+    base, folders = open_models(Path(base_path), [(label, Path(folder))], Path(out))
+    try:
+        plan = plan_merge(base, folders)
+    finally:
+        for opened in (base, *folders.values()):
+            opened.close()
+    if plan.cropped or plan.tied or plan.ignored:
+        return None
     method = get_method(params.method)
     report = {
         "fusecli_version": __version__, "options": method.describe(params.options), "base": str(base_path),
-        "models": {label: str(folder)}, "num_tensors": 0, "cropped": [], "tied": [], "ignored": [],
+        "models": {label: str(folder)}, "num_tensors": len(plan.tensors), "cropped": [], "tied": [], "ignored": [],
         "coefficient": None, "coefficients": {}, IDENTITY: Path(folder).as_posix(),
     }
     card = model_card(Path(out).name, report, method.doc, lineage)

@@ -36,6 +36,6 @@ def run(
                 f"{folder} not found: source {slug!r} is in {lock} but has no fused model; run `dvc repro fuse@{slug}`"
             )
         models.append((slug, folder))
-    if len(models) == 1:
-        return write_identity(base, *models[0], params, out, lineage(read_lock(lock)))
-    return merge_models(base, models, params, out, lineage=lineage(read_lock(lock)))
+    pinned = lineage(read_lock(lock))
+    one = write_identity(base, *models[0], params, out, pinned) if len(models) == 1 else None
+    return one or merge_models(base, models, params, out, lineage=pinned)

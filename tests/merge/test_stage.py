@@ -133,3 +133,15 @@ def test_two_sources_still_merge(workspace, tiny):
     out = run(workspace, tiny, write_lock(workspace / "two.lock", ["alpha", "beta"]), "merged/ties")
     assert any(out.glob("*.safetensors"))
     assert "identity" not in yaml.safe_load((out / "merge_report.json").read_text())
+
+
+def test_one_source_with_a_grown_vocabulary_is_merged_for_real(workspace, tiny):
+    """Cropped to the base, the merge is not the fused model itself: its weights are written."""
+    shutil.copytree(tiny.m3_grown, workspace / "fused" / "grown")
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["merge"]["ties"]["weight"] = 1.0  # one weight for one model (the fixture's two are for two)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(workspace, tiny, write_lock(workspace / "grown.lock", ["grown"]), "merged/ties")
+    report = yaml.safe_load((out / "merge_report.json").read_text())
+    assert "identity" not in report and report["cropped"]
+    assert any(out.glob("*.safetensors"))
