@@ -132,6 +132,11 @@ def _summary(entry: ModelEntry) -> str:
     return f"{entry.architecture}, vocab {entry.vocab_size}, {entry.dtype}, {entry.path} ({pinned})"
 
 
+def _say_ignored(folder: str | None) -> None:
+    if folder:
+        _console().print(f"git-ignored {folder} (a model folder in the workspace: `git add -A` would commit it)")
+
+
 def _short_hash(entry: ModelEntry) -> str:
     return "dvc.lock" if entry.content_hash == DVC_PINNED else entry.content_hash.removeprefix("sha256:")[:SHORT]
 
@@ -153,8 +158,10 @@ def add_source(
     conversion = sources.Conversion(dtype, chat_template)
     with workspace_change(ws.root):
         entry = _add_source(ws, ref, name, revision, trust_remote_code, allow_pickle, replace, conversion)
+        ignored = workspace.ignore_model_folder(ws.root, entry.path)
     _warn_pickle(entry, ws.root, f"sources.{entry.name}")
     _console().print(f"[green]pinned[/] sources.{entry.name}: {_summary(entry)}; run `dvc repro`")
+    _say_ignored(ignored)
 
 
 def _add_source(ws: Workspace, ref: str, name: str | None, revision: str | None, trust_remote_code: bool,
@@ -212,8 +219,10 @@ def set_pivot(
     conversion = sources.Conversion(dtype, chat_template)
     with workspace_change(ws.root):
         entry = _set_pivot(ws, ref, name, revision, trust_remote_code, allow_pickle, conversion)
+        ignored = workspace.ignore_model_folder(ws.root, entry.path)
     _warn_pickle(entry, ws.root, "pivot")
     _console().print(f"[green]pinned[/] pivot {entry.name}: {_summary(entry)}; run `dvc repro`")
+    _say_ignored(ignored)
 
 
 def _set_pivot(ws: Workspace, ref: str, name: str | None, revision: str | None, trust_remote_code: bool,

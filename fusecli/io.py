@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,9 +111,27 @@ def _umask() -> int:
     return mask
 
 
+def _usual_modes(folder: Path) -> None:
+    """Give everything under `folder` the mode a plain open() or mkdir() would (the umask's).
+
+    Some writers create private files: safetensors' `save_file` (and so `save_pretrained` and the
+    Trainer's `save_model`) writes model.safetensors 0600, which teammates on a shared disk cannot read.
+    Execute bits are kept; only the permissions the umask allows are granted."""
+    mask = _umask()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            entry = os.path.join(dirpath, name)
+            st = os.lstat(entry)  # a symlink keeps its target's mode
+            if stat.S_ISDIR(st.st_mode):
+                os.chmod(entry, 0o777 & ~mask)
+            elif stat.S_ISREG(st.st_mode):
+                os.chmod(entry, (0o666 | (st.st_mode & 0o111)) & ~mask)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temp folder beside `path`; on success it replaces `path` (every file in it with the umask's
+    usual mode), on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
@@ -121,6 +140,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output folder gets the usual mode
     try:
         yield tmp
+        _usual_modes(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -79,10 +79,14 @@ FUSE = Stage(
 EXTRACT_CMD = "--params params.yaml --lock models.lock"
 
 STAGES: tuple[Stage, ...] = (
+    Stage(  # whether anything uses the demo: its bytes change only with the answer, so build_demo reruns only then
+        name="demo_use", entry="stages/demo_use.py", args="--params params.yaml --lock models.lock --out demo/use.json",
+        keys=("dataset.sources",), lock=("pivot", "sources"), outs=("demo/use.json",),
+    ),
     Stage(
         name="build_demo", entry="stages/build_demo.py",
-        args="--params params.yaml --out demo/models --dialogues demo/dialogues.jsonl",
-        section="demo", config="fusecli.demo.world:DemoParams",
+        args="--params params.yaml --use demo/use.json --out demo/models --dialogues demo/dialogues.jsonl",
+        section="demo", config="fusecli.demo.world:DemoParams", data=("demo/use.json",),
         outs=("demo/models", "demo/dialogues.jsonl"),
     ),
     Stage(

@@ -2,15 +2,32 @@
 
 `merge_methods`: which `merge@<method>` stages run and which one is the default; `evaluate` and
 `report` read it without importing the merge engine (so their DVC deps stay off fusecli/merge).
+`merged_weights`: where a `merged/<method>` output's weights are (with one source, the fused model's folder).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from fusecli.config import read_yaml
 from fusecli.errors import FusecliError
+
+MERGE_REPORT = "merge_report.json"  # in every merged/<method>/
+IDENTITY = "identity"  # its key naming the folder a one-source merge is (fusecli/merge/run.py, write_identity)
+
+
+def merged_weights(folder: str | Path, root: str | Path = ".") -> Path:
+    """The folder holding the weights of the merge written to `folder`: itself, or with one source the
+    pair-fused model its report names (a merge of one model is that model; its folder holds no copy)."""
+    folder = Path(folder)
+    try:
+        report = json.loads((folder / MERGE_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return folder
+    identity = report.get(IDENTITY) if isinstance(report, dict) else None
+    return Path(root) / identity if isinstance(identity, str) else folder
 
 
 @dataclass(frozen=True)

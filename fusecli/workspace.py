@@ -228,6 +228,28 @@ def ignore_outputs(root: str | Path, outputs: list[str]) -> None:
             atomic_write_text(gitignore, text + ("" if not text or text.endswith("\n") else "\n") + f"/{out.name}\n")
 
 
+def ignore_model_folder(root: str | Path, path: str) -> str | None:
+    """Git-ignore a pinned model folder inside the workspace, as DVC ignores an output (`/c` in
+    `a/b/.gitignore`), so `git add -A` never commits gigabytes of weights; return the ignored path.
+
+    Nothing for a folder outside the workspace, one git already ignores (models/, DVC's demo/models) or
+    one whose files git tracks (committed on purpose). Without a git repository the line is written anyway:
+    it costs nothing and holds once the user runs `git init`."""
+    root = Path(root).resolve()
+    rel = _safe_relative(path)
+    if rel is None or not (root / rel).is_dir() or not rel.parts:
+        return None
+    ignored = subprocess.run(["git", "check-ignore", "-q", rel.as_posix()], cwd=root, capture_output=True)
+    if ignored.returncode == 0:
+        return None
+    if ignored.returncode == 1:  # 128: not a git repository
+        tracked = subprocess.run(["git", "ls-files", "--", rel.as_posix()], cwd=root, capture_output=True, text=True)
+        if tracked.stdout.strip():
+            return None
+    ignore_outputs(root, [rel.as_posix()])
+    return rel.as_posix()
+
+
 # What a killed `dvc repro` can leave torn. DVC rewrites these files in place (truncate, then write), so a
 # SIGKILL in between leaves them cut and every later DVC command stops: "Unable to read RWLock-file
 # '.dvc/tmp/rwlock'. JSON structure is corrupted" (treeverse/dvc#7615) or "'./dvc.lock' validation failed".

@@ -14,6 +14,7 @@ from fusecli.hashing import verify_pinned
 from fusecli.lock import read_lock
 from fusecli.merge.params import stage_params
 from fusecli.merge.stage import run
+from fusecli.plan import IDENTITY
 from fusecli.runtime import start_stage
 
 
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> None:
         verify_pinned(lock, ".")  # the base's weights changed on disk after pinning: stop before any work
     result = run(params, args.lock, args.fused_dir, args.base, args.out, args.importance_dir)
     models = ", ".join(result.report["models"])
-    print(f"merged {models} onto {args.base} with {params.method} -> {result.out}")
+    if IDENTITY in result.report:
+        print(f"one source: {result.out} is {result.report[IDENTITY]} (a merge of one model is that model; "
+              "its card and report written, no weights)")
+    else:
+        print(f"merged {models} onto {args.base} with {params.method} -> {result.out}")
 
 
 if __name__ == "__main__":

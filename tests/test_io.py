@@ -47,3 +47,40 @@ def test_models_lock_written_by_the_cli_has_the_usual_mode(tmp_path, monkeypatch
         assert mode(tmp_path / "models.lock") == 0o644
     finally:
         os.umask(old)
+
+
+def test_saved_weights_in_an_atomic_dir_get_the_usual_mode(tmp_path, umask):
+    """safetensors' save_file (under save_pretrained and the Trainer's save_model) writes 0600: the fused,
+    fuse_all and sft_baseline weights were unreadable to teammates on a shared disk."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "probe.safetensors"))
+    assert mode(tmp_path / "probe.safetensors") == 0o600  # the library's own mode, which the fix must override
+    with atomic_dir(tmp_path / "model") as d:
+        save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))
+        (d / "sub").mkdir(mode=0o700)
+        (d / "sub" / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(d / "sub" / "run.sh", 0o700)
+    assert mode(tmp_path / "model" / "model.safetensors") == 0o666 & ~umask
+    assert mode(tmp_path / "model" / "sub") == 0o777 & ~umask
+    assert mode(tmp_path / "model" / "sub" / "run.sh") == 0o766 & ~umask  # its execute bit kept
+
+
+def test_fused_model_weights_have_the_usual_mode_under_umask_022(tmp_path):
+    """save_pretrained (which the Trainer's save_model calls) into atomic_dir, as the fuse stage saves."""
+    from tests.tiny import write_model
+
+    old = os.umask(0o022)
+    try:
+        from transformers import AutoModelForCausalLM
+
+        write_model(tmp_path / "pivot")
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "pivot")
+        with atomic_dir(tmp_path / "fused") as d:
+            model.save_pretrained(d)
+        assert {p.name: mode(p) for p in (tmp_path / "fused").iterdir()} == {
+            p.name: 0o644 for p in (tmp_path / "fused").iterdir()}
+        assert mode(tmp_path / "fused" / "model.safetensors") == 0o644
+    finally:
+        os.umask(old)

@@ -65,7 +65,9 @@ def test_every_interpolated_path_is_one_argument_of_its_command(spaced):
 def test_extract_and_merge_run_on_model_folders_with_spaces(spaced):
     run(["dvc", "repro", "-s", "extract@two", "merge@linear"], spaced)
     assert (spaced / "extract" / "sources" / "two" / "manifest.json").is_file()
-    assert list((spaced / "merged" / "linear").glob("*.safetensors"))
+    from fusecli.plan import merged_weights
+
+    assert list(merged_weights(spaced / "merged" / "linear", spaced).glob("*.safetensors"))  # one source: fused/two
     umask = os.umask(0)
     os.umask(umask)
     for path in [*(spaced / "merged").rglob("*"), *(spaced / "extract").rglob("*"), spaced / "models.lock"]:

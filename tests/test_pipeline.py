@@ -87,8 +87,8 @@ def workspace(tmp_path_factory) -> Path:
     git_commit(ws, "workspace")
     proc = run(["dvc", "repro"], ws)
     stages = ran_stages(proc)
-    assert {"build_demo", "build_dataset", "extract_pivot", "evaluate", "report", "sft_baseline", "fuse_all", "score",
-            "imf_sft", "imf_dpo"} <= stages
+    assert {"demo_use", "build_demo", "build_dataset", "extract_pivot", "evaluate", "report", "sft_baseline",
+            "fuse_all", "score", "imf_sft", "imf_dpo"} <= stages
     assert merge_stages(ws) <= stages
     return ws
 
@@ -211,8 +211,9 @@ def test_add_then_remove_source_reruns_only_its_stages(workspace):
     third = "demo/models/llama-instruments"
     run(["fusecli", "add-source", third, "--name", "instruments"], workspace)
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    added = {"extract@instruments", "align@instruments", "fuse@instruments", "fuse_all", "evaluate", "report",
-             "sample@instruments", "score", "imf_sft", "imf_dpo"}
+    # demo_use reruns on every pin (a second); its answer is unchanged, so build_demo does not
+    added = {"demo_use", "extract@instruments", "align@instruments", "fuse@instruments", "fisher@instruments",
+             "fuse_all", "evaluate", "report", "sample@instruments", "score", "imf_sft", "imf_dpo"}
     assert ran == added | merge_stages(workspace)
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert {"source:instruments", "fused:instruments"} <= set(metrics["models"])
@@ -222,7 +223,8 @@ def test_add_then_remove_source_reruns_only_its_stages(workspace):
     run(["fusecli", "remove-source", "instruments"], workspace)
     assert not (workspace / "fused" / "instruments").exists()
     ran = ran_stages(run(["dvc", "repro"], workspace))
-    assert ran == {"fuse_all", "evaluate", "report", "score", "imf_sft", "imf_dpo"} | merge_stages(workspace)
+    after = {"demo_use", "fuse_all", "evaluate", "report", "score", "imf_sft", "imf_dpo"}
+    assert ran == after | merge_stages(workspace)
     metrics = json.loads((workspace / "eval" / "metrics.json").read_text())
     assert "fused:instruments" not in metrics["models"]
     assert "instruments" not in json.loads((workspace / "reports" / "teachers.json").read_text())["fuselm"]["share"]

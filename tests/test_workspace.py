@@ -189,3 +189,48 @@ def test_outputs_a_failed_repro_left_unignored_are_found_by_status_and_repaired_
     assert (ws / "out/.gitignore").read_text() == "/a\n"
     assert subprocess.run(["git", "check-ignore", "-q", "out/a/f"], cwd=ws).returncode == 0
     assert "not ignored by git" not in CliRunner().invoke(app, ["status"]).stdout
+
+
+def _git_status(root: Path) -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_pinned_model_folders_inside_the_workspace_are_git_ignored(ws: Path, tiny_models, tmp_path: Path):
+    """`git add -A` in a workspace committed a 1.6 GB model folder: pinning now ignores it as DVC would."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fusecli.cli import app
+
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    assert "local/qwen/config.json" in _git_status(ws)
+    result = CliRunner().invoke(app, ["set-pivot", "local/qwen"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "git-ignored local/qwen" in result.output
+    assert (ws / "local" / ".gitignore").read_text() == "/qwen\n"
+    assert "local/qwen/" not in _git_status(ws) and "local/llama/config.json" in _git_status(ws)
+
+    result = CliRunner().invoke(app, ["add-source", "local/llama"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "git-ignored local/llama" in result.output
+    assert (ws / "local" / ".gitignore").read_text() == "/qwen\n/llama\n"
+    assert all(line.startswith("?? ") and "local/qwen/" not in line and "local/llama/" not in line
+               for line in _git_status(ws).splitlines())
+    result = CliRunner().invoke(app, ["add-source", "local/llama", "--name", "again"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "git-ignored" not in result.output  # already ignored: nothing added
+    assert (ws / "local" / ".gitignore").read_text() == "/qwen\n/llama\n"
+
+    outside = tmp_path / "elsewhere" / "m"
+    shutil.copytree(tiny_models["llama"], outside)
+    result = CliRunner().invoke(app, ["add-source", str(outside), "--name", "out"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "git-ignored" not in result.output
+    assert not (outside.parent / ".gitignore").exists()
+
+
+def test_a_model_folder_git_tracks_is_left_tracked(ws: Path):
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    subprocess.run(["git", "add", "local/qwen"], cwd=ws, check=True)
+    assert workspace.ignore_model_folder(ws, "local/qwen") is None
+    assert not (ws / "local" / ".gitignore").exists()
+    assert workspace.ignore_model_folder(ws, "local/llama") == "local/llama"

@@ -22,7 +22,7 @@ from fusecli.evaluate.run import EvalModel, evaluate
 from fusecli.evaluate.summary import summarize
 from fusecli.io import atomic_write_text
 from fusecli.lock import read_lock
-from fusecli.plan import MergeMethods
+from fusecli.plan import MergeMethods, merged_weights
 
 
 def pipeline_models(
@@ -43,7 +43,7 @@ def pipeline_models(
     found += [EvalModel(f"fused:{s}", str(Path(fused_dir) / s), trust) for s in slugs]
     found.append(EvalModel(FUSELM, str(fused_all), trust))
     found += [EvalModel(IMF_SFT, str(imf_sft), trust), EvalModel(IMF, str(imf), trust)]
-    found += [EvalModel(merged_name(m), str(Path(merged_dir) / m), trust) for m in merge.methods]
+    found += [EvalModel(merged_name(m), str(merged_weights(Path(merged_dir) / m)), trust) for m in merge.methods]
     by_name = {m.name: m for m in found}
     models = [by_name[name] for name in model_names(slugs, list(merge.methods)) if name != MERGED]
     for m in models:

@@ -29,10 +29,11 @@ from fusecli.io import atomic_dir, atomic_write_json, atomic_write_text
 from fusecli.merge.io import DTYPES, ModelFolder, ShardedWriter, copy_side_files, parse_size
 from fusecli.merge.params import MergeParams
 from fusecli.merge.registry import Block, Blocks, MergeMethod, get_method
+from fusecli.plan import IDENTITY
+from fusecli.plan import MERGE_REPORT as REPORT
 from fusecli.progress import BYTES, progress_bar
 from fusecli.version import __version__
 
-REPORT = "merge_report.json"
 COEFFICIENTS_CSV = "merge_coefficients.csv"
 CARD = "README.md"
 LM_HEAD = "lm_head.weight"
@@ -220,6 +221,40 @@ def check_importance(plan: MergePlan, models: dict[str, ModelFolder], weights: d
                     f"{w.path} has no importance of shape {list(models[label].shape(source))} for {source!r}: it was "
                     f"computed for another model than {models[label].path}; rerun its fisher stage"
                 )
+
+
+def write_identity(
+    base_path: str | Path, label: str, folder: str | Path, params: MergeParams, out: str | Path,
+    lineage: Lineage | None = None,
+) -> MergeResult | None:
+    """A merge of one model is that model: `out` gets no weights, only its card and a report whose
+    `identity` names `folder` (evaluate scores it, `fusecli card` uploads it: fusecli/plan.py, merged_weights).
+    Every method would otherwise write one more copy of the model: with weights summing to 1 they all
+    return it, and otherwise they only scale, trim or drop its task vector, which is not a fusion.
+
+    The model is checked against the base as for any merge; None (merge it) when its layout differs from
+    the base's (a vocabulary to crop, a tied head), where the merge is not the model itself."""
+    base, folders = open_models(Path(base_path), [(label, Path(folder))], Path(out))
+    try:
+        plan = plan_merge(base, folders)
+    finally:
+        for opened in (base, *folders.values()):
+            opened.close()
+    if plan.cropped or plan.tied or plan.ignored:
+        return None
+    method = get_method(params.method)
+    report = {
+        "fusecli_version": __version__, "options": method.describe(params.options), "base": str(base_path),
+        "models": {label: str(folder)}, "num_tensors": len(plan.tensors), "cropped": [], "tied": [], "ignored": [],
+        "coefficient": None, "coefficients": {}, IDENTITY: Path(folder).as_posix(),
+    }
+    card = model_card(Path(out).name, report, method.doc, lineage)
+    card += (f"\n## One source\n\nA merge of one model is that model: the weights are those of `{folder}`, "
+             "not written again (`fusecli card OUT` lays them out with this card).\n")
+    with atomic_dir(out) as tmp:
+        atomic_write_json(tmp / REPORT, report)
+        atomic_write_text(tmp / CARD, card)
+    return MergeResult(Path(out), report)
 
 
 def keep_freed_memory() -> None:

@@ -13,7 +13,7 @@ from fusecli.card import lineage
 from fusecli.errors import FusecliError
 from fusecli.lock import read_lock
 from fusecli.merge.params import MergeParams
-from fusecli.merge.run import MergeResult, merge_models
+from fusecli.merge.run import MergeResult, merge_models, write_identity
 
 
 def locked_slugs(lock: str | Path) -> list[str]:
@@ -32,8 +32,8 @@ def run(
     out: str | Path,
     importance_dir: str | Path | None = None,
 ) -> MergeResult:
-    """Merge the pair-fused target of every locked source onto the pivot `base`; `importance_dir/<slug>` holds
-    each pair model's importance for the methods that weigh by it (the others never read it)."""
+    """Merge the pair-fused target of every locked source onto the pivot `base` (one source: that target);
+    `importance_dir/<slug>` holds each pair model's importance for the methods that weigh by it."""
     models = []
     for slug in locked_slugs(lock):
         folder = Path(fused_dir) / slug
@@ -42,5 +42,7 @@ def run(
                 f"{folder} not found: source {slug!r} is in {lock} but has no fused model; run `dvc repro fuse@{slug}`"
             )
         models.append((slug, folder))
+    pinned = lineage(read_lock(lock))
+    one = write_identity(base, *models[0], params, out, pinned) if len(models) == 1 else None
     importance = {slug: Path(importance_dir) / slug for slug, _ in models} if importance_dir is not None else None
-    return merge_models(base, models, params, out, lineage=lineage(read_lock(lock)), importance=importance)
+    return one or merge_models(base, models, params, out, lineage=pinned, importance=importance)

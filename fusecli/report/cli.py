@@ -42,10 +42,11 @@ def card_command(
     reports: Annotated[Path, typer.Option(help="The report folder: cards/<method>/README.md.")] = Path("reports"),
 ) -> None:
     """Lay out a merged model for upload: its files (hard links) and the report's card with the evaluation."""
-    from fusecli.plan import merge_methods
+    from fusecli.plan import merge_methods, merged_weights
     from fusecli.report.card import CARD, CARDS, upload_folder
 
     root = ctx.find_root().obj.root
     name = method or merge_methods(root / params).default
-    folder = upload_folder(root / merged / name, root / reports / CARDS / name / CARD, root / out)
+    weights = merged_weights(root / merged / name, root)  # one source: the fused model it is
+    folder = upload_folder(weights, root / reports / CARDS / name / CARD, root / out)
     typer.echo(f"wrote {folder}: merged/{name} with its evaluated card; upload it with `hf upload <repo> {out}`")

@@ -95,3 +95,53 @@ def test_merge_stage_names_the_locked_pivot_and_sources(tiny, tmp_path, hub):
     assert set(data["fusecli"]["sources"]) == {"alpha", "beta"}
     assert data["fusecli"]["merged"]["models"] == {"alpha": str(tmp_path / "fused/alpha"),
                                                    "beta": str(tmp_path / "fused/beta")}
+
+
+def test_one_source_merge_is_that_model_and_writes_no_copy(workspace, tiny, capsys, monkeypatch):
+    """Seven methods once wrote seven copies of the one fused model: now each writes its card and report only,
+    and every reader of merged/<method> (evaluate, `fusecli card`) gets the fused model's folder."""
+    from fusecli.evaluate.stage import pipeline_models
+    from fusecli.plan import IDENTITY, MergeMethods, merged_weights
+    from fusecli.report.card import upload_folder
+
+    out = run(workspace, tiny, write_lock(workspace / "one.lock", ["alpha"]), "merged/ties")
+    fused = workspace / "fused" / "alpha"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "merge_report.json"]  # no weights
+    report = yaml.safe_load((out / "merge_report.json").read_text())
+    assert report[IDENTITY] == fused.as_posix() and list(report["models"]) == ["alpha"]
+    assert report["options"]["weight"] == [0.5, 0.3]  # as written: weights do not apply to one model
+    assert merged_weights(out) == fused and merged_weights(workspace / "fused" / "beta") == workspace / "fused" / "beta"
+    card = ModelCard((out / "README.md").read_text())
+    assert card.data.to_dict()["fusecli"]["merge"]["method"] == "ties" and "## One source" in card.text
+    assert "one source: " in capsys.readouterr().out
+
+    monkeypatch.chdir(workspace)
+    for folder in ("m/base", "m/alpha", "fused_all", "sft"):  # the other models evaluate scores
+        (workspace / folder).mkdir(parents=True)
+    lock = write_lock(workspace / "one.lock", ["alpha"])
+    found = pipeline_models(lock, workspace / "fused", "fused_all", "sft", workspace / "merged",
+                            MergeMethods("ties", ("ties",)))
+    models = {m.name: m.path for m in found}
+    assert models["merged:ties"] == models["fused:alpha"] == str(fused)
+    (workspace / "card.md").write_text("card\n")
+    upload = upload_folder(merged_weights(out), workspace / "card.md", workspace / "upload")
+    assert (upload / "model.safetensors").read_bytes() == (fused / "model.safetensors").read_bytes()
+    assert (upload / "README.md").read_text() == "card\n"
+
+
+def test_two_sources_still_merge(workspace, tiny):
+    out = run(workspace, tiny, write_lock(workspace / "two.lock", ["alpha", "beta"]), "merged/ties")
+    assert any(out.glob("*.safetensors"))
+    assert "identity" not in yaml.safe_load((out / "merge_report.json").read_text())
+
+
+def test_one_source_with_a_grown_vocabulary_is_merged_for_real(workspace, tiny):
+    """Cropped to the base, the merge is not the fused model itself: its weights are written."""
+    shutil.copytree(tiny.m3_grown, workspace / "fused" / "grown")
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["merge"]["ties"]["weight"] = 1.0  # one weight for one model (the fixture's two are for two)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(workspace, tiny, write_lock(workspace / "grown.lock", ["grown"]), "merged/ties")
+    report = yaml.safe_load((out / "merge_report.json").read_text())
+    assert "identity" not in report and report["cropped"]
+    assert any(out.glob("*.safetensors"))
