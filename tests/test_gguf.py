@@ -140,7 +140,9 @@ def test_add_source_converts_and_pins_file_and_folder(pinned: Path, ggufs: dict[
     again = cli("add-source", str(ggufs["chat"]), "--replace")  # the conversion reproduces the pinned folder
     assert again.exit_code == 0, again.stderr
     assert read_lock("models.lock").sources["tiny-chat-f32"] == entry
-    assert sorted(p.name for p in folder.parent.iterdir()) == [".tiny-chat-f32.download.lock", "tiny-chat-f32"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == [".gitignore", ".tiny-chat-f32.download.lock",
+                                                               "tiny-chat-f32"]  # fmt: skip
+    assert "/tiny-chat-f32" in (folder.parent / ".gitignore").read_text().split()  # the pinned folder: ignored
 
 
 def test_dtype_option(pinned: Path, ggufs: dict[str, Path]) -> None:

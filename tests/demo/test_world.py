@@ -20,9 +20,10 @@ TINY["models"] = [TINY["models"][0], {**TINY["models"][2], "layers": 2}]
 
 def build(tmp_path: Path, params: dict, name: str = "models") -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"demo": params}))
+    (tmp_path / "use.json").write_text('{"used": true}')  # demo_use's answer in a workspace that uses the demo
     main = runpy.run_path(str(STAGE))["main"]
-    main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / name),
-          "--dialogues", str(tmp_path / f"{name}.jsonl")])
+    main(["--params", str(tmp_path / "params.yaml"), "--use", str(tmp_path / "use.json"), "--out",
+          str(tmp_path / name), "--dialogues", str(tmp_path / f"{name}.jsonl")])
     return tmp_path / name
 
 

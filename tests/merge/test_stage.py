@@ -116,10 +116,10 @@ def test_one_source_merge_is_that_model_and_writes_no_copy(workspace, tiny, caps
     assert "one source: " in capsys.readouterr().out
 
     monkeypatch.chdir(workspace)
-    for folder in ("m/base", "m/alpha", "fused_all", "sft"):  # the other models evaluate scores
+    for folder in ("m/base", "m/alpha", "fused_all", "sft", "imf/sft", "imf/dpo"):  # the other models evaluate scores
         (workspace / folder).mkdir(parents=True)
     lock = write_lock(workspace / "one.lock", ["alpha"])
-    found = pipeline_models(lock, workspace / "fused", "fused_all", "sft", workspace / "merged",
+    found = pipeline_models(lock, workspace / "fused", "fused_all", "sft", workspace / "merged", "imf/sft", "imf/dpo",
                             MergeMethods("ties", ("ties",)))
     models = {m.name: m.path for m in found}
     assert models["merged:ties"] == models["fused:alpha"] == str(fused)
