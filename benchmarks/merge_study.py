@@ -220,6 +220,17 @@ def barrier(run: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+ROWS = ("pivot", "pair:", "pivot + delta:", "pivot + sum", "line ", "merge:")  # the order of the study
+
+
+def row_order(label: str) -> tuple[int, str]:
+    """The study's order (JSON files keep keys sorted): pivot, pairs, the decomposition, the line, the merges,
+    each merge method's gamma in numeric order."""
+    group = 0 if label == "pivot" else next(i for i, p in enumerate(ROWS) if i and label.startswith(p))
+    head, _, gamma = label.rpartition(" gamma ")
+    return group, f"{head} {float(gamma):08.3f}" if head else label
+
+
 def render(runs: list[dict[str, Any]]) -> str:
     """Mean ± spread (half the max-min range) over the workspaces, per model and domain: EM, then retention."""
     def fmt(values: list[float | None]) -> str:
@@ -231,12 +242,13 @@ def render(runs: list[dict[str, Any]]) -> str:
     domains = sorted(runs[0]["scores"]["pivot"])
     rets = [retention(r) for r in runs]
     lines = [f"{len(runs)} workspaces; ± is half the max-min range over them.", "",
-             "| model | " + " | ".join(f"{d} EM" for d in domains) + " | " + " | ".join(
-                 f"{d} kept" for d in domains) + " |", "|---" * (1 + 2 * len(domains)) + "|"]  # fmt: skip
-    for label in runs[0]["scores"]:
+             "| model | " + " | ".join(f"{d} EM" for d in domains) + " | mean EM | " + " | ".join(
+                 f"{d} kept" for d in domains) + " |", "|---" * (2 + 2 * len(domains)) + "|"]  # fmt: skip
+    for label in sorted(runs[0]["scores"], key=row_order):
         em = [fmt([r["scores"][label][d]["em"] for r in runs]) for d in domains]
         kept = [fmt([rt[label].get(d) for rt in rets]) for d in domains]
-        lines.append(f"| {label} | " + " | ".join(em) + " | " + " | ".join(kept) + " |")
+        mean = fmt([float(np.mean([r["scores"][label][d]["em"] for d in domains])) for r in runs])
+        lines.append(f"| {label} | " + " | ".join(em) + f" | {mean} | " + " | ".join(kept) + " |")
     lines += ["", "| workspace | relative delta norms | cosine | sign agreement | CE barrier per domain |",
               "|---|---|---|---|---|"]  # fmt: skip
     for r in runs:

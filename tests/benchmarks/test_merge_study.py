@@ -44,4 +44,6 @@ def test_tables_give_mean_and_half_range_over_workspaces():
     row = next(line for line in text.splitlines() if line.startswith("| merge:x |"))
     assert "0.750 ± 0.100" in row  # crop EM over the two
     assert "0.700 ± 0.200" in row  # crop kept: 0.5 and 0.9
+    assert "| 0.750 ± 0.033 |" in row  # mean EM over the domains: 0.717 and 0.783 in the two workspaces
+    assert text.index("| pivot |") < text.index("| pair:a |") < text.index("| merge:x |")
     assert "| s1 | 0.200, 0.300 | 0.100 | 0.550 | crop +0.500" in text
