@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fusecli.errors import FusecliError
+from fusecli.io import pid_alive
 
 LOCK = Path(".fusecli") / "busy.lock"  # stages: shared; a changing command: exclusive, without waiting
 QUEUE = Path(".fusecli") / "change.lock"  # changing commands: exclusive, one after another
@@ -68,15 +69,7 @@ def workspace_change(root: str | Path) -> Iterator[None]:
 
 
 def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        pass
-    return True
+    return isinstance(pid, int) and pid > 0 and pid_alive(pid)
 
 
 def dvc_running_commands(root: str | Path) -> list[str]:

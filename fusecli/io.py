@@ -28,7 +28,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (on this host): our stale-lock and DVC-rwlock checks ask it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -55,7 +56,7 @@ def sweep_stale(path: str | os.PathLike[str]) -> None:
         return
     for entry in entries:
         m = pattern.fullmatch(entry.name)
-        if m and not _alive(int(m[1])):
+        if m and not pid_alive(int(m[1])):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:

@@ -301,40 +301,48 @@ def checkpoint_layers(model: torch.nn.Module, n: int) -> None:
         layer.gradient_checkpointing = i < n
 
 
-def training_args(
-    params: FuseParams, output_dir: str | Path, device: torch.device, dtype: torch.dtype
-) -> TrainingArguments:
-    """The Trainer's arguments from the fuse section (gradient accumulation makes the global batch)."""
+def shared_args(params: FuseParams, device: torch.device, dtype: torch.dtype) -> dict:
+    """What every trainer of the pivot takes from the fuse section (the fusion and SFT Trainer, TRL's DPO):
+    the batch (gradient accumulation makes the global batch), schedule, optimizer, precision, launcher."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     bf16 = dtype == torch.bfloat16
-    return TrainingArguments(
-        output_dir=str(output_dir),
+    return dict(
         per_device_train_batch_size=params.micro_batch_size,
         gradient_accumulation_steps=max(1, params.global_batch_size // (params.micro_batch_size * world)),
-        learning_rate=params.learning_rate,
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps,
         lr_scheduler_type="cosine",
         warmup_steps=params.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=params.weight_decay,
-        adam_beta1=params.adam_beta1,
-        adam_beta2=params.adam_beta2,
         max_grad_norm=params.max_grad_norm,
+        seed=params.seed,
+        data_seed=params.seed,
+        logging_steps=params.logging_steps,
+        report_to=[],
         bf16=bf16,
         **checkpointing_args(params.gradient_checkpointing is True and device.type == "cuda"),
         optim=params.optim if device.type == "cuda" else "adamw_torch",
-        logging_steps=params.logging_steps,
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=2,
-        seed=params.seed,
-        data_seed=params.seed,
-        report_to=[],
-        remove_unused_columns=False,
-        train_sampling_strategy="group_by_length",
         use_cpu=device.type == "cpu",
         deepspeed=deepspeed_config(params, bf16) if params.zero_stage > 0 else None,
         dataloader_num_workers=0,
+    )
+
+
+def training_args(
+    params: FuseParams, output_dir: str | Path, device: torch.device, dtype: torch.dtype
+) -> TrainingArguments:
+    """The Trainer's arguments from the fuse section."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        **shared_args(params, device, dtype),
+        learning_rate=params.learning_rate,
+        num_train_epochs=params.epochs,
+        max_steps=params.max_steps,
+        adam_beta1=params.adam_beta1,
+        adam_beta2=params.adam_beta2,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=2,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",
         disable_tqdm=False,
     )
 

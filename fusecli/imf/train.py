@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,11 @@ from fusecli.fuse.data import Example
 from fusecli.fuse.functions import reference_targets
 from fusecli.fuse.train import (
     FuseParams,
-    checkpointing_args,
-    deepspeed_config,
     dvclive_callback,
     fit,
     run_key,
     sft_only,
+    shared_args,
 )
 from fusecli.imf.pairs import Choice
 from fusecli.imf.params import TrainParams
@@ -88,7 +86,6 @@ def train_dpo(start: str, picked: list[Choice], out: str, logs: str, fuse: FuseP
              "rejected": [{"role": "assistant", "content": c.rejected}]} for c in pairs]
     device = resolve_device(fuse.device)
     dtype = resolve_dtype(fuse.dtype, device)
-    bf16 = dtype == torch.bfloat16
     tokenizer = load_tokenizer(start, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -96,32 +93,16 @@ def train_dpo(start: str, picked: list[Choice], out: str, logs: str, fuse: FuseP
     pair_key = choice_key(pairs, ("prompt", "chosen", "rejected"))
     key = run_key([Path(start)], fuse, {"dpo": dataclasses.asdict(dpo), "pairs": pair_key})
     scratch = Path(fuse.scratch) / f"dpo-{key}"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     args = DPOConfig(
         output_dir=str(scratch),
-        per_device_train_batch_size=fuse.micro_batch_size,
-        gradient_accumulation_steps=max(1, fuse.global_batch_size // (fuse.micro_batch_size * world)),
+        **shared_args(fuse, device, dtype),
         learning_rate=dpo.learning_rate,
         num_train_epochs=dpo.epochs,
         max_steps=dpo.max_steps,
-        lr_scheduler_type="cosine",
-        warmup_steps=fuse.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        weight_decay=fuse.weight_decay,
-        max_grad_norm=fuse.max_grad_norm,
-        seed=fuse.seed,
-        data_seed=fuse.seed,
         beta=dpo.beta,
         loss_type=[dpo.loss_type],
         max_length=dpo.max_length,
-        logging_steps=fuse.logging_steps,
         save_strategy="no",
-        report_to=[],
-        bf16=bf16,
-        **checkpointing_args(fuse.gradient_checkpointing is True and device.type == "cuda"),
-        optim=fuse.optim if device.type == "cuda" else "adamw_torch",
-        use_cpu=device.type == "cpu",
-        deepspeed=deepspeed_config(fuse, bf16) if fuse.zero_stage > 0 else None,
-        dataloader_num_workers=0,
         disable_tqdm=True,
     )
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
