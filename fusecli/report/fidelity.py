@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fusecli.align.dist import MAPPED_RULES
+from fusecli.align.dist import RULES as ROW_RULES
+from fusecli.align.pieces import PIECE_RULES
 from fusecli.markdown import table
 
 INTRO = (
@@ -24,11 +27,9 @@ SPLIT = (
     "rule (the text the source row follows: turn content or the end of turn) and per class of source token "
     "(exact match in the pivot's vocabulary, the pivot's first piece of it, a longest prefix, special, none)."
 )
-# fusecli/align/dist.py RULES and fusecli/align/pieces.py PIECE_RULES, without importing the align stage
-ORDER = ("content", "within_token", "end_of_turn", "no_boundary", "markup", "no_match", "no_row", "no_source",
-         "exact", "first_piece", "longest_prefix", "special", "none")
-RULES = "Why positions are one-hot: the share of the pivot's response positions per row rule (`content`, " \
-    "`within_token` and `end_of_turn` are mapped)."
+ORDER = (*ROW_RULES, *PIECE_RULES)  # the align stage's own rule names, in its order
+RULES = ("Why positions are one-hot: the share of the pivot's response positions per row rule ("
+         + ", ".join(f"`{r}`" for r in MAPPED_RULES) + " are mapped).")
 
 
 def _fidelity(coverage: dict[str, Any] | None) -> dict[str, Any]:
