@@ -42,6 +42,7 @@ def spaced(tmp_path_factory) -> Path:
     write_model(ws / "my models" / "pivot one", "qwen2", 300)
     write_model(ws / "my models" / "source two", "qwen2", 300, seed=1)
     shutil.copytree(ws / "my models" / "source two", ws / "fused" / "two")  # stands in for fuse@two's output
+    (ws / "fisher" / "two").mkdir(parents=True)  # and for fisher@two's, which merge@linear does not read
     (ws / "data").mkdir()
     write_dataset(ws / "data" / "train.parquet", 12)
     run(["git", "init", "-q"], ws)
