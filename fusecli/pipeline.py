@@ -51,6 +51,7 @@ class Stage:
     metrics: tuple[str | dict[str, dict[str, Any]], ...] = ()
     launch: str = "python"  # what runs the entry point (`${launch.fuse}`: python, torchrun or deepspeed)
     foreach: str | None = None  # SOURCES or METHODS
+    switch: bool = False  # its output is a small answer that rarely changes: what follows reruns only when it does
 
     @property
     def cmd(self) -> str:
@@ -81,7 +82,7 @@ EXTRACT_CMD = "--params params.yaml --lock models.lock"
 STAGES: tuple[Stage, ...] = (
     Stage(  # whether anything uses the demo: its bytes change only with the answer, so build_demo reruns only then
         name="demo_use", entry="stages/demo_use.py", args="--params params.yaml --lock models.lock --out demo/use.json",
-        keys=("dataset.sources",), lock=("pivot", "sources"), outs=("demo/use.json",),
+        keys=("dataset.sources",), lock=("pivot", "sources"), outs=("demo/use.json",), switch=True,
     ),
     Stage(
         name="build_demo", entry="stages/build_demo.py",

@@ -160,8 +160,9 @@ def stale_stages(root: str | Path) -> dict[str, str]:
     """Stages that `dvc repro` would run, each with why: changed per `dvc status`, or downstream of one.
 
     `dvc status` lists only stages whose own dependencies changed, so the stages after them (which
-    will see new inputs) are added from the DAG. `dvc repro --dry` is not used: it fails on a newly
-    added source whose first input does not exist yet.
+    will see new inputs) are added from the DAG, except after a switch stage (the stage table's `switch`,
+    e.g. demo_use): it reruns, but its answer, and so what follows it, changes only when the answer does.
+    `dvc repro --dry` is not used: it fails on a newly added source whose first input does not exist yet.
     """
     root = Path(root).resolve()
     if not (root / ".dvc").is_dir():
@@ -180,10 +181,11 @@ def stale_stages(root: str | Path) -> dict[str, str]:
     if not stale:
         return stale
     children = _downstream(_dvc(root, "dag", "--dot"))
+    switches = {s.name for s in pipeline.STAGES if s.switch}
     todo = list(stale)
     while todo:
         parent = todo.pop()
-        for child in children.get(parent, []):
+        for child in children.get(parent, []) if parent not in switches else []:
             if child not in stale:
                 stale[child] = f"after {parent}"
                 todo.append(child)

@@ -397,7 +397,7 @@ def test_editing_the_question_file_reruns_evaluate(tmp_path):
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (ws / "mt_bench").mkdir()
     (ws / "mt_bench/question.jsonl").write_text(json.dumps({"question_id": 1, "category": "c", "turns": ["Hi"]}) + "\n")
-    for folder in ("baseline/sft", "fused", "fused_all", "merged", "data", "eval"):
+    for folder in ("baseline/sft", "fused", "fused_all", "imf/sft", "imf/dpo", "merged", "data", "eval"):
         (ws / folder).mkdir(parents=True)
         (ws / folder / "x").write_text("stand-in")
     stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["evaluate"]

@@ -153,7 +153,8 @@ def ws(tmp_path_factory):
         os.chdir(cwd)
     (slug,) = yaml.safe_load((root / "models.lock").read_text())["sources"]
     params = yaml.safe_load((root / "params.yaml").read_text())
-    for folder in ["baseline/sft", f"fused/{slug}", "fused_all", *(f"merged/{m}" for m in params["merge"]["methods"])]:
+    trained = ["baseline/sft", f"fused/{slug}", "fused_all", "imf/sft", "imf/dpo"]
+    for folder in [*trained, *(f"merged/{m}" for m in params["merge"]["methods"])]:
         shutil.copytree(root / "local/qwen", root / folder)
     return root
 

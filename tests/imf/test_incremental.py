@@ -75,13 +75,14 @@ def per_method(ws: Path) -> set[str]:
     return {f"merge@{m}" for m in yaml.safe_load((ws / "params.yaml").read_text())["merge"]["methods"]}
 
 
-AFTER_SOURCES = {"score", "imf_sft", "imf_dpo", "fuse_all", "evaluate", "report"}  # every source's stages feed them
+# every source's stages feed them; demo_use reads models.lock (a second; its answer, so build_demo, unchanged)
+AFTER_SOURCES = {"demo_use", "score", "imf_sft", "imf_dpo", "fuse_all", "evaluate", "report"}
 
 
 def test_adding_then_removing_a_source_stales_exactly_its_stages_and_those_after_them(ws: Path) -> None:
     write_model(ws / "models" / "newsrc", "llama", 300, seed=3)
     run(["fusecli", "add-source", "models/newsrc", "--name", "newsrc"], ws)
-    own = {"extract@newsrc", "align@newsrc", "fuse@newsrc", "sample@newsrc"}
+    own = {"extract@newsrc", "align@newsrc", "fuse@newsrc", "fisher@newsrc", "sample@newsrc"}
     assert set(stale_stages(ws)) == own | AFTER_SOURCES | per_method(ws)
 
     commit(ws)
