@@ -75,13 +75,13 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (ws / "models.lock").unlink()  # a workspace of the user's own: set-pivot writes a new lock, no demo source
     params = yaml.safe_load((ws / "params.yaml").read_text())
     (ws / "params.yaml").write_text(yaml.safe_dump(deep_update(params, SETTINGS), sort_keys=False))
+    run(["git", "init", "-q"], ws)  # a user's workspace is a clone: DVC (and so every changing command) needs git
     run(["fusecli", "set-pivot", str(pivot_gguf), "--name", PIVOT], ws)
     refused = run(["fusecli", "add-source", str(source_gguf), "--name", SOURCE], ws, check=False)
     run(["fusecli", "add-source", str(source_gguf), "--name", SOURCE,
          "--chat-template", str(HERE / "gemma3_chat_template.jinja")], ws)
     run(["fusecli", "dataset-deps"], ws)
     run(["fusecli", "check"], ws)
-    run(["git", "init", "-q"], ws)
     git_commit(ws, "workspace")
     converted = time.monotonic()
     run(["dvc", "repro"], ws)
