@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,23 @@ def train_sft(pivot: str, picked: list[Choice], out: str, logs: str, params: Fus
     return fit(model, tokenizer, examples, stats, key, out, logs, params, device)
 
 
+NO_PAIRS = ("no preference pair lies in the reward-gap window: imf is imf_sft (lower imf.train.gap_min, raise "
+            "imf.train.gap_max, or sample more with imf.sample.n)")
+
+
+def keep_sft(start: str, out: str, logs: str, stats: dict) -> dict:
+    """`out` = a copy of the SFT model `start` (not links: DVC may have linked `start` to its cache), with the
+    warning recorded."""
+    import shutil
+
+    print(f"warning: imf_dpo: {NO_PAIRS}", file=sys.stderr)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(start, tmp, dirs_exist_ok=True)
+    summary = {**stats, "warning": NO_PAIRS, "steps": 0}
+    atomic_write_json(Path(logs) / "selection.json", summary)
+    return summary
+
+
 def train_dpo(start: str, picked: list[Choice], out: str, logs: str, fuse: FuseParams, dpo: TrainParams,
               stats: dict, trust_remote_code: bool = False) -> dict:
     """TRL's DPOTrainer from `start` (imf_sft) on the pairs of `picked`; writes the HF model folder `out`."""
@@ -79,9 +97,8 @@ def train_dpo(start: str, picked: list[Choice], out: str, logs: str, fuse: FuseP
     from trl import DPOConfig, DPOTrainer
 
     pairs = [c for c in picked if c.rejected is not None]
-    if not pairs:
-        raise FusecliError("no preference pair lies in the reward-gap window: lower imf.train.gap_min, raise "
-                           "imf.train.gap_max, or sample more (imf.sample.n)")
+    if not pairs:  # nothing to prefer: imf is imf_sft, said in the log and in selection.json (the report's input)
+        return keep_sft(start, out, logs, stats)
     rows = [{"prompt": json.loads(c.prompt), "chosen": [{"role": "assistant", "content": c.chosen}],
              "rejected": [{"role": "assistant", "content": c.rejected}]} for c in pairs]
     device = resolve_device(fuse.device)

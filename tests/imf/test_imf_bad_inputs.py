@@ -144,7 +144,19 @@ def test_nothing_to_train_on_is_one_line(tmp_path):
     train = load_imf(TrainParams, "train", ROOT / "params.yaml")
     with pytest.raises(FusecliError, match=r"^no prompt has a scored response that fits imf.train.max_length"):
         sft_examples(object(), [], train.max_length)
+
+
+
+def test_no_preference_pair_keeps_the_sft_model_with_a_warning(tmp_path, capsys):
+    train = load_imf(TrainParams, "train", ROOT / "params.yaml")
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "model.safetensors").write_bytes(b"weights")
+    (sft / "config.json").write_text("{}")
     unpaired = [Choice(0, "[]", "a", "A", 1.0, None, None)]
-    with pytest.raises(FusecliError, match=r"^no preference pair lies in the reward-gap window: lower "
-                                           r"imf.train.gap_min, raise imf.train.gap_max"):
-        train_dpo("m", unpaired, str(tmp_path / "o"), str(tmp_path / "l"), section(FuseParams, "fuse"), train, {})
+    summary = train_dpo(str(sft), unpaired, str(tmp_path / "o"), str(tmp_path / "l"), section(FuseParams, "fuse"),
+                        train, {"prompts": 1})  # fmt: skip
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == b"weights"
+    assert summary["steps"] == 0 and "imf is imf_sft" in summary["warning"]
+    assert json.loads((tmp_path / "l" / "selection.json").read_text())["warning"] == summary["warning"]
+    assert "warning: imf_dpo: no preference pair lies in the reward-gap window" in capsys.readouterr().err
