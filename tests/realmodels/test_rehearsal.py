@@ -151,9 +151,12 @@ def test_the_source_taught(rehearsal: dict) -> None:
 def test_merged_model_ends_its_replies(rehearsal: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fusecli.plan import merged_weights
+
     ws = rehearsal["ws"]
     tok = AutoTokenizer.from_pretrained(ws / "models" / PIVOT)
-    model = AutoModelForCausalLM.from_pretrained(ws / "merged" / "sce", dtype=torch.float32).eval()
+    merged = merged_weights(ws / "merged" / "sce", ws)  # one source: the merge is fused/<slug> (no copy written)
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     questions = [json.loads(line) for line in (HERE / "chat.jsonl").read_text().splitlines()]
     for row in [q for q in questions if q["split"] == "eval"][::3]:
         ids = tok.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, return_tensors="pt",
