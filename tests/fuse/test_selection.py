@@ -51,6 +51,14 @@ def quiet(tmp_path_factory):
     return d
 
 
+def write_pivot_lock(path):
+    """A models.lock with a pivot only: the fuse stage reads it; `train` is faked, so no weights are needed."""
+    entry = ModelEntry(name="p", origin="local", path="m/p", repo=None, revision=None,
+                       content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=VOCAB,
+                       dtype="float32", chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
+    path.write_text(dump_lock(Lock(pivot=entry, sources={})))
+
+
 def selection_of(d, fusion_fn="mince", teacher="model"):
     _, stats = build_examples(d / "extract", [d / "align" / "b"], d / "train.parquet", fusion_fn, 1.0, VOCAB,
                               teacher)
@@ -103,10 +111,7 @@ def test_the_log_and_the_report_warn_about_a_source_that_never_won(quiet, tmp_pa
 
     monkeypatch.setattr(stage, "verify_pinned", lambda *a, **k: None)
     monkeypatch.setattr(stage, "train", fake_train)
-    entry = ModelEntry(name="p", origin="local", path="m/p", repo=None, revision=None,
-                       content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=VOCAB,
-                       dtype="float32", chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
-    (tmp_path / "models.lock").write_text(dump_lock(Lock(pivot=entry, sources={})))
+    write_pivot_lock(tmp_path / "models.lock")
     (tmp_path / "params.yaml").write_text("fuse:\n  fusion_fn: mince\n")
     argv = ["fuse.py", "--params", "params.yaml", "--lock", "models.lock", "--data", str(quiet / "train.parquet"),
             "--pivot-extract", str(quiet / "extract"), "--align", str(quiet / "align" / "b"), "--out", "fused",
@@ -139,10 +144,7 @@ def test_the_log_says_a_control_run_and_warns_about_no_source(quiet, tmp_path, m
 
     monkeypatch.setattr(stage, "verify_pinned", lambda *a, **k: None)
     monkeypatch.setattr(stage, "train", fake_train)
-    entry = ModelEntry(name="p", origin="local", path="m/p", repo=None, revision=None,
-                       content_hash="sha256:" + "0" * 64, architecture="Qwen2ForCausalLM", vocab_size=VOCAB,
-                       dtype="float32", chat_template_hash=None, trust_remote_code=False, allow_pickle=False)
-    (tmp_path / "models.lock").write_text(dump_lock(Lock(pivot=entry, sources={})))
+    write_pivot_lock(tmp_path / "models.lock")
     (tmp_path / "params.yaml").write_text(f"fuse:\n  teacher: {teacher}\n")
     argv = ["fuse.py", "--params", "params.yaml", "--lock", "models.lock", "--data", str(quiet / "train.parquet"),
             "--pivot-extract", str(quiet / "extract"), "--align", str(quiet / "align" / "b"), "--out", "fused",
